@@ -1,0 +1,128 @@
+"""The interfaces every registered component implements; registries check them at build time.
+
+A component is an ordinary class registered in one of the six component registries of
+:mod:`vargo.core.registry`. The abstract base classes below fix the call signatures the shared
+runner relies on; all batches are the dataclasses of :mod:`vargo.core.types`.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .rng import BatchRNG
+from .types import (Advantages, Conditions, LogprobSpec, PolicyEval, RewardContext,
+                    RewardOutput, Rollout, TokenWeights)
+
+__all__ = ['Policy', 'Sampler', 'RewardHead', 'AdvantageEstimator', 'TokenSelector',
+           'Regularizer', 'Stateful']
+
+
+class Stateful:
+    """Mixin for components with state that must survive a checkpoint (EMA moments, ...)."""
+
+    def state_dict(self) -> dict:  # pragma: no cover - overridden
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:  # pragma: no cover - overridden
+        pass
+
+
+class Policy(nn.Module, abc.ABC):
+    """A generator whose actions have log-probabilities.
+
+    Subclasses own their tokenizer/decoder and condition encoder. ``num_actions`` is A.
+    """
+
+    @abc.abstractmethod
+    def encode_conditions(self, cond: Conditions) -> Conditions:
+        """Fill what the model needs from ``cond`` (e.g. text embeddings); no grad."""
+
+    @abc.abstractmethod
+    def evaluate(self, rollout: Rollout, *, spec: LogprobSpec,
+                 with_entropy: bool = True) -> PolicyEval:
+        """Teacher-forced log-probs ``[B, A]`` (and entropy) of the rollout's actions in one forward."""
+
+    @abc.abstractmethod
+    def decode(self, rollout: Rollout) -> Tensor:
+        """``[B, 3, H, W]`` images in [0, 1] for the rollout's actions."""
+
+    def embed_actions(self, rollout: Rollout) -> Tensor:
+        """``[B, A, D]`` codebook vectors of the sampled tokens (discrete families)."""
+        raise TypeError(f'{type(self).__name__} has no codebook: token selectors that compare '
+                        f'action embeddings need a discrete-token policy')
+
+    def trainable_parameters(self):
+        """Parameters the optimiser updates (frozen tokenizers and text encoders excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+class Sampler(abc.ABC):
+    """Owns the generation procedure of one policy family."""
+
+    @abc.abstractmethod
+    def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
+                rng: Optional['BatchRNG'] = None, prefix: Optional[Rollout] = None,
+                stop_at_step: Optional[int] = None) -> Rollout:
+        """Sample ``group_size`` samples per condition (``cond`` has one row per group).
+
+        All sampling noise is drawn from ``rng`` (a :class:`vargo.core.rng.BatchRNG`; None:
+        one seeded from torch's global generator), so a run split over N ranks samples exactly
+        what the single-process run samples. ``prefix``/``stop_at_step`` give partial rollouts
+        (see :mod:`vargo.core.types`).
+        """
+
+    @abc.abstractmethod
+    def logprob_spec(self) -> LogprobSpec:
+        """The distribution ``logp_old`` is recorded under (policy evaluation must match it)."""
+
+
+class RewardHead(abc.ABC):
+    """Scores decoded samples: ``head(rollout, ctx) -> RewardOutput``."""
+
+    #: distribution-level heads see the whole batch of all ranks and may keep state
+    distribution_level: bool = False
+
+    @abc.abstractmethod
+    def __call__(self, rollout: Rollout, ctx: RewardContext) -> RewardOutput:
+        ...
+
+
+class AdvantageEstimator(abc.ABC):
+    """Turns rewards (one ``RewardOutput`` per named head) into advantage streams ``[B, A]``.
+
+    The runner passes the rewards of *all ranks* (gathered, groups contiguous, rank-major) and
+    keeps the rows of its own samples, so batch-wide statistics are global.
+    """
+
+    @abc.abstractmethod
+    def __call__(self, rewards: dict[str, RewardOutput], *, group_size: int,
+                 num_actions: int) -> Advantages:
+        ...
+
+
+class TokenSelector(abc.ABC):
+    """Per-action weights for the policy and KL terms; composed by multiplication."""
+
+    @abc.abstractmethod
+    def __call__(self, rollout: Rollout, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval],
+                 adv: Advantages, *, policy: Policy, group_size: int) -> TokenWeights:
+        ...
+
+    #: the aggregation this selector's weights are meant for, or None (keep the objective's)
+    aggregation: Optional[str] = None
+
+
+class Regularizer(abc.ABC):
+    """Returns named terms: ``out["loss"]`` is added to the objective; every other entry is
+    logged (detached) under the regularizer's name. Nothing else is ever backpropagated."""
+
+    @abc.abstractmethod
+    def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
+                 weights: TokenWeights, *, progress: float) -> dict[str, Tensor]:
+        ...
+
+    #: whether this regularizer needs the frozen reference's evaluation
+    needs_reference: bool = False
