@@ -177,7 +177,8 @@ class RLAlgorithm(BaseModel):
         start = vdist.rank() * local_b
         rows = torch.arange(start, start + local_b, device=self.device)
         local = adv.index(rows)
-        local.metrics = dict(adv.metrics)
+        # estimator metrics named '<head>/<what>' go under the head's reward namespace
+        local.metrics = {(f'reward/{k}' if '/' in k else k): v for k, v in adv.metrics.items()}
         for name, out in gathered.items():
             s = out.scores
             ok = ~torch.isnan(s)

@@ -30,7 +30,7 @@ RUNNER_KEYS = {
     'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler', 'val_evaluator',
     'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor', 'load_from',
     'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
-    'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
+    'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg', 'custom_imports',
 }
 COMPONENT_KEYS = {'policy', 'sampler', 'rewards', 'advantage', 'token_selectors', 'objective',
                   'regularizers', 'group_size'}

@@ -48,17 +48,31 @@ def _set_rng_state(state: dict) -> None:
 
 @HOOKS.register_module()
 class RLStateHook(Hook):
-    """Saves and restores RNG states of all ranks and stateful components' states."""
+    """Saves and restores RNG states of all ranks and stateful components' states.
 
-    priority = 'VERY_LOW'
+    MMEngine saves checkpoints on rank 0 only, so the other ranks' RNG states are gathered by a
+    collective in ``after_train_iter`` (priority ABOVE_NORMAL, before the checkpoint hook) on
+    every rank; in a single process nothing is gathered.
+    """
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        # python's random state is a tuple of ints: store it as a tensor for weights_only loads
+    priority = 'ABOVE_NORMAL'
+
+    @staticmethod
+    def _portable_state() -> dict:
+        # python's and numpy's states as tensors, so weights_only loads accept them
         state = _rng_state()
         state['python'] = (state['python'][0], torch.tensor(state['python'][1], dtype=torch.int64),
                            state['python'][2])
         state['numpy'] = torch.from_numpy(state['numpy'].astype(np.int64))
-        checkpoint['rng_states'] = vdist.all_gather_object(state)
+        return state
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if vdist.is_distributed():
+            self._gathered = vdist.all_gather_object(self._portable_state())
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        gathered = getattr(self, '_gathered', None)
+        checkpoint['rng_states'] = gathered if gathered else [self._portable_state()]
         checkpoint['component_states'] = _algo(runner).component_state_dict()
         checkpoint['vargo_world_size'] = vdist.world_size()
 
@@ -170,7 +184,7 @@ class ImageGridHook(Hook):
         rollout = getattr(runner.train_loop, 'last_rollout', None)
         if rollout is None or rollout.images is None:
             return
-        self._emit(runner, rollout.images, f'samples_iter{runner.iter:06d}', runner.iter,
+        self._emit(runner, rollout.images, f'samples_iter{runner.iter + 1:06d}', runner.iter + 1,
                    nrow=_algo(runner).group_size)
 
 

@@ -163,5 +163,17 @@ COMPONENT_REGISTRIES = {
 ALL_REGISTRIES = {**COMPONENT_REGISTRIES, 'model': MODELS, 'loop': LOOPS, 'hook': HOOKS,
                   'dataset': DATASETS}
 
+# Plain vargo children of MMEngine's other roots, so building optimizers, schedulers, visualizers
+# etc. under default_scope='vargo' resolves quietly to MMEngine's implementations.
+import mmengine.registry as _mmreg  # noqa: E402
+
+for _root in ('RUNNERS', 'RUNNER_CONSTRUCTORS', 'OPTIMIZERS', 'OPTIM_WRAPPERS',
+              'OPTIM_WRAPPER_CONSTRUCTORS', 'PARAM_SCHEDULERS', 'VISUALIZERS', 'VISBACKENDS',
+              'LOG_PROCESSORS', 'FUNCTIONS', 'MODEL_WRAPPERS', 'WEIGHT_INITIALIZERS', 'METRICS',
+              'EVALUATOR', 'TRANSFORMS', 'TASK_UTILS', 'INFERENCERS', 'STRATEGIES'):
+    _parent = getattr(_mmreg, _root, None)
+    if _parent is not None and 'vargo' not in _parent._children:
+        Registry(_parent.name, parent=_parent, scope='vargo')
+
 # MMEngine imports ``<scope>.registry`` when it switches to a scope; point it here.
 sys.modules.setdefault('vargo.registry', sys.modules[__name__])
