@@ -83,3 +83,14 @@ class ToySampler(Sampler):
             logp_old_cfg=self.spec.mode)
         rollout.images = policy.decode(rollout)
         return rollout
+
+
+@POLICIES.register_module(force=True)
+class ToyPolicyWithCheckpoint(ToyPolicy):
+    """ToyPolicy that names an official-looking checkpoint file (tests of file checks)."""
+
+    file_sources = {'c2i_B_256.pt': 'https://example.org/c2i_B_256.pt'}
+
+    def __init__(self, *, checkpoint: str, **kwargs):
+        super().__init__(**kwargs)
+        self.checkpoint = checkpoint

@@ -48,10 +48,17 @@ def main(argv=None) -> int:
         return 2
     if args.dry_run:
         from vargo.core.report import dry_run_report
-        cfg.visualizer = dict(type='Visualizer', vis_backends=[])
-        print(dry_run_report(cfg))
+        try:
+            print(dry_run_report(cfg))
+        except (ConfigError, FileNotFoundError) as e:
+            print(f'error: {e}', file=sys.stderr)
+            return 2
         return 0
-    runner = build_runner(cfg)
+    try:
+        runner = build_runner(cfg)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     runner.train()
     return 0
 
