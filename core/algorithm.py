@@ -228,7 +228,7 @@ class RLAlgorithm(BaseModel):
             log[f'policy/{k}'] = v
         progress = float(mb.ctx.get('progress', 0.0))
         for name, reg in self.regularizers.items():
-            terms = reg(pol, mb.ref_eval, rollout, weights, progress=progress)
+            terms = reg(pol, mb.ref_eval, rollout, weights, progress=progress, ctx=mb.ctx)
             if 'loss' in terms:
                 out['loss'] = out['loss'] + terms['loss']
                 log[f'loss/{name}'] = terms['loss'].detach()

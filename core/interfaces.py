@@ -121,8 +121,10 @@ class Regularizer(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
-                 weights: TokenWeights, *, progress: float) -> dict[str, Tensor]:
-        ...
+                 weights: TokenWeights, *, progress: float,
+                 ctx: Optional[dict] = None) -> dict[str, Tensor]:
+        """``progress`` is the fraction of training done; ``ctx`` the aggregation context
+        (totals over the optimizer batch, see :func:`vargo.core.objective.aggregate`)."""
 
     #: whether this regularizer needs the frozen reference's evaluation
     needs_reference: bool = False

@@ -1,0 +1,86 @@
+"""KL penalty to the frozen reference policy, per action (METHODS.md section 0)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from vargo.core.interfaces import Regularizer
+from vargo.core.objective import AGGREGATIONS, aggregate, kl_estimate, masked_mean
+from vargo.core.registry import REGULARIZERS
+from vargo.core.types import PolicyEval, Rollout, TokenWeights
+
+__all__ = ['KLRegularizer', 'KL_ESTIMATORS']
+
+KL_ESTIMATORS = ('k1', 'k2', 'k3')
+
+
+@REGULARIZERS.register_module()
+class KLRegularizer(Regularizer):
+    """``beta * aggregate(KL_hat(pi_theta || pi_ref))`` over the actions, KL-weighted per action.
+
+    With ``d = l_ref - l`` per action (Schulman, http://joschu.net/blog/kl-approx.html):
+    ``k1 = -d``, ``k2 = d^2 / 2``, ``k3 = exp(d) - d - 1`` (GRPO, arXiv 2402.03300 eq. 4, the
+    default of every paper here: unbiased and always >= 0). The per-action estimates are reduced
+    with the same aggregation functions as the policy term
+    (:data:`vargo.core.objective.AGGREGATIONS`), weighted by ``weights.kl`` from the token
+    selectors (STAGE's ``m_{i,t}``, arXiv 2509.25027).
+
+    The reference log-probs are treated as constants (the reference is frozen); the gradient flows
+    into ``policy_eval.logp`` only.
+
+    Args:
+        beta: KL coefficient, finite and >= 0 (GRPO 0.04; STAGE 0.01-0.03; LOO-FID 3.0).
+        estimator: ``'k1'``, ``'k2'`` or ``'k3'``.
+        aggregation: a name in :data:`~vargo.core.objective.AGGREGATIONS`.
+
+    Returns (of ``__call__``):
+        ``{'loss': beta * aggregate(kl, mask, weights.kl, aggregation), 'mean': masked mean of
+        the per-action estimate (detached, unweighted)}``.
+    """
+
+    needs_reference = True
+
+    def __init__(self, *, beta: float, estimator: str, aggregation: str) -> None:
+        if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
+                or not math.isfinite(beta) or beta < 0:
+            raise ValueError(f'KLRegularizer beta={beta!r} must be a finite float >= 0 '
+                             f'(e.g. 0.04 as GRPO; remove the regularizer to disable KL)')
+        if estimator not in KL_ESTIMATORS:
+            raise ValueError(f'KLRegularizer estimator={estimator!r} is not one of '
+                             f'{list(KL_ESTIMATORS)} (k3 is the GRPO choice)')
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f'KLRegularizer aggregation={aggregation!r} is not one of '
+                             f'{sorted(AGGREGATIONS)}')
+        self.beta = float(beta)
+        self.estimator = estimator
+        self.aggregation = aggregation
+
+    def __repr__(self) -> str:
+        return (f'{type(self).__name__}(beta={self.beta}, estimator={self.estimator!r}, '
+                f'aggregation={self.aggregation!r})')
+
+    def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
+                 weights: TokenWeights, *, progress: float,
+                 ctx: Optional[dict] = None) -> dict[str, Tensor]:
+        """KL term of one (micro-)batch.
+
+        Args:
+            policy_eval: ``logp`` ``[B, A]`` with grad.
+            ref_eval: the frozen reference's evaluation of the same rollout (required).
+            rollout: for ``action_mask`` ``[B, A]``.
+            weights: ``weights.kl`` ``[B, A]`` per-action KL weights.
+            progress: training progress in [0, 1] (unused: beta is constant).
+            ctx: optional aggregation context (optimizer-batch totals when micro-batching, as
+                for :func:`~vargo.core.objective.policy_loss`).
+        """
+        if ref_eval is None:
+            raise ValueError('KLRegularizer needs the reference policy evaluation (ref_eval is '
+                             'None): the runner must evaluate the frozen reference for '
+                             'regularizers with needs_reference=True')
+        kl = kl_estimate(policy_eval.logp, ref_eval.logp.detach(), self.estimator)  # [B, A]
+        mask = rollout.action_mask
+        loss = self.beta * aggregate(kl, mask, weights.kl, self.aggregation, ctx)
+        return {'loss': loss, 'mean': masked_mean(kl.detach(), mask)}

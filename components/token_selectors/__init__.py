@@ -1,0 +1,5 @@
+"""Token selectors (registry ``TOKEN_SELECTORS``): per-action weights ``[B, A]`` for the policy
+and KL terms, composed by multiplication in config order."""
+from .all_tokens import AllTokensSelector
+
+__all__ = ['AllTokensSelector']
