@@ -131,13 +131,17 @@ def missing_files(cfg: Config, keys: tuple[str, ...] = tuple(COMPONENT_KEYS) + (
     """``(config key, path, where it is published)`` of every file the components name that
     does not exist. A component class may map file basenames to their official source in a
     ``file_sources`` class attribute."""
-    out = []
+    out, seen = [], set()
+    if 'model' in cfg and isinstance(cfg.model, dict) and 'policy' in cfg.model:
+        keys = ('model',)  # assembled: the components live in model
     for key in keys:
         if key not in cfg:
             continue
         for where, path, owner in _walk(cfg[key], trail=key):
-            if os.path.exists(os.path.expanduser(path)):
+            if os.path.exists(os.path.expanduser(path)) or path in seen:
                 continue
+            seen.add(path)
+            where = where[len('model.'):] if where.startswith('model.') else where
             sources = getattr(owner, 'file_sources', {}) or {}
             out.append((where, path, sources.get(os.path.basename(path.rstrip('/')))))
     return out

@@ -22,7 +22,7 @@ from . import dist as vdist
 from .registry import HOOKS
 from .types import Conditions
 
-__all__ = ['RLStateHook', 'ImageGridHook', 'CurvesHook', 'make_grid']
+__all__ = ['RLStateHook', 'ImageGridHook', 'CurvesHook', 'make_grid', 'save_png']
 
 
 def _algo(runner):
@@ -113,7 +113,7 @@ def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2) ->
     return (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def _save_png(array: np.ndarray, path: str) -> None:
+def save_png(array: np.ndarray, path: str) -> None:
     from PIL import Image
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = path + '.tmp.png'
@@ -149,7 +149,7 @@ class ImageGridHook(Hook):
         if vdist.rank() != 0:
             return
         grid = make_grid(images[:self.max_images], nrow=nrow)
-        _save_png(grid, os.path.join(self._out_dir(runner), f'{name}.png'))
+        save_png(grid, os.path.join(self._out_dir(runner), f'{name}.png'))
         runner.visualizer.add_image(name.split('_')[0], grid, step=step)
 
     def _preview(self, runner, tag: str) -> None:
