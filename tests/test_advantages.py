@@ -20,7 +20,8 @@ SCOPES = ('group', 'batch', 'none')
 def run(scores, group_size, std_scope='group', num_actions=1, eps=1e-4, per_step=None,
         **kwargs) -> Advantages:
     est = GroupNormAdvantage(std_scope=std_scope, eps=eps, **kwargs)
-    out = RewardOutput(scores=torch.as_tensor(scores, dtype=torch.float32), per_step=per_step)
+    # float64 inputs: an affine map of float32 scores would itself round (e.g. 0.1 * R + 32)
+    out = RewardOutput(scores=torch.as_tensor(scores, dtype=torch.float64), per_step=per_step)
     return est({'r': out}, group_size=group_size, num_actions=num_actions)
 
 
