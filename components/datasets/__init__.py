@@ -1,4 +1,6 @@
-"""Condition datasets (DATASETS registry)."""
+"""Datasets (DATASETS registry): condition datasets and the Shapes benchmark world."""
 from .conditions import ClassConditionDataset, PromptFileDataset
+from .shapes import ShapesClassDataset, ShapesImageDataset, ShapesPromptDataset
 
-__all__ = ['ClassConditionDataset', 'PromptFileDataset']
+__all__ = ['ClassConditionDataset', 'PromptFileDataset', 'ShapesClassDataset',
+           'ShapesPromptDataset', 'ShapesImageDataset']

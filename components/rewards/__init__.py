@@ -1,4 +1,5 @@
 """Reward heads (registry ``REWARD_HEADS``): ``head(rollout, ctx) -> RewardOutput``."""
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
+from .shapes_eval import ShapesEvalReward
 
-__all__ = ['JpegCompressibilityReward', 'JpegIncompressibilityReward']
+__all__ = ['JpegCompressibilityReward', 'JpegIncompressibilityReward', 'ShapesEvalReward']
