@@ -1,6 +1,8 @@
 """List every registered vargo component with its one-line description.
 
-    python tools/list_components.py [--registry policy|sampler|...]
+    python tools/list_components.py [--registry policy|sampler|...] [--config CONFIG]
+
+``--config`` also imports the config's ``custom_imports`` (your own components).
 """
 from __future__ import annotations
 
@@ -37,7 +39,11 @@ def collect(only=None) -> dict[str, list[tuple[str, str]]]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument('--registry', help='only this registry')
+    p.add_argument('--config', help="also list the components a config's custom_imports register")
     args = p.parse_args(argv)
+    if args.config:
+        from mmengine.config import Config
+        Config.fromfile(args.config)  # runs custom_imports
     table = collect(args.registry)
     if args.registry and not table:
         from vargo.core.registry import ALL_REGISTRIES

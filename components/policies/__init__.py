@@ -1,0 +1,4 @@
+"""Policies (POLICIES registry): generators whose actions have log-probabilities."""
+from .llamagen import LlamaGenPolicy
+
+__all__ = ['LlamaGenPolicy']

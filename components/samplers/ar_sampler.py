@@ -1,0 +1,267 @@
+"""Raster-order autoregressive sampling with a static KV cache (LlamaGen family).
+
+Faithful to ``autoregressive/models/generate.py`` of FoundationVision/LlamaGen (METHODS.md
+sections 0 and 5): prefill the condition positions, then one token per step; CFG as ONE doubled
+batch ``[cond; null]`` with ``logits = uncond + (cond - uncond) * cfg_scale``; ``/ temperature``;
+top-k then top-p filtering; ``softmax``; ``torch.multinomial``. With the same seed, weights and
+settings the tokens equal the official ``generate()``'s up to float rounding of the logits.
+
+Noise: with ``rng`` (a :class:`vargo.core.rng.BatchRNG`, the runner's) one uniform per sample and
+token is drawn for the *global* batch before the loop and turned into a token by inverse-CDF
+sampling (same distribution as ``torch.multinomial``), so a batch split over ranks samples exactly
+what one process samples; without ``rng`` the official ``torch.multinomial`` draw is used.
+
+What is different from the official loop (speed, not numbers): the KV cache is allocated once per
+batch shape and reused across rollouts; attention reads the cache *slice* of the filled
+positions (no mask over the whole cache, no per-step mask indexing); the RoPE rows are views of a
+precomputed table; the CFG input is written in place into a preallocated ``[2B]`` buffer; the
+per-step CFG decision comes from a host list computed before the loop, so the loop holds no host
+synchronisation.
+
+Policy protocol (what :class:`ARSampler` needs from a raster-AR policy, e.g.
+:class:`~vargo.components.policies.llamagen.LlamaGenPolicy`): ``num_actions``,
+``cls_token_num``, ``device``, ``encode_conditions``, ``condition_inputs(cond, with_null)``,
+``rollout_axes()``, ``decode(rollout)`` and a transformer ``policy.gpt`` with ``tok_embeddings``,
+``new_cache``, ``prefill`` and ``decode_step``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from vargo.core.interfaces import Policy, Sampler
+from vargo.core.registry import SAMPLERS
+from vargo.core.rng import BatchRNG
+from vargo.core.types import Conditions, LogprobSpec, Rollout
+
+from ..policies.llamagen import (KVCache, categorical_logp_entropy, cfg_active_steps, cfg_mix,
+                                 truncation_keep_mask)
+
+__all__ = ['ARSampler']
+
+
+@SAMPLERS.register_module()
+class ARSampler(Sampler):
+    """Samples raster-order token sequences and records their log-probs.
+
+    Args:
+        cfg_scale: classifier-free guidance scale (1 = no guidance, no doubled batch).
+        temperature: softmax temperature (> 0).
+        top_k: keep the k most likely tokens (0 = off).
+        top_p: nucleus threshold (1 = off).
+        logprob_cfg: which distribution ``logp_old`` is recorded under (METHODS.md section 0):
+            ``'none'`` = ``log_softmax(cond_logits / temperature)`` (the papers' choice),
+            ``'rollout'`` = exactly the distribution sampled from.
+        cfg_interval: ``(lo, hi)`` fractions of the token sequence where CFG is applied (see
+            :func:`~vargo.components.policies.llamagen.cfg_active_steps`), None = everywhere.
+        decode_images: decode ``rollout.images`` with the policy's VQ decoder.
+
+    Examples:
+        >>> sampler = ARSampler(cfg_scale=4.0, temperature=1.0, top_k=0, top_p=1.0,
+        ...                     logprob_cfg='none')
+        >>> sampler.logprob_spec().mode
+        'none'
+    """
+
+    def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
+                 logprob_cfg: str, cfg_interval: Optional[Sequence[float]] = None,
+                 decode_images: bool = True):
+        if cfg_interval is not None:
+            cfg_interval = tuple(float(x) for x in cfg_interval)
+            if len(cfg_interval) != 2 or not 0 <= cfg_interval[0] <= cfg_interval[1] <= 1:
+                raise ValueError(f'cfg_interval={cfg_interval} must be (lo, hi) with '
+                                 f'0 <= lo <= hi <= 1 (fractions of the token sequence)')
+        self._spec = LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale),
+                                 cfg_interval=cfg_interval, temperature=float(temperature),
+                                 top_k=int(top_k), top_p=float(top_p))
+        self.decode_images = decode_images
+        self._cache: Optional[KVCache] = None
+        self._cache_key: Optional[tuple] = None
+
+    def logprob_spec(self) -> LogprobSpec:
+        """The distribution ``logp_old`` is recorded under (evaluate with the same spec)."""
+        return self._spec
+
+    def release_cache(self) -> None:
+        """Free the static KV cache (it is kept between rollouts of the same batch shape)."""
+        self._cache, self._cache_key = None, None
+
+    def _get_cache(self, gpt, batch: int) -> KVCache:
+        # keyed by shape, not by model: the policy and its frozen reference share one cache
+        w, cfg = gpt.tok_embeddings.weight, gpt.cfg
+        key = (batch, cfg.n_layer, cfg.kv_heads, cfg.head_dim,
+               cfg.cls_token_num + cfg.block_size, w.dtype, w.device)
+        if self._cache_key != key:
+            self._cache = None                       # free the old one before allocating
+            self._cache = gpt.new_cache(batch)
+            self._cache_key = key
+        return self._cache
+
+    @torch.no_grad()
+    def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
+                rng: Optional[BatchRNG] = None, prefix: Optional[Rollout] = None,
+                stop_at_step: Optional[int] = None) -> Rollout:
+        """Sample ``group_size`` token sequences per condition.
+
+        Args:
+            policy: a raster-AR policy (see the module doc).
+            cond: one row per group (without ``prefix``), or one row per prefix sample.
+            group_size: G; the samples of a group are contiguous (``group_ids``).
+            rng: the noise source: one uniform per sample and token, ``rng.rand(T)``, drawn
+                before the loop and turned into tokens by inverse-CDF sampling, so a batch split
+                over ranks samples what the single process samples (``rng.local_batch`` must be
+                ``len(cond) * G``). None: ``torch.multinomial`` on torch's global generator,
+                which reproduces the official ``generate()`` token for token.
+            prefix: a rollout to continue: sample ``j`` of ``prefix`` is completed G times, its
+                first ``stop_at_step`` tokens kept (``action_mask`` False there, ``logp_old`` of
+                them recomputed teacher-forced under :meth:`logprob_spec`), the rest sampled;
+                the completions of one prefix sample form group ``j``.
+            stop_at_step: with ``prefix``: the number of tokens kept (default
+                ``prefix.prefix_steps``); 0 < stop_at_step < T.
+
+        Returns:
+            a :class:`Rollout` of ``B = len(cond) * G`` samples: ``actions [B, T]`` long,
+            ``logp_old [B, T]``, ``action_mask [B, T]``, ``action_step [T]``, ``action_pos
+            [T, 2]``, ``images [B, 3, H, W]`` in [0, 1] (if ``decode_images``),
+            ``prefix_steps``, ``logp_old_cfg``.
+        """
+        if group_size < 1:
+            raise ValueError(f'group_size={group_size} must be >= 1')
+        num_steps = policy.num_actions
+        dev = policy.device
+        if prefix is None:
+            if stop_at_step is not None:
+                raise ValueError('stop_at_step is the length of the kept prefix and needs '
+                                 'prefix=<a Rollout>: sample full rollouts, then complete them '
+                                 'with rollout(..., prefix=rollout, stop_at_step=m)')
+            kept = 0
+        else:
+            kept = prefix.prefix_steps if stop_at_step is None else int(stop_at_step)
+            if not 0 < kept < num_steps:
+                raise ValueError(f'stop_at_step={kept} must be in (0, {num_steps}) tokens to keep '
+                                 f'from the prefix rollout')
+            if len(cond) != prefix.batch_size:
+                raise ValueError(f'cond has {len(cond)} rows but the prefix rollout has '
+                                 f'{prefix.batch_size} samples: pass prefix.cond')
+        was_training = policy.training
+        policy.eval()
+        try:
+            cond_rep = policy.encode_conditions(cond).repeat_interleave(group_size)
+            given = None
+            if prefix is not None:
+                given = prefix.actions[:, :kept].to(dev).repeat_interleave(group_size, dim=0)
+            uniforms = None
+            if rng is not None:
+                if rng.local_batch != len(cond_rep):
+                    raise ValueError(f'rng draws for {rng.local_batch} samples but the rollout has '
+                                     f'{len(cond_rep)} (= {len(cond)} conditions x G='
+                                     f'{group_size}); build BatchRNG with local_batch='
+                                     f'{len(cond_rep)}')
+                uniforms = rng.rand(num_steps).to(dev)                          # [B, T]
+            tokens, logp = self._generate(policy, cond_rep, given, num_steps, uniforms)
+        finally:
+            policy.train(was_training)
+        b = tokens.shape[0]
+        action_mask = torch.ones(b, num_steps, dtype=torch.bool, device=dev)
+        action_mask[:, :kept] = False
+        step, pos = policy.rollout_axes()
+        out = Rollout(cond=cond_rep,
+                      group_ids=torch.arange(len(cond), device=dev).repeat_interleave(group_size),
+                      actions=tokens, logp_old=logp, action_mask=action_mask, action_step=step,
+                      action_pos=pos, images=None, extras=None, prefix_steps=kept,
+                      logp_old_cfg=self._spec.mode)
+        if self.decode_images:
+            out.images = policy.decode(out)
+        return out
+
+    def _generate(self, policy: Policy, cond: Conditions, given: Optional[Tensor],
+                  num_steps: int, uniforms: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Tokens ``[B, T]`` and their log-probs ``[B, T]`` (``given [B, m]`` kept; noise from
+        ``uniforms [B, T]`` or, if None, from ``torch.multinomial``)."""
+        spec = self._spec
+        gpt = policy.gpt
+        c = policy.cls_token_num
+        use_cfg = spec.cfg_scale != 1.0
+        emb, cond_mask = policy.condition_inputs(cond, with_null=use_cfg)   # [B2, C, dim]
+        b2 = emb.shape[0]
+        b = b2 // 2 if use_cfg else b2
+        dev = emb.device
+        kept = 0 if given is None else given.shape[1]
+        guided = cfg_active_steps(spec.cfg_interval, num_steps).tolist()   # host list, no syncs
+        cache = self._get_cache(gpt, b2)
+
+        tokens = torch.empty(b, num_steps, dtype=torch.long, device=dev)
+        logp = torch.empty(b, num_steps, dtype=torch.float32, device=dev)
+        x = emb
+        if kept:
+            g2 = torch.cat([given, given]) if use_cfg else given
+            x = torch.cat([emb, gpt.tok_embeddings(g2).to(emb.dtype)], dim=1)
+        logits = gpt.prefill(x, cache, cond_mask=cond_mask)              # [B2, kept + 1, V]
+        if kept:
+            tokens[:, :kept] = given
+            logp[:, :kept] = self._given_logp(logits[:, :kept], given, use_cfg, num_steps)
+        step_logits = logits[:, kept]                                     # [B2, V]
+        inp = torch.empty(b2, dtype=torch.long, device=dev)
+        for t in range(kept, num_steps):
+            tok, lp = self._sample(step_logits, b, use_cfg, guided[t],
+                                   None if uniforms is None else uniforms[:, t:t + 1])
+            tokens[:, t] = tok
+            logp[:, t] = lp
+            if t + 1 < num_steps:
+                inp[:b] = tok
+                if use_cfg:
+                    inp[b:] = tok
+                step_logits = gpt.decode_step(inp, c + t, cache)
+        return tokens, logp
+
+    def _sample(self, logits: Tensor, b: int, use_cfg: bool, guided: bool,
+                u: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
+        """One step: token ids ``[B]`` and their log-probs ``[B]`` under the recorded spec
+        (``u [B, 1]`` uniforms for inverse-CDF sampling, or None for ``torch.multinomial``)."""
+        spec = self._spec
+        cond = logits[:b]
+        if use_cfg and guided:
+            z = cfg_mix(cond, logits[b:], spec.cfg_scale).div_(spec.temperature)
+        else:   # outside the CFG interval the official loop uses the conditional logits
+            z = cond / spec.temperature
+        keep = truncation_keep_mask(z, spec.top_k, spec.top_p)
+        if keep is not None:
+            z.masked_fill_(~keep, float('-inf'))
+        probs = torch.softmax(z, dim=-1)
+        if u is None:
+            tok = torch.multinomial(probs, num_samples=1)                       # [B, 1]
+        else:
+            tok = _inverse_cdf(probs, u)
+        if spec.mode == 'none' and (keep is not None or (use_cfg and guided)):
+            z = cond / spec.temperature       # score under the conditional, untruncated logits
+        lp = z.gather(1, tok)[:, 0] - torch.logsumexp(z, dim=-1)
+        return tok[:, 0], lp
+
+    def _given_logp(self, logits: Tensor, given: Tensor, use_cfg: bool, num_steps: int
+                    ) -> Tensor:
+        """Teacher-forced log-probs ``[B, m]`` of kept prefix tokens, under :meth:`logprob_spec`
+        (the same computation as ``policy.evaluate``)."""
+        spec = self._spec
+        b, m = given.shape
+        rollout_mode = spec.mode == 'rollout'
+        if use_cfg and rollout_mode:
+            lg = torch.stack([logits[:b], logits[b:]]).reshape(2, b * m, -1)
+            rows = cfg_active_steps(spec.cfg_interval, num_steps, logits.device)[:m].repeat(b)
+        else:
+            lg, rows = logits[:b].reshape(1, b * m, -1), None
+        lp, _ = categorical_logp_entropy(
+            lg, given.reshape(-1), cfg_scale=spec.cfg_scale, rows=rows,
+            temperature=spec.temperature, top_k=spec.top_k if rollout_mode else 0,
+            top_p=spec.top_p if rollout_mode else 1.0, with_entropy=False)
+        return lp.view(b, m)
+
+
+def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """Token ``[B, 1]`` whose CDF interval holds ``u * total``; never a zero-probability token
+    (the target is kept strictly below the total mass; ``right=True`` skips empty intervals)."""
+    cdf = probs.cumsum(dim=-1)                                                   # [B, V]
+    total = cdf[:, -1:]
+    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True)
