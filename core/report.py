@@ -56,7 +56,7 @@ def dry_run_report(cfg: Config) -> str:
     else:
         fwd = 2.0 * train * (actions or 1)
         basis = '2 x trainable params per action'
-    cfg_mult = 2.0 if getattr(model.sampler, 'cfg_scale', 1.0) != 1.0 else 1.0
+    cfg_mult = 2.0 if spec.cfg_scale != 1.0 else 1.0
     rollout = samples * fwd * cfg_mult
     update = samples * mu * 3.0 * fwd * (cfg_mult if spec.mode == 'rollout' else 1.0)
     reference = samples * fwd if model.needs_reference else 0.0
