@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from typing import Any, Optional
@@ -57,19 +58,9 @@ def safe_load(path: str, map_location: Any = 'cpu') -> Any:
 
 def atomic_save(obj: Any, path: str) -> None:
     """``torch.save`` to ``path`` atomically (temp file in the same directory + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.tmp_', suffix='.pth', dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic_write(buffer.getvalue(), path)
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict, *, source: str = 'checkpoint',
