@@ -94,3 +94,16 @@ class ToyPolicyWithCheckpoint(ToyPolicy):
     def __init__(self, *, checkpoint: str, **kwargs):
         super().__init__(**kwargs)
         self.checkpoint = checkpoint
+
+
+from vargo.core.interfaces import RewardHead  # noqa: E402
+from vargo.core.registry import REWARD_HEADS  # noqa: E402
+from vargo.core.types import RewardOutput  # noqa: E402
+
+
+@REWARD_HEADS.register_module(force=True)
+class ToyBrightnessReward(RewardHead):
+    """Mean pixel brightness of the image (tests only)."""
+
+    def __call__(self, rollout, ctx):
+        return RewardOutput(scores=rollout.images.float().mean(dim=(1, 2, 3)))
