@@ -776,9 +776,24 @@ def missing_file_error(path: str, what: str, hint: str = '') -> FileNotFoundErro
 def load_official_state_dict(path: str, *, what: str) -> dict[str, Tensor]:
     """The state dict of an official LlamaGen file: ``{"model": ...}`` (DDP), ``{"module":
     ...}`` (DeepSpeed), ``{"state_dict": ...}`` or a raw state dict (FSDP ``consolidated``), as
-    ``sample_c2i.py`` accepts them; loaded with ``weights_only=True``."""
+    ``sample_c2i.py`` accepts them; loaded with ``weights_only=True``.
+
+    A ``.safetensors`` file (the shipped Shapes models, ``tools/pretrain_shapes.py``) is a raw
+    state dict; its tensors keep their stored dtype (float16 for the larger Shapes files) and
+    ``load_state_dict`` casts them into the module's float32 parameters.
+    """
+    is_safetensors = str(path).endswith('.safetensors')
     if not os.path.isfile(path):
+        if is_safetensors:
+            raise FileNotFoundError(
+                f'{what} file {path!r} not found. The Shapes base models are shipped in '
+                f'components/benchmarks/weights/ (relative paths are relative to the working '
+                f'directory: run from the repository root) and are rebuilt by '
+                f'tools/pretrain_shapes.py (the command is in each model card, <name>.md).')
         raise missing_file_error(path, what)
+    if is_safetensors:
+        from safetensors.torch import load_file
+        return load_file(path, device='cpu')
     ckpt = _torch_load(path)
     for key in ('model', 'module', 'state_dict'):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
@@ -1068,6 +1083,44 @@ class LlamaGenPolicy(Policy):
             top_p=spec.top_p if truncate else 1.0, with_entropy=with_entropy)
         return PolicyEval(logp=logp.view(b, t),
                           entropy=None if ent is None else ent.view(b, t))
+
+    def flops_per_sample(self, spec: Optional[LogprobSpec] = None) -> int:
+        """Matmul FLOPs of one teacher-forced :meth:`evaluate` forward, per sample.
+
+        Two FLOPs per multiply-add, over the ``S = C + T - 1`` input positions (``C`` condition
+        positions, then tokens ``x_0 .. x_{T-2}``):
+
+        * linears, per layer, on all S positions: ``2 S dim (n_head + 2 n_kv_head) head_dim``
+          (``wqkv``) + ``2 S dim^2`` (``wo``) + ``3 * 2 S dim ffn_hidden`` (SwiGLU ``w1, w3, w2``);
+        * attention, per layer, ``QK^T`` and ``AV`` over the causal pairs only (query ``i`` sees
+          ``i + 1`` keys: ``S (S + 1) / 2`` pairs, ``2 head_dim`` FLOPs per pair, head and
+          product): ``2 dim S (S + 1)``; t2i caption-padding keys are counted (the masked kernel
+          computes them);
+        * the output head on the T positions that predict a token: ``2 T dim V``;
+        * t2i: the caption MLP on the C caption positions, ``2 C (caption_dim dim + dim^2)``
+          (the null caption's projection is made once per batch and not counted).
+
+        Not counted: embedding lookups, RMSNorm, RoPE, softmax, log-softmax and entropy (no
+        matmul). With ``spec.uses_cfg`` :meth:`evaluate` runs the doubled ``[cond; null]`` batch,
+        so the transformer terms count twice. The backward pass costs twice the forward's matmul
+        FLOPs (input and weight gradients), so a forward + backward update is ``3 *`` this.
+
+        Args:
+            spec: the :class:`LogprobSpec` of the evaluation (None: no CFG doubling).
+
+        Returns:
+            FLOPs per sample, an int (GPT-B c2i 256 px: 51,141,672,960, about 51.1 GFLOP).
+        """
+        cfg = self.cfg
+        c, t, d = cfg.cls_token_num, cfg.block_size, cfg.dim
+        s = c + t - 1
+        linears = 2 * s * d * ((cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim + d
+                               + 3 * cfg.ffn_hidden)
+        attention = 2 * d * s * (s + 1)
+        transformer = cfg.n_layer * (linears + attention) + 2 * t * d * cfg.vocab_size
+        caption = 2 * c * (cfg.caption_dim * d + d * d) if cfg.task == 't2i' else 0
+        copies = 2 if spec is not None and spec.uses_cfg else 1
+        return copies * transformer + caption
 
     @torch.no_grad()
     def decode(self, rollout: Rollout, *, chunk: int = 16) -> Tensor:

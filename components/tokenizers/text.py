@@ -171,7 +171,15 @@ def word_t5(*, vocabulary: Sequence[str], d_model: int, num_layers: int, num_hea
         max_length: caption tokens L (the GPT's ``cls_token_num``).
         d_kv: head width (default ``d_model // num_heads``).
         seed: initialises the (random, frozen) weights deterministically when no checkpoint.
-        checkpoint: optional ``.pt`` state dict of the ``T5EncoderModel`` (loaded strictly).
+        checkpoint: optional state dict of the ``T5EncoderModel``, a ``.safetensors`` file (the
+            shipped Shapes encoder, written by ``tools/pretrain_shapes.py text-encoder``) or a
+            ``.pt`` file; loaded strictly (every missing or unexpected key and every shape
+            mismatch is an error). T5 ties ``shared.weight`` and
+            ``encoder.embed_tokens.weight``; a file holds both (equal) tensors.
+
+    Raises:
+        FileNotFoundError: the checkpoint does not exist.
+        KeyError: its keys or shapes do not match the config.
     """
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
@@ -203,15 +211,28 @@ def word_t5(*, vocabulary: Sequence[str], d_model: int, num_layers: int, num_hea
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = T5EncoderModel(config)
-    if checkpoint is not None:
+    if checkpoint is not None:   # strict: keys and shapes (load_state_dict casts the dtype)
         if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f'word-level T5 checkpoint {checkpoint!r} not found')
-        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise KeyError(f'word-level T5 checkpoint {checkpoint!r} does not match the config: '
-                           f'missing keys {result.missing_keys}, unexpected keys '
-                           f'{result.unexpected_keys}')
+            raise FileNotFoundError(
+                f'word-level T5 checkpoint {checkpoint!r} not found (relative paths are relative '
+                f'to the working directory; the Shapes encoder is shipped in '
+                f'components/benchmarks/weights/ and written by `python tools/pretrain_shapes.py '
+                f'text-encoder`)')
+        if str(checkpoint).endswith('.safetensors'):
+            from safetensors.torch import load_file
+            state = load_file(checkpoint, device='cpu')
+        else:
+            state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+        own = model.state_dict()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(f'{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}'
+                        for k in set(own) & set(state) if state[k].shape != own[k].shape)
+        if missing or unexpected or shapes:
+            raise KeyError(f'word-level T5 checkpoint {checkpoint!r} does not match the config '
+                           f'(d_model, num_layers, num_heads, d_ff, vocabulary): missing keys '
+                           f'{missing}, unexpected keys {unexpected}, shape mismatches {shapes}')
+        model.load_state_dict(state, strict=True)
     encoder = T5TextEncoder(model=model, tokenize=tokenize, max_length=max_length)
     encoder.vocab = vocab
     return encoder
@@ -221,7 +242,11 @@ _BUILDERS = {'flan-t5': flan_t5, 'word-t5': word_t5}
 
 
 def build_text_encoder(cfg: dict) -> T5TextEncoder:
-    """Build a text encoder from ``dict(type='flan-t5' | 'word-t5', **arguments)``."""
+    """Build a text encoder from ``dict(type='flan-t5' | 'word-t5', **arguments)``.
+
+    A ``'word-t5'`` dict may name its weights with ``checkpoint=<path>`` (``.safetensors`` or
+    ``.pt``, loaded strictly); without it the weights are the seeded random init.
+    """
     cfg = dict(cfg)
     kind = cfg.pop('type', None)
     if kind not in _BUILDERS:

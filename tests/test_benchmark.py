@@ -1,0 +1,230 @@
+"""tools/benchmark.py: every field of its JSON, and the FLOP count it divides by.
+
+No timing is asserted (other processes share the machine); the FLOPs of
+``LlamaGenPolicy.flops_per_sample`` are checked against a hand count and against torch's
+FlopCounterMode (which counts the matmuls but not the CPU attention kernel).
+"""
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import ROOT
+from vargo.components.policies.llamagen import LlamaGenPolicy
+from vargo.core.types import Conditions, LogprobSpec, Rollout
+
+TINY_CFG = os.path.join(ROOT, 'configs', 'grpo', 'llamagen-tiny_grpo_jpeg.py')
+VQ_TINY = dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16, codebook_size=512,
+               codebook_embed_dim=8, norm_groups=8)
+
+
+def _load_tool():
+    spec = importlib.util.spec_from_file_location('vargo_tools_benchmark',
+                                                  os.path.join(ROOT, 'tools', 'benchmark.py'))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _stat(d, keys=('median', 'min')):
+    assert set(keys) <= set(d), d
+    for k in keys:
+        assert isinstance(d[k], float) and math.isfinite(d[k]) and d[k] > 0, (k, d)
+
+
+def _rate(d):
+    _stat(d, ('median', 'best'))
+    assert d['best'] >= d['median']
+
+
+def _run(tmp_path, *extra):
+    out = tmp_path / 'bench.json'
+    # a checkpoint that does not exist: the benchmark must use random weights instead
+    argv = [TINY_CFG, '--batch', '4', '--repeat', '2', '--threads', '1', '--gemm-size', '256',
+            '--bandwidth-mb', '8', '--out', str(out),
+            '--cfg-options', 'policy.arch.dim=64', 'policy.arch.n_layer=2',
+            'policy.tokenizer_checkpoint=/nonexistent/vq.pt', *extra]
+    assert _load_tool().main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_benchmark_json_has_every_field(tmp_path, keep_threads, capsys):
+    res = _run(tmp_path)
+    printed = capsys.readouterr().out
+    for row in ('fp32 GEMM 256^3 (peak)', 'rollout, no CFG (4 x 64)', 'rollout, CFG 4 (4 x 64)',
+                'update fwd+bwd (4 x 64)', 'of the GEMM peak', 'iteration (4 samples, G=4)'):
+        assert row in printed, printed
+
+    # run description
+    assert res['config'] == TINY_CFG and res['batch'] == 4 and res['threads'] == 1
+    assert res['arch'] == {'dim': 64, 'n_layer': 2, 'n_head': 4}
+    assert res['torch'] == torch.__version__ and isinstance(res['cpu'], str) and res['cpu']
+    assert res['group_size'] == 4 and res['num_actions'] == 64
+    assert res['policy_cfg']['tokenizer_checkpoint'] is None
+    assert 'VmHWM' in res['memory_method'] or 'ru_maxrss' in res['memory_method']
+    assert len(res['load_average_start']) == 3 and len(res['load_average_end']) == 3
+    # trainable params of GPT(dim 64, 2 layers, V 512, 10 classes): embeddings + layers + head
+    layer = 64 * 192 + 64 * 64 + 3 * 64 * 256 + 2 * 64
+    assert res['trainable_params'] == 11 * 64 + 512 * 64 + 2 * layer + 64 + 512 * 64
+
+    # machine limits
+    gemm = res['machine']['gemm']
+    assert gemm['size'] == 256 and gemm['calls_per_run'] >= 1
+    _stat(gemm['time_s'])
+    _rate(gemm['gflops'])
+    bw = res['machine']['bandwidth']
+    assert bw['bytes'] == 8 * 2 ** 20
+    for k in ('read_time_s', 'copy_time_s'):
+        _stat(bw[k])
+    _rate(bw['read_gbps'])
+    _rate(bw['copy_gbps'])
+
+    # rollouts: whole rollouts, without and with CFG (the config samples without: 4.0 is used)
+    ro = res['rollout']
+    for key, scale in (('no_cfg', 1.0), ('cfg', 4.0)):
+        r = ro[key]
+        assert r['cfg_scale'] == scale and r['mode'] == 'full' and r['prefill_actions'] == 0
+        assert r['samples'] == 4 and r['actions'] == 64 and r['steps_timed'] == 64
+        _stat(r['time_s'])
+        _stat(r['ms_per_step'])
+        _rate(r['tokens_per_s'])
+        assert r['tokens_per_s']['median'] == pytest.approx(4 * 64 / r['time_s']['median'])
+        assert r['ms_per_step']['min'] == pytest.approx(1000 * r['time_s']['min'] / 64)
+        assert r['peak_rss_mb'] > 0 and r['peak_above_start_mb'] >= 0
+    # weights read per decode step: the non-embedding trainable weights, fp32
+    assert ro['weight_bytes'] == 4 * (2 * layer + 64 + 512 * 64)
+    _stat(ro['weight_read_ms_per_step'])
+
+    # update: 3 x forward FLOPs per step, GFLOP/s and % of the measured peak consistent
+    up = res['update']
+    assert up['spec']['mode'] == 'none' and up['spec']['uses_cfg'] is False
+    assert up['samples'] == 4 and up['actions'] == 64
+    for k in ('time_s', 'forward_s', 'backward_s'):
+        _stat(up[k])
+    _rate(up['tokens_per_s'])
+    assert up['flops_per_sample'] == _hand_count_c2i(dim=64, n_layer=2, ffn=256, t=64, v=512)
+    assert up['flops_per_step'] == 3 * 4 * up['flops_per_sample']
+    _rate(up['gflops'])
+    assert up['gflops']['best'] == pytest.approx(up['flops_per_step'] / 1e9 / up['time_s']['min'])
+    assert up['pct_of_gemm_peak']['best'] == pytest.approx(
+        100 * up['gflops']['best'] / gemm['gflops']['best'])
+    assert up['peak_rss_mb'] > 0
+
+    # iteration split
+    it = res['iteration']
+    assert it['group_size'] == 4 and it['samples'] == 4 and it['decodes_images'] is True
+    parts = ('generate', 'score', 'advantages', 'reference', 'train_step')
+    for p in parts + ('decode_images', 'total'):
+        _stat(it[f'{p}_s'])
+    assert sum(it['fraction'].values()) == pytest.approx(1.0)
+    assert set(it['loop_split_s']) == {'rollout', 'reward', 'update'}
+    assert it['loop_split_s']['rollout'] == it['generate_s']['median']
+    assert it['peak_rss_mb'] > 0
+
+
+def test_benchmark_times_the_last_steps_as_a_continuation(tmp_path, keep_threads):
+    res = _run(tmp_path, '--steps', '8', '--skip-update', '--skip-iteration')
+    assert 'update' not in res and 'iteration' not in res
+    for key in ('no_cfg', 'cfg'):
+        r = res['rollout'][key]
+        assert r['mode'] == 'continuation' and r['steps_timed'] == 8 and r['prefill_actions'] == 56
+        assert r['tokens_per_s']['median'] == pytest.approx(4 * 8 / r['time_s']['median'])
+
+
+def test_benchmark_rejects_a_batch_without_whole_groups(tmp_path, keep_threads, capsys):
+    out = tmp_path / 'bench.json'
+    argv = [TINY_CFG, '--batch', '1', '--repeat', '1', '--gemm-size', '64', '--bandwidth-mb', '1',
+            '--skip-rollout', '--skip-update', '--skip-iteration', '--out', str(out)]
+    assert _load_tool().main(argv) == 2
+    assert '--batch=1 has no divisor' in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---- the FLOP count ---------------------------------------------------------------------------
+
+def _hand_count_c2i(*, dim, n_layer, ffn, t, v):
+    """c2i (C = 1): S = C + T - 1 = T positions; q, k, v, o, SwiGLU on all; causal attention
+    ``sum_i (i + 1) = S (S + 1) / 2`` query-key pairs, ``2 dim`` FLOPs per pair for ``QK^T`` and
+    again for ``AV``; the head on the T predicting positions."""
+    s = t
+    per_layer = 2 * s * dim * (3 * dim) + 2 * s * dim * dim + 3 * 2 * s * dim * ffn \
+        + 2 * (2 * dim * s * (s + 1) // 2)
+    return n_layer * per_layer + 2 * t * dim * v
+
+
+def _policy(task, arch, **kw):
+    return LlamaGenPolicy(arch=arch, task=task, image_size=32, downsample=4, num_classes=10,
+                          vocab_size=512, tokenizer=VQ_TINY, **kw)
+
+
+def _rollout(policy, b=2):
+    t = policy.num_actions
+    if policy.task == 'c2i':
+        cond = Conditions(class_ids=torch.tensor([1, 2]))
+    else:
+        cond = Conditions(text_emb=torch.randn(b, 8, 32),
+                          text_mask=torch.ones(b, 8, dtype=torch.bool))
+    return Rollout(cond=cond, group_ids=torch.arange(b), actions=torch.randint(0, 512, (b, t)),
+                   logp_old=torch.zeros(b, t), action_mask=torch.ones(b, t, dtype=torch.bool),
+                   action_step=torch.arange(t), action_pos=torch.zeros(t, 2, dtype=torch.long))
+
+
+def _counted_mm_flops(policy, rollout, spec):
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        policy.evaluate(rollout, spec=spec)
+    return counter.get_total_flops()
+
+
+def test_flops_per_sample_c2i_hand_count():
+    # dim 64, 2 layers, 4 heads (head_dim 16), ffn_hidden = find_multiple(int(2*4*64/3) = 170,
+    # 256) = 256, T = (32/4)^2 = 64 tokens, C = 1, V = 512 -> S = 64 positions:
+    #   wqkv 2*64*64*192 = 1,572,864   wo 2*64*64*64 = 524,288   SwiGLU 3*2*64*64*256 = 6,291,456
+    #   attention QK^T + AV: 2 * (64*65/2 pairs * 2*16 FLOPs * 4 heads) = 532,480
+    #   per layer 8,921,088; 2 layers 17,842,176; head 2*64*64*512 = 4,194,304
+    expected = 22_036_480
+    policy = _policy('c2i', dict(dim=64, n_layer=2, n_head=4))
+    assert _hand_count_c2i(dim=64, n_layer=2, ffn=256, t=64, v=512) == expected
+    assert policy.flops_per_sample(LogprobSpec()) == expected
+    assert policy.flops_per_sample() == expected
+    # log-probs from conditional logits: one batch even though the sampler uses CFG
+    assert policy.flops_per_sample(LogprobSpec(mode='none', cfg_scale=4.0)) == expected
+    # exactly the sampling distribution with CFG: the doubled [cond; null] batch
+    cfg = LogprobSpec(mode='rollout', cfg_scale=4.0)
+    assert policy.flops_per_sample(cfg) == 2 * expected
+    # torch's counter sees every matmul but the CPU attention kernel: ours minus attention
+    attention = 2 * 532_480
+    r = _rollout(policy)
+    assert _counted_mm_flops(policy, r, LogprobSpec()) == 2 * (expected - attention)
+    assert _counted_mm_flops(policy, r, cfg) == 2 * 2 * (expected - attention)
+
+
+def test_flops_per_sample_t2i_grouped_query_hand_count():
+    # t2i, C = 8 caption positions of 32 features, dim 64, 1 layer, 4 heads, 2 kv heads,
+    # T = 64 -> S = 8 + 64 - 1 = 71 positions:
+    #   wqkv 2*71*64*(4+2*2)*16 = 1,163,264   wo 2*71*64*64 = 581,632
+    #   SwiGLU 3*2*71*64*256 = 6,979,584      attention 2*64*71*72 = 654,336
+    #   head 2*64*64*512 = 4,194,304          caption MLP 2*8*(32*64 + 64*64) = 98,304
+    policy = _policy('t2i', dict(dim=64, n_layer=1, n_head=4, n_kv_head=2), cls_token_num=8,
+                     caption_dim=32)
+    transformer = 1_163_264 + 581_632 + 6_979_584 + 654_336 + 4_194_304
+    assert policy.flops_per_sample(LogprobSpec()) == transformer + 98_304 == 13_671_424
+    cfg = LogprobSpec(mode='rollout', cfg_scale=7.5)
+    assert policy.flops_per_sample(cfg) == 2 * transformer + 98_304
+    b, attention = 2, 654_336
+    r = _rollout(policy, b)
+    assert _counted_mm_flops(policy, r, LogprobSpec()) == b * (13_671_424 - attention)
+    # the null caption's projection runs once per batch (not counted per sample)
+    assert _counted_mm_flops(policy, r, cfg) == b * (2 * (transformer - attention) + 98_304) \
+        + 98_304

@@ -1,0 +1,626 @@
+"""Throughput of a policy config on this machine, against limits measured in the same run.
+
+    python tools/benchmark.py CONFIG [--arch GPT-B] [--batch 8] [--steps N] [--repeat 3]
+                              [--threads 2] [--out bench.json] [--skip-rollout] [--skip-update]
+                              [--skip-iteration] [--gemm-size 2048] [--bandwidth-mb 512]
+                              [--seed 0] [--cfg-options k=v ...]
+
+The policy is the config's with random weights: every top-level ``policy.*checkpoint`` is set to
+None and ``--arch`` replaces ``policy.arch``. Everything is built as tools/train.py builds it
+(:func:`vargo.core.config.assemble`, then ``MODELS.build`` of the ``RLAlgorithm`` whose components
+go through ``checked_build``), so the tool knows no model family: it uses ``policy.num_actions``,
+``sampler.rollout``, ``policy.evaluate``, ``policy.decode`` and, when the policy has it,
+``policy.flops_per_sample(spec)`` (the matmul FLOPs of one teacher-forced forward per sample).
+
+Measurements, each timed ``--repeat`` times after one untimed warm-up (median and min reported),
+with ``torch.set_num_threads(--threads)``:
+
+1. fp32 GEMM peak: ``torch.mm`` of two ``--gemm-size`` square fp32 matrices (2 n^3 FLOPs each).
+   The best rate is the physical limit the update is compared with.
+2. memory bandwidth: ``sum`` of a ``--bandwidth-mb`` fp32 tensor (bytes read) and ``copy_`` into
+   another one (bytes read + written).
+3. rollout tokens/s with CFG off (``cfg_scale=1``) and on (the config's scale, or 4.0 when the
+   config samples without CFG), images not decoded, conditions encoded beforehand; ms per decode
+   step; and the ms per step that reading the policy's trainable weights once (embedding tables
+   excluded: a step reads only B of their rows) at the measured read bandwidth would take, the
+   floor of a memory-bound decode step (KV-cache reads come on top).
+4. update: ``policy.evaluate(rollout, spec=<the config sampler's logprob_spec>)``, loss
+   ``-mean(logp) - 0.01 * mean(entropy)``, ``backward``; tokens/s, GFLOP/s = 3 * forward FLOPs /
+   (forward + backward time), and that as % of the GEMM peak.
+5. peak memory of each phase: the resident-set high-water mark (``VmHWM`` of /proc/self/status),
+   reset before the phase by writing 5 to /proc/self/clear_refs. Where that reset is unavailable
+   the process-lifetime ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` is reported instead (the
+   ``memory_method`` field says which). psutil has no peak and tracemalloc does not see torch's
+   allocations, so neither is used.
+6. iteration split: the config's ``RLAlgorithm`` runs one GRPO iteration on ``--batch`` samples
+   in groups of the config's G (reduced to the largest divisor of ``--batch`` not above it):
+   ``generate`` (sampling and, if the sampler decodes, image decoding) / ``score`` /
+   ``compute_advantages`` / ``reference_eval`` / one ``train_step`` (loss, backward, optimizer
+   step with the config's optim_wrapper). ``policy.decode`` is also timed alone (it is part of
+   generate). The loop's ``time/rollout``, ``time/reward``, ``time/update`` are generate,
+   score + advantages, and reference + train_step.
+
+``--steps N`` (fewer than the policy's A actions) times only the last N decode steps: each timed
+rollout continues an earlier one from its first A - N actions (``sampler.rollout(prefix=...,
+stop_at_step=A - N)``), so its time also holds one prefill of those A - N actions and the ms per
+step is an upper bound. The default times whole rollouts.
+
+Output: a fixed-width table on stdout and ``--out`` (JSON) with every number, the config, arch,
+batch, threads, torch version, CPU model and the load average before and after the run (other
+processes on the machine change every number here; check it).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+from mmengine.config import DictAction  # noqa: E402
+
+#: weight of the entropy bonus in the benchmark's update loss (only its cost matters)
+ENTROPY_COEF = 0.01
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('config', help='a vargo config (its policy is built with random weights)')
+    p.add_argument('--arch', help='replace policy.arch, e.g. GPT-B')
+    p.add_argument('--batch', type=int, default=8, help='samples per rollout and update')
+    p.add_argument('--steps', type=int, default=None,
+                   help='decode steps to time (default: all of them, whole rollouts)')
+    p.add_argument('--repeat', type=int, default=3, help='timed repetitions of each measurement')
+    p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
+    p.add_argument('--out', default='bench.json', help='JSON file of all numbers')
+    p.add_argument('--skip-rollout', action='store_true', help='skip the rollout throughput')
+    p.add_argument('--skip-update', action='store_true', help='skip the update throughput')
+    p.add_argument('--skip-iteration', action='store_true', help='skip the iteration split')
+    p.add_argument('--gemm-size', type=int, default=2048, help='n of the n x n fp32 GEMM')
+    p.add_argument('--bandwidth-mb', type=int, default=512,
+                   help='size of the bandwidth test tensor (well above the caches)')
+    p.add_argument('--seed', type=int, default=0, help='seed of the random weights and noise')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config entries, e.g. sampler.top_k=100')
+    args = p.parse_args(argv)
+    for name in ('batch', 'repeat', 'threads', 'gemm_size', 'bandwidth_mb'):
+        if getattr(args, name) < 1:
+            p.error(f'--{name.replace("_", "-")}={getattr(args, name)} must be >= 1')
+    if args.steps is not None and args.steps < 1:
+        p.error(f'--steps={args.steps} must be >= 1 (or omitted to time whole rollouts)')
+    return args
+
+
+# ---------------------------------------------------------------------------------------------
+# timing and memory helpers
+# ---------------------------------------------------------------------------------------------
+
+def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[list[float], Any]:
+    """Seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed ones, and the last result."""
+    out = None
+    for _ in range(warmup):
+        out = fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return times, out
+
+
+def stats(values: list[float]) -> dict:
+    """``{'median', 'min', 'values'}`` of timings (seconds or ms)."""
+    return {'median': statistics.median(values), 'min': min(values), 'values': list(values)}
+
+
+def rate(work: float, times: dict) -> dict:
+    """``work / time`` at the median and at the best (minimum) time."""
+    return {'median': work / times['median'], 'best': work / times['min']}
+
+
+class PeakMemory:
+    """Peak resident memory of a phase (see the module doc, item 5)."""
+
+    def __init__(self):
+        self.method = ('VmHWM (/proc/self/status), reset per phase via /proc/self/clear_refs'
+                       if self._reset() else
+                       'resource.getrusage ru_maxrss (process-lifetime peak; no per-phase reset)')
+        self._start = 0.0
+
+    @staticmethod
+    def _reset() -> bool:
+        try:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')
+            return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _status_mb(field: str) -> Optional[float]:
+        try:
+            with open('/proc/self/status') as f:
+                for line in f:
+                    if line.startswith(field + ':'):
+                        return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
+        return None
+
+    def rss_mb(self) -> float:
+        rss = self._status_mb('VmRSS')
+        return rss if rss is not None else self.peak_mb()
+
+    def peak_mb(self) -> float:
+        hwm = self._status_mb('VmHWM')
+        if hwm is not None:
+            return hwm
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # KiB on Linux
+
+    def start(self) -> None:
+        self._reset()
+        self._start = self.rss_mb()
+
+    def stop(self) -> dict:
+        peak = self.peak_mb()
+        return {'peak_rss_mb': peak, 'peak_above_start_mb': max(0.0, peak - self._start)}
+
+
+def cpu_model() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# machine limits
+# ---------------------------------------------------------------------------------------------
+
+def bench_gemm(n: int, repeat: int) -> dict:
+    """fp32 ``torch.mm`` of two ``n x n`` matrices; each timed run lasts about 0.3 s."""
+    import torch
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.empty(n, n)
+    t0 = time.perf_counter()
+    for _ in range(2):
+        torch.mm(a, b, out=c)
+    per = (time.perf_counter() - t0) / 2
+    calls = max(1, min(200, round(0.3 / max(per, 1e-6))))
+
+    def run():
+        for _ in range(calls):
+            torch.mm(a, b, out=c)
+
+    times, _ = timed(run, repeat)
+    t = stats([x / calls for x in times])
+    return {'size': n, 'calls_per_run': calls, 'time_s': t,
+            'gflops': rate(2 * n ** 3 / 1e9, t)}
+
+
+def bench_bandwidth(mb: int, repeat: int) -> dict:
+    """Read (``sum``) and read+write (``copy_``) bandwidth of an ``mb`` MiB fp32 tensor."""
+    import torch
+    nbytes = mb * 2 ** 20
+    src = torch.rand(nbytes // 4)
+    dst = torch.empty_like(src)
+    sums = max(1, round(2e9 / nbytes))     # about 2 GB per timed run
+    copies = max(1, round(1e9 / nbytes))
+
+    def read():
+        for _ in range(sums):
+            src.sum()
+
+    def copy():
+        for _ in range(copies):
+            dst.copy_(src)
+
+    t_read, _ = timed(read, repeat)
+    t_copy, _ = timed(copy, repeat)
+    tr = stats([x / sums for x in t_read])
+    tc = stats([x / copies for x in t_copy])
+    return {'bytes': nbytes, 'read_time_s': tr, 'copy_time_s': tc,
+            'read_gbps': rate(nbytes / 1e9, tr), 'copy_gbps': rate(2 * nbytes / 1e9, tc)}
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------
+
+def build(args):
+    """``(cfg, model, group_size, n_conditions)``: the config's RLAlgorithm with random weights."""
+    from mmengine.registry import DefaultScope
+
+    from vargo.core.config import assemble
+    from vargo.core.registry import MODELS, ConfigError
+    from vargo.core.runner import load_config
+
+    cfg = load_config(args.config, args.cfg_options)
+    policy = cfg.get('policy')
+    if policy is None:
+        raise ConfigError(f'{args.config} has no policy')
+    for key in list(policy.keys()):
+        if key == 'checkpoint' or key.endswith('_checkpoint'):
+            policy[key] = None                          # random weights, no files needed
+    if args.arch is not None:
+        policy['arch'] = args.arch
+    cfg.train_cfg.samples_per_rank = args.batch
+    cfg.train_cfg.minibatch_samples = None
+    divisors = [d for d in range(2, min(cfg.group_size, args.batch) + 1) if args.batch % d == 0]
+    if not divisors:
+        raise ConfigError(f'--batch={args.batch} has no divisor in [2, group_size='
+                          f'{cfg.group_size}]: GRPO groups need at least 2 samples; use an even '
+                          f'--batch')
+    cfg.group_size = divisors[-1]
+    cfg = assemble(cfg)
+    with DefaultScope.overwrite_default_scope('vargo'):
+        model = MODELS.build(cfg.model)
+    return cfg, model, cfg.group_size, args.batch // cfg.group_size
+
+
+def conditions(cfg, n: int):
+    """``n`` conditions spread over the config's condition dataset."""
+    from mmengine.registry import DefaultScope
+    from torch.utils.data import default_collate
+
+    from vargo.core.loop import conditions_from_batch
+    from vargo.core.registry import DATASETS
+
+    with DefaultScope.overwrite_default_scope('vargo'):
+        dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    items = [dataset[i * len(dataset) // n] for i in range(n)]
+    return conditions_from_batch(default_collate(items))
+
+
+def sampler_variant(cfg, **changes):
+    """The config's sampler with ``changes`` (built through the checked registry)."""
+    from vargo.core.registry import SAMPLERS, checked_build
+    sampler_cfg = cfg.model.sampler.to_dict() if hasattr(cfg.model.sampler, 'to_dict') else dict(
+        cfg.model.sampler)
+    sampler_cfg.update(changes)
+    return checked_build(sampler_cfg, SAMPLERS)
+
+
+def weight_bytes(policy) -> int:
+    """Bytes of the trainable weights a decode step reads in full (embedding tables excluded)."""
+    from torch import nn
+    tables = {id(m.weight) for m in policy.modules() if isinstance(m, nn.Embedding)}
+    return sum(p.numel() * p.element_size() for p in policy.trainable_parameters()
+               if id(p) not in tables)
+
+
+# ---------------------------------------------------------------------------------------------
+# phases
+# ---------------------------------------------------------------------------------------------
+
+def bench_rollout(policy, sampler, cond, group_size: int, args,
+                  mem: PeakMemory) -> tuple[dict, Any]:
+    """Rollout throughput of ``sampler`` (see the module doc, item 3)."""
+    import torch
+
+    from vargo.core.rng import BatchRNG
+
+    actions = policy.num_actions
+    b = len(cond) * group_size
+    continuation = args.steps is not None and args.steps < actions
+    steps = args.steps if continuation else actions
+    counter = iter(range(10 ** 9))
+
+    def rng():
+        return BatchRNG(args.seed, next(counter), b, rank=0, world_size=1)
+
+    mem.start()
+    with torch.no_grad():
+        if continuation:
+            prefix = sampler.rollout(policy, cond, group_size=group_size, rng=rng())
+
+            def run():
+                return sampler.rollout(policy, prefix.cond, group_size=1, rng=rng(),
+                                       prefix=prefix, stop_at_step=actions - steps)
+        else:
+            def run():
+                return sampler.rollout(policy, cond, group_size=group_size, rng=rng())
+        times, rollout = timed(run, args.repeat)
+    t = stats(times)
+    out = {
+        'cfg_scale': sampler.logprob_spec().cfg_scale, 'samples': b, 'actions': actions,
+        'steps_timed': steps, 'mode': 'continuation' if continuation else 'full',
+        'prefill_actions': actions - steps if continuation else 0,
+        'time_s': t, 'tokens_per_s': rate(b * steps, t),
+        'ms_per_step': {'median': 1000 * t['median'] / steps, 'min': 1000 * t['min'] / steps},
+        **mem.stop(),
+    }
+    return out, rollout
+
+
+def bench_update(policy, rollout, spec, args, peak_gflops: Optional[float],
+                 mem: PeakMemory) -> dict:
+    """Teacher-forced forward + backward throughput (see the module doc, item 4)."""
+    import torch
+
+    policy.train(True)
+    fwd, bwd = [], []
+
+    def step():
+        policy.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        ev = policy.evaluate(rollout, spec=spec)
+        loss = -ev.logp.mean()
+        if ev.entropy is not None:
+            loss = loss - ENTROPY_COEF * ev.entropy.mean()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        fwd.append(t1 - t0)
+        bwd.append(t2 - t1)
+
+    mem.start()
+    with torch.enable_grad():
+        times, _ = timed(step, args.repeat)
+    policy.zero_grad(set_to_none=True)
+    fwd, bwd = fwd[-args.repeat:], bwd[-args.repeat:]
+    t = stats(times)
+    b, a = rollout.batch_size, rollout.num_actions
+    out = {
+        'spec': {'mode': spec.mode, 'cfg_scale': spec.cfg_scale, 'uses_cfg': spec.uses_cfg,
+                 'temperature': spec.temperature, 'top_k': spec.top_k, 'top_p': spec.top_p},
+        'samples': b, 'actions': a, 'time_s': t, 'forward_s': stats(fwd),
+        'backward_s': stats(bwd), 'tokens_per_s': rate(b * a, t),
+        'flops_per_sample': None, 'flops_per_step': None, 'gflops': None,
+        'pct_of_gemm_peak': None,
+    }
+    if hasattr(policy, 'flops_per_sample'):
+        per_sample = int(policy.flops_per_sample(spec))
+        total = 3 * per_sample * b                 # forward + backward (2x forward)
+        out.update(flops_per_sample=per_sample, flops_per_step=total,
+                   gflops=rate(total / 1e9, t))
+        if peak_gflops:
+            out['pct_of_gemm_peak'] = {k: 100 * v / peak_gflops for k, v in out['gflops'].items()}
+    out.update(mem.stop())
+    return out
+
+
+def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
+    """One GRPO iteration's time split (see the module doc, item 6)."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import DefaultScope
+
+    from vargo.core.algorithm import MiniBatch
+    from vargo.core.rng import BatchRNG
+
+    with DefaultScope.overwrite_default_scope('vargo'):
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    n_cond, g = len(cond), model.group_size
+    parts = ('generate', 'score', 'advantages', 'reference', 'train_step')
+    record: dict[str, list[float]] = {k: [] for k in parts + ('decode_images',)}
+    counter = iter(range(10 ** 9))
+
+    def iteration():
+        i = next(counter)
+        t = [time.perf_counter()]
+        rollout = model.generate(cond, BatchRNG(args.seed, i, n_cond * g, rank=0, world_size=1))
+        t.append(time.perf_counter())
+        rewards = model.score(rollout, i)
+        t.append(time.perf_counter())
+        adv = model.compute_advantages(rewards, rollout)
+        t.append(time.perf_counter())
+        ref = model.reference_eval(rollout, n_cond)
+        t.append(time.perf_counter())
+        mb = MiniBatch(rollout=rollout, adv=adv, ref_eval=ref,
+                       ctx={'num_samples': rollout.batch_size, 'progress': 0.0},
+                       check_on_policy=True)
+        model.train_step({'minibatch': mb}, optim_wrapper=optim_wrapper)
+        t.append(time.perf_counter())
+        for k, name in enumerate(parts):
+            record[name].append(t[k + 1] - t[k])
+        t0 = time.perf_counter()
+        model.policy.decode(rollout)
+        record['decode_images'].append(time.perf_counter() - t0)
+
+    mem.start()
+    timed(iteration, args.repeat)
+    out: dict[str, Any] = {'group_size': g, 'samples': n_cond * g,
+                           'decodes_images': bool(getattr(model.sampler, 'decode_images', False))}
+    for name, values in record.items():
+        out[f'{name}_s'] = stats(values[-args.repeat:])
+    totals = [sum(record[p][-args.repeat:][i] for p in parts) for i in range(args.repeat)]
+    out['total_s'] = stats(totals)
+    med = {p: out[f'{p}_s']['median'] for p in parts}
+    whole = sum(med.values())
+    out['fraction'] = {p: v / whole for p, v in med.items()}
+    out['loop_split_s'] = {'rollout': med['generate'],
+                           'reward': med['score'] + med['advantages'],
+                           'update': med['reference'] + med['train_step']}
+    out.update(mem.stop())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+
+def _fmt(x) -> str:
+    if x is None:
+        return '-'
+    if isinstance(x, str):
+        return x
+    ax = abs(x)
+    if ax >= 1000:
+        return f'{x:,.0f}'
+    if ax >= 100:
+        return f'{x:.1f}'
+    if ax >= 1:
+        return f'{x:.2f}'
+    return f'{x:.4f}'
+
+
+def table(res: dict) -> str:
+    """The fixed-width table printed by the tool."""
+    rows: list[tuple[str, Any, Any, str]] = []
+    m = res['machine']
+    g = m['gemm']
+    rows.append((f'fp32 GEMM {g["size"]}^3 (peak)', g['gflops']['median'], g['gflops']['best'],
+                 'GFLOP/s'))
+    bw = m['bandwidth']
+    rows.append(('memory read (sum)', bw['read_gbps']['median'], bw['read_gbps']['best'], 'GB/s'))
+    rows.append(('memory copy (read + write)', bw['copy_gbps']['median'], bw['copy_gbps']['best'],
+                 'GB/s'))
+    ro = res.get('rollout')
+    if ro:
+        for key in ('no_cfg', 'cfg'):
+            r = ro[key]
+            what = f'rollout, CFG {r["cfg_scale"]:g}' if key == 'cfg' else 'rollout, no CFG'
+            shape = f'{r["samples"]} x {r["steps_timed"]}'
+            if r['mode'] == 'continuation':
+                shape += f' after {r["prefill_actions"]}'
+            rows.append((f'{what} ({shape})', r['tokens_per_s']['median'],
+                         r['tokens_per_s']['best'], 'tokens/s'))
+            rows.append(('  per decode step', r['ms_per_step']['median'], r['ms_per_step']['min'],
+                         'ms'))
+            rows.append(('  peak memory', r['peak_rss_mb'], None, 'MB'))
+        rows.append(('  weights read once per step', ro['weight_read_ms_per_step']['median'],
+                     ro['weight_read_ms_per_step']['min'], 'ms'))
+    up = res.get('update')
+    if up:
+        cfg_note = f', CFG {up["spec"]["cfg_scale"]:g} doubled' if up['spec']['uses_cfg'] else ''
+        rows.append((f'update fwd+bwd ({up["samples"]} x {up["actions"]}{cfg_note})',
+                     up['tokens_per_s']['median'], up['tokens_per_s']['best'], 'tokens/s'))
+        rows.append(('  forward + backward', up['time_s']['median'], up['time_s']['min'], 's'))
+        rows.append(('  forward', up['forward_s']['median'], up['forward_s']['min'], 's'))
+        rows.append(('  backward', up['backward_s']['median'], up['backward_s']['min'], 's'))
+        if up['gflops']:
+            rows.append(('  achieved (3 x forward FLOPs)', up['gflops']['median'],
+                         up['gflops']['best'], 'GFLOP/s'))
+            if up['pct_of_gemm_peak']:
+                rows.append(('  of the GEMM peak', up['pct_of_gemm_peak']['median'],
+                             up['pct_of_gemm_peak']['best'], '%'))
+        rows.append(('  peak memory', up['peak_rss_mb'], None, 'MB'))
+    it = res.get('iteration')
+    if it:
+        rows.append((f'iteration ({it["samples"]} samples, G={it["group_size"]})',
+                     it['total_s']['median'], it['total_s']['min'], 's'))
+        for p in ('generate', 'score', 'advantages', 'reference', 'train_step'):
+            rows.append((f'  {p} ({100 * it["fraction"][p]:.1f}%)', it[f'{p}_s']['median'],
+                         it[f'{p}_s']['min'], 's'))
+        rows.append(('  image decoding (part of generate)', it['decode_images_s']['median'],
+                     it['decode_images_s']['min'], 's'))
+        rows.append(('  peak memory', it['peak_rss_mb'], None, 'MB'))
+    width = max(len(r[0]) for r in rows) + 2
+    head = (f'{res["config"]}  arch={res["arch"]}  batch={res["batch"]}  threads={res["threads"]}'
+            f'  torch {res["torch"]}\n{res["cpu"]}; load average {res["load_average_start"]} at '
+            f'start, {res["load_average_end"]} at end; memory: {res["memory_method"]}\n')
+    lines = [f'{"measurement":<{width}}{"median":>14}{"best":>14}  unit', '-' * (width + 36)]
+    for name, med, best, unit in rows:
+        lines.append(f'{name:<{width}}{_fmt(med):>14}{_fmt(best):>14}  {unit}')
+    return head + '\n'.join(lines)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return repr(x)
+
+
+def run(args) -> dict:
+    """All measurements; returns the result dict (also written to ``args.out``)."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    mem = PeakMemory()
+    res: dict[str, Any] = {
+        'config': args.config, 'cfg_options': _jsonable(args.cfg_options or {}),
+        'batch': args.batch, 'threads': torch.get_num_threads(), 'repeat': args.repeat,
+        'steps': args.steps, 'seed': args.seed, 'torch': torch.__version__,
+        'python': platform.python_version(), 'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
+        'memory_method': mem.method, 'load_average_start': load_average(),
+    }
+    torch.manual_seed(args.seed)
+    mem.start()
+    cfg, model, group_size, n_cond = build(args)      # first: a config error fails at once
+    res['build'] = mem.stop()
+    res['machine'] = {'gemm': bench_gemm(args.gemm_size, args.repeat),
+                      'bandwidth': bench_bandwidth(args.bandwidth_mb, args.repeat)}
+    peak = res['machine']['gemm']['gflops']['best']
+    policy = model.policy
+    res['arch'] = _jsonable(cfg.model.policy.get('arch'))
+    res['policy_cfg'] = _jsonable(cfg.model.policy.to_dict())
+    res['sampler_cfg'] = _jsonable(cfg.model.sampler.to_dict())
+    res['group_size'] = group_size
+    res['num_actions'] = policy.num_actions
+    res['trainable_params'] = sum(p.numel() for p in policy.trainable_parameters())
+    cond = conditions(cfg, n_cond)
+    with torch.no_grad():
+        enc = policy.encode_conditions(cond)
+
+    config_sampler = sampler_variant(cfg, decode_images=False)
+    rollout = None
+    if not args.skip_rollout:
+        config_scale = config_sampler.logprob_spec().cfg_scale
+        res['rollout'] = {}
+        for key, scale in (('no_cfg', 1.0), ('cfg', config_scale if config_scale != 1 else 4.0)):
+            sampler = sampler_variant(cfg, decode_images=False, cfg_scale=scale)
+            res['rollout'][key], r = bench_rollout(policy, sampler, enc, group_size, args, mem)
+            if scale == config_scale:
+                rollout = r
+            del sampler
+        wb = weight_bytes(policy)
+        read = res['machine']['bandwidth']['read_gbps']
+        res['rollout']['weight_bytes'] = wb
+        res['rollout']['weight_read_ms_per_step'] = {
+            'median': 1000 * wb / (read['median'] * 1e9), 'min': 1000 * wb / (read['best'] * 1e9)}
+    if not args.skip_update:
+        if rollout is None:
+            with torch.no_grad():
+                rollout = config_sampler.rollout(policy, enc, group_size=group_size)
+        res['update'] = bench_update(policy, rollout, config_sampler.logprob_spec(), args, peak,
+                                     mem)
+    del rollout
+    if not args.skip_iteration:
+        res['iteration'] = bench_iteration(cfg, model, cond, args, mem)
+    res['load_average_end'] = load_average()
+    return res
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from vargo.core.registry import ConfigError
+    try:
+        res = run(args)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    res = _jsonable(res)
+    print(table(res))
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = out + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(res, f, indent=1)
+    os.replace(tmp, out)
+    print(f'wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
