@@ -114,7 +114,7 @@ def fidelity_metrics(images, fidelity_cfg: dict, split: str) -> dict:
         raise ValueError(f'eval_cfg.fidelity.extractor={extractor!r}: supported extractors: '
                          f"'vargo-shapes'")
     from vargo.components.benchmarks.shapes_features import shapes_fidelity
-    return shapes_fidelity(images, reference=split)
+    return shapes_fidelity(images, reference=split, task=fidelity_cfg['task'])
 
 
 def print_table(results: dict) -> None:

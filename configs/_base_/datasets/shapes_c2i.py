@@ -8,4 +8,4 @@ train_dataloader = dict(
 eval_cfg = dict(
     splits=dict(train=dict(type='ShapesClassDataset', split='train'),
                 eval=dict(type='ShapesClassDataset', split='eval')),
-    samples_per_condition=8, max_conditions=None, fidelity=dict(extractor='vargo-shapes'))
+    samples_per_condition=8, max_conditions=None, fidelity=dict(extractor='vargo-shapes', task='c2i'))

@@ -9,4 +9,4 @@ train_dataloader = dict(
 eval_cfg = dict(
     splits=dict(train=dict(type='ShapesPromptDataset', split='train', num_prompts=96, seed=0),
                 eval=dict(type='ShapesPromptDataset', split='eval', num_prompts=96, seed=0)),
-    samples_per_condition=4, max_conditions=None, fidelity=dict(extractor='vargo-shapes'))
+    samples_per_condition=4, max_conditions=None, fidelity=dict(extractor='vargo-shapes', task='t2i'))
