@@ -63,8 +63,15 @@ Outputs, next to ``--out`` (``<name>.safetensors``):
 * ``<name>.md``: the model card rendered from the JSON.
 
 With a constant learning rate (``--lr-schedule constant``) a run of N steps is exactly the first
-N steps of a longer run (data and noise are a prefix), so ``--eval-every`` during one long run
-shows where to stop, and ``--steps`` of that value reproduces the chosen model.
+N steps of a longer run (data and noise are a prefix; the evaluations run under a forked RNG), so
+``--eval-every`` during one long run shows where to stop, and ``--steps`` of that value
+reproduces the chosen model.
+
+Threads: ``--threads`` (default 2) sets ``torch.set_num_threads``. On a machine whose cores are
+busy with other jobs, use ``--threads 1``: two OpenMP threads then wait for each other at every
+barrier and a step can take 5-30x longer (measured here: a VQ step 0.4 s with 1 thread against
+1-12 s with 2 next to other training jobs; 0.16 s with 2 threads on an idle machine). Bitwise
+reproduction needs the thread count of the model card's command.
 """
 from __future__ import annotations
 
@@ -393,7 +400,7 @@ class VQPretrainer(Pretrainer):
     name = 'vq'
     help = 'the VQ tokenizer (policy.tokenizer of --config)'
     default_config = CONFIG_C2I
-    defaults = dict(steps=2500, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
+    defaults = dict(steps=4000, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
                     weight_decay=0.0, beta2=0.99)
 
     @classmethod
@@ -769,6 +776,11 @@ def write_card(rec: dict, path: str) -> None:
     lines += [what, '',
               f'- config: `{rec["config"]}`',
               f'- command (from the repository root): `{rec["command"]}`',
+              *([f'- run as: `{rec["run_command"]}` (the same training; `--out` and the '
+                  f'evaluation options only change where the weights went and what was '
+                  f'measured during the run; the file was then copied here and every number '
+                  f'below re-measured on the shipped file)']
+                if rec.get('run_command') and rec['run_command'] != rec['command'] else []),
               f'- seed {rec["seed"]}, {rec["steps"]} steps'
               + (f' of batch {rec["batch_size"]}' if rec.get('batch_size') else ''),
               f'- weights: `{w["file"]}`, {w["bytes"] / 1e6:.2f} MB, stored as {w["stored_dtype"]}'
