@@ -28,7 +28,10 @@ def shrink(cfg):
     policy = cfg.policy
     if policy['type'] not in TINY:
         raise AssertionError(f'add a tiny setting for {policy["type"]} to tests/test_configs.py')
+    size = policy.get('image_size')
     policy.update(TINY[policy['type']])
+    if size == 32:   # Shapes configs: the ShapesEval reward needs the 32-px world
+        policy['image_size'] = 32
     if policy.get('task') == 't2i':
         policy['text_encoder'] = TINY_TEXT_ENCODER
         policy.pop('cls_token_num', None)
