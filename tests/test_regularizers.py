@@ -218,3 +218,24 @@ def test_checked_build_rejects_keywords_for_classes_without_init():
     assert isinstance(reg.build(dict(type='NoSettings')), NoSettings)
     with pytest.raises(ConfigError, match="unexpected keyword 'beta'.*accepts: no settings"):
         reg.build(dict(type='NoSettings', beta=1.0))
+
+
+def test_kl_sequence_level_hand_value_and_gradient():
+    # LOO-FID's penalty: d_i = kl-weighted mean of (l_ref - l) over active actions, k3(d_i),
+    # mean over samples. Row 0: (1 * -ln2 + 2 * ln2) / 3 = ln2 / 3; row 1: only d = 0 is active.
+    reg = KLRegularizer(beta=0.5, estimator='k3', aggregation='sample_mean_of_token_means',
+                        level='sequence')
+    out, logp, ref_logp = kl_call(reg)
+    d0 = LN2 / 3
+    expected = 0.5 * ((math.exp(d0) - d0 - 1) + 0.0) / 2
+    assert out['loss'].item() == pytest.approx(expected, abs=1e-12)
+    out['loss'].backward()
+    # d loss / d l_t = beta / B * (1 - e^{d_i}) * w_t / sum w  (row 1 has d = 0: zero gradient)
+    g = 0.5 / 2 * (1 - math.exp(d0))
+    assert logp.grad[0].tolist() == pytest.approx([g / 3, 2 * g / 3], abs=1e-12)
+    assert logp.grad[1].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert ref_logp.grad is None or not ref_logp.grad.any()
+    with pytest.raises(ValueError, match="sample_mean_of_token_means"):
+        KLRegularizer(beta=1.0, estimator='k3', aggregation='token_mean', level='sequence')
+    with pytest.raises(ValueError, match="level='tokens'"):
+        KLRegularizer(beta=1.0, estimator='k3', aggregation='token_mean', level='tokens')

@@ -1,5 +1,6 @@
 """Regularizers (registry ``REGULARIZERS``): named loss terms; only ``out['loss']`` is optimised."""
+from .adaptive_entropy import AdaptiveEntropyRegularizer
 from .entropy import EntropyRegularizer
 from .kl import KLRegularizer
 
-__all__ = ['EntropyRegularizer', 'KLRegularizer']
+__all__ = ['AdaptiveEntropyRegularizer', 'EntropyRegularizer', 'KLRegularizer']

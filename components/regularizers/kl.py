@@ -12,9 +12,10 @@ from vargo.core.objective import AGGREGATIONS, aggregate, kl_estimate, masked_me
 from vargo.core.registry import REGULARIZERS
 from vargo.core.types import PolicyEval, Rollout, TokenWeights
 
-__all__ = ['KLRegularizer', 'KL_ESTIMATORS']
+__all__ = ['KLRegularizer', 'KL_ESTIMATORS', 'KL_LEVELS']
 
 KL_ESTIMATORS = ('k1', 'k2', 'k3')
+KL_LEVELS = ('token', 'sequence')
 
 
 @REGULARIZERS.register_module()
@@ -28,6 +29,13 @@ class KLRegularizer(Regularizer):
     (:data:`vargo.core.objective.AGGREGATIONS`), weighted by ``weights.kl`` from the token
     selectors (STAGE's ``m_{i,t}``, arXiv 2509.25027).
 
+    ``level='sequence'`` estimates the KL of whole samples from their mean log-ratio instead:
+    ``d_i = sum_t w_t (l_ref - l)_t / sum_t w_t`` (``w = weights.kl`` on active actions), then
+    ``k(d_i)`` and the mean over samples -- the LOO-FID official code's penalty
+    (``kl = exp(d) - d - 1`` on sequence-mean log-probs, ar-policy-tuning ``grpo.py``), matching
+    its sequence-level importance ratio. It requires
+    ``aggregation='sample_mean_of_token_means'`` (one value per sample, averaged).
+
     The reference log-probs are treated as constants (the reference is frozen); the gradient flows
     into ``policy_eval.logp`` only.
 
@@ -35,6 +43,7 @@ class KLRegularizer(Regularizer):
         beta: KL coefficient, finite and >= 0 (GRPO 0.04; STAGE 0.01-0.03; LOO-FID 3.0).
         estimator: ``'k1'``, ``'k2'`` or ``'k3'``.
         aggregation: a name in :data:`~vargo.core.objective.AGGREGATIONS`.
+        level: ``'token'`` (per action, the default of GRPO and STAGE) or ``'sequence'``.
 
     Returns (of ``__call__``):
         ``{'loss': beta * aggregate(kl, mask, weights.kl, aggregation), 'mean': masked mean of
@@ -43,7 +52,8 @@ class KLRegularizer(Regularizer):
 
     needs_reference = True
 
-    def __init__(self, *, beta: float, estimator: str, aggregation: str) -> None:
+    def __init__(self, *, beta: float, estimator: str, aggregation: str,
+                 level: str = 'token') -> None:
         if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
                 or not math.isfinite(beta) or beta < 0:
             raise ValueError(f'KLRegularizer beta={beta!r} must be a finite float >= 0 '
@@ -54,13 +64,20 @@ class KLRegularizer(Regularizer):
         if aggregation not in AGGREGATIONS:
             raise ValueError(f'KLRegularizer aggregation={aggregation!r} is not one of '
                              f'{sorted(AGGREGATIONS)}')
+        if level not in KL_LEVELS:
+            raise ValueError(f'KLRegularizer level={level!r} is not one of {list(KL_LEVELS)}')
+        if level == 'sequence' and aggregation != 'sample_mean_of_token_means':
+            raise ValueError(f"KLRegularizer level='sequence' gives one KL per sample, averaged "
+                             f"over samples: set aggregation='sample_mean_of_token_means' (got "
+                             f"{aggregation!r})")
         self.beta = float(beta)
         self.estimator = estimator
         self.aggregation = aggregation
+        self.level = level
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(beta={self.beta}, estimator={self.estimator!r}, '
-                f'aggregation={self.aggregation!r})')
+                f'aggregation={self.aggregation!r}, level={self.level!r})')
 
     def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
                  weights: TokenWeights, *, progress: float,
@@ -80,7 +97,17 @@ class KLRegularizer(Regularizer):
             raise ValueError('KLRegularizer needs the reference policy evaluation (ref_eval is '
                              'None): the runner must evaluate the frozen reference for '
                              'regularizers with needs_reference=True')
-        kl = kl_estimate(policy_eval.logp, ref_eval.logp.detach(), self.estimator)  # [B, A]
         mask = rollout.action_mask
+        if self.level == 'sequence':
+            w = weights.kl * mask
+            denom = w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+            seq_logp = (policy_eval.logp * w).sum(dim=1, keepdim=True) / denom        # [B, 1]
+            seq_ref = (ref_eval.logp.detach() * w).sum(dim=1, keepdim=True) / denom
+            kl_seq = kl_estimate(seq_logp, seq_ref, self.estimator)                  # [B, 1]
+            # a per-sample constant row: the per-sample token mean of it is kl_seq itself
+            kl = kl_seq.expand_as(policy_eval.logp)
+            loss = self.beta * aggregate(kl, mask, torch.ones_like(w), self.aggregation, ctx)
+            return {'loss': loss, 'mean': masked_mean(kl.detach(), mask)}
+        kl = kl_estimate(policy_eval.logp, ref_eval.logp.detach(), self.estimator)  # [B, A]
         loss = self.beta * aggregate(kl, mask, weights.kl, self.aggregation, ctx)
         return {'loss': loss, 'mean': masked_mean(kl.detach(), mask)}

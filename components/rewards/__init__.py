@@ -1,5 +1,9 @@
 """Reward heads (registry ``REWARD_HEADS``): ``head(rollout, ctx) -> RewardOutput``."""
+from .clip_score import ClipScoreReward
+from .composite import CompositeReward
+from .hps import HPSv2Reward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
+from .loo_fid import LooFidReward
 from .shapes_eval import ShapesEvalReward
 
-__all__ = ['JpegCompressibilityReward', 'JpegIncompressibilityReward', 'ShapesEvalReward']
+__all__ = ['ClipScoreReward', 'CompositeReward', 'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward']
