@@ -19,6 +19,18 @@ TINY = {
         tokenizer=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
                        codebook_size=64, codebook_embed_dim=8, norm_groups=8)),
 }
+#: per reward-head type: settings that make a model-based head tiny and file-free
+TINY_CLIP = dict(embed_dim=16,
+                 vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=8, head_width=16),
+                 text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=1))
+SHAPES_STATS = os.path.join(ROOT, 'components', 'benchmarks', 'weights', 'shapes_real_stats.npz')
+TINY_REWARDS = {
+    'ClipScoreReward': dict(arch=TINY_CLIP, checkpoint=None, random_init=True, weights_tag=None),
+    'HPSv2Reward': dict(arch=TINY_CLIP, checkpoint=None, random_init=True),
+    'LooFidReward': dict(feature_extractor='vargo-shapes', feature_extractor_weights_path=None,
+                         real_stats_path=SHAPES_STATS, real_stats_prefix='c2i_train_',
+                         init_stats_path=None),
+}
 TINY_TEXT_ENCODER = dict(type='word-t5', vocabulary=['a', 'red', 'blue', 'circle', 'square'],
                          d_model=16, num_layers=1, num_heads=2, d_ff=32, max_length=8)
 
@@ -38,6 +50,11 @@ def shrink(cfg):
         policy.pop('caption_dim', None)
     if policy.get('task') == 'c2i' and 'num_classes' in policy:
         policy['num_classes'] = min(policy['num_classes'], 1000)
+    for head in cfg.rewards.values():
+        shrink_reward(head)
+    for reg in cfg.get('regularizers', {}).values():
+        if reg and 'vocab_size' in reg:
+            reg['vocab_size'] = policy['vocab_size']
     g = cfg.group_size
     cfg.train_cfg.samples_per_rank = 2 * g
     cfg.train_cfg.minibatch_samples = None
@@ -46,6 +63,17 @@ def shrink(cfg):
                                         backend_args=dict(backend='vargo_atomic'))
     cfg.default_hooks.image_grid = dict(type='ImageGridHook', interval=1, preview_conditions=0)
     return cfg
+
+
+def shrink_reward(head):
+    """Swap a model-based reward head (and the sub-heads of a composite) for a tiny one."""
+    if head['type'] == 'CompositeReward':
+        for sub in head['heads'].values():
+            shrink_reward(sub)
+    elif head['type'] in TINY_REWARDS:
+        head.update(TINY_REWARDS[head['type']])
+        if head['type'] == 'LooFidReward':
+            head.pop('init_stats_prefix', None)
 
 
 def test_there_are_configs():

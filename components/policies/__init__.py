@@ -1,4 +1,5 @@
 """Policies (POLICIES registry): generators whose actions have log-probabilities."""
 from .llamagen import LlamaGenPolicy
+from .var import VARPolicy
 
-__all__ = ['LlamaGenPolicy']
+__all__ = ['LlamaGenPolicy', 'VARPolicy']

@@ -626,7 +626,8 @@ class _CategoricalLogpEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, actions, rows, cfg_scale, temperature, top_k, top_p, with_entropy):
+    def forward(ctx, logits, actions, rows, cfg_scale, temperature, top_k, top_p, with_entropy,
+                keep_fn):
         g, n, v = logits.shape
         cond, uncond = logits[0], (logits[1] if g == 2 else None)
         logp = logits.new_empty(n)
@@ -641,7 +642,7 @@ class _CategoricalLogpEntropy(torch.autograd.Function):
             a = actions[sl, None]
             z = _tempered(cond[sl], None if uncond is None else uncond[sl], cfg_scale,
                           None if rows is None else rows[sl], temperature)
-            keep = truncation_keep_mask(z, top_k, top_p) if truncated else None
+            keep = keep_fn(z, top_k, top_p) if truncated else None
             if keep is not None:
                 keep.scatter_(1, a, True)   # the sampled token was in the kept set by construction
                 if keep_all is not None:
@@ -701,12 +702,13 @@ class _CategoricalLogpEntropy(torch.autograd.Function):
                 r = rows[sl, None]
                 grad[0, sl] = torch.where(r, t * cfg_scale, t)
                 grad[1, sl] = torch.where(r, t * (1.0 - cfg_scale), 0.0)
-        return grad, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None
 
 
 def categorical_logp_entropy(logits: Tensor, actions: Tensor, *, cfg_scale: float = 1.0,
                              rows: Optional[Tensor] = None, temperature: float = 1.0,
-                             top_k: int = 0, top_p: float = 1.0, with_entropy: bool = True
+                             top_k: int = 0, top_p: float = 1.0, with_entropy: bool = True,
+                             keep_fn=None
                              ) -> tuple[Tensor, Optional[Tensor]]:
     """Log-prob of ``actions`` and entropy under the (CFG-mixed, tempered, truncated)
     categorical distribution built from ``logits``, differentiable, memory-lean.
@@ -724,6 +726,8 @@ def categorical_logp_entropy(logits: Tensor, actions: Tensor, *, cfg_scale: floa
         rows: ``[N]`` bool, rows sampled with CFG (the CFG interval), or None for all.
         temperature, top_k, top_p: the sampling settings.
         with_entropy: also return the entropy.
+        keep_fn: the truncation rule ``keep_fn(z, top_k, top_p) -> bool [N, V] or None``
+            (default :func:`truncation_keep_mask`, LlamaGen's; VAR passes its own).
 
     Returns:
         ``(logp [N], entropy [N] or None)``.
@@ -732,7 +736,7 @@ def categorical_logp_entropy(logits: Tensor, actions: Tensor, *, cfg_scale: floa
         raise ValueError(f'logits must be [1 or 2, N, V], got {tuple(logits.shape)}')
     out = _CategoricalLogpEntropy.apply(logits, actions, rows, float(cfg_scale),
                                         float(temperature), int(top_k), float(top_p),
-                                        bool(with_entropy))
+                                        bool(with_entropy), keep_fn or truncation_keep_mask)
     return (out[0], out[1]) if with_entropy else (out, None)
 
 

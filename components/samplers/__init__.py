@@ -1,4 +1,5 @@
 """Samplers (SAMPLERS registry): the generation procedure of each policy family."""
 from .ar_sampler import ARSampler
+from .next_scale import NextScaleSampler
 
-__all__ = ['ARSampler']
+__all__ = ['ARSampler', 'NextScaleSampler']

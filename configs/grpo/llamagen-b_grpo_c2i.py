@@ -4,4 +4,4 @@ _base_ = [
     '../_base_/algorithms/grpo.py', '../_base_/schedules/grpo_gpu_8xb16.py',
     '../_base_/datasets/imagenet_classes.py', '../_base_/default_runtime.py'
 ]
-_shapes_alternative = 'python tools/train.py configs/grpo/llamagen-tiny_grpo_jpeg.py'
+_shapes_alternative = 'python tools/train.py configs/grpo/llamagen_grpo_shapes.py'
