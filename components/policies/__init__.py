@@ -1,5 +1,6 @@
 """Policies (POLICIES registry): generators whose actions have log-probabilities."""
 from .llamagen import LlamaGenPolicy
+from .mar import MARPolicy
 from .var import VARPolicy
 
-__all__ = ['LlamaGenPolicy', 'VARPolicy']
+__all__ = ['LlamaGenPolicy', 'MARPolicy', 'VARPolicy']

@@ -1,5 +1,6 @@
 """Samplers (SAMPLERS registry): the generation procedure of each policy family."""
 from .ar_sampler import ARSampler
+from .masked import MaskedSampler
 from .next_scale import NextScaleSampler
 
-__all__ = ['ARSampler', 'NextScaleSampler']
+__all__ = ['ARSampler', 'MaskedSampler', 'NextScaleSampler']

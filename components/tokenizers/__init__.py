@@ -1,5 +1,7 @@
 """Image tokenizers and text encoders used by the policies (not a registry: built by policies)."""
+from .kl_vae import KL_VAE_PRESETS, KLVAE, build_kl_vae
 from .msvq import MSVQ_PRESETS, MultiScaleVQVAE, build_msvq
 from .vq import VQ_PRESETS, VQModel, build_vq
 
-__all__ = ['VQModel', 'VQ_PRESETS', 'build_vq', 'MultiScaleVQVAE', 'MSVQ_PRESETS', 'build_msvq']
+__all__ = ['KLVAE', 'KL_VAE_PRESETS', 'build_kl_vae',
+           'VQModel', 'VQ_PRESETS', 'build_vq', 'MultiScaleVQVAE', 'MSVQ_PRESETS', 'build_msvq']

@@ -1,0 +1,367 @@
+"""Masked autoregressive sampling with a diffusion head (MAR family).
+
+Faithful to ``MAR.sample_tokens`` + ``DiffLoss.sample`` + ``GaussianDiffusion.p_sample_loop`` of
+LTH14/mar (METHODS.md sections 4 and 5):
+
+* a random generation order per sample; the cosine schedule
+  (:func:`~vargo.components.policies.mar.mask_schedule`) keeps
+  ``max(1, min(remaining - 1, floor(N cos(pi/2 (i + 1) / num_iter))))`` tokens masked after step
+  ``i`` and commits the others (all remaining at the last step);
+* at each step the MAE encoder/decoder gives ``z`` for every position (CFG: ONE doubled batch
+  ``[cond; fake_latent]``); each token committed at the step gets a full reverse chain of the
+  head from ``x_T ~ N(0, I)`` over the ``num_sampling_steps`` respaced DDPM steps, conditioned on
+  its ``z``;
+* CFG on eps only, ``eps = eps_u + w_i (eps_c - eps_u)``, with ``w_i`` linear
+  (``1 + (cfg - 1) (N - mask_len_i) / N``, after Muse) or constant; the variance is the
+  conditional half's;
+* ``temperature`` multiplies the head's noise: ``x_{t-1} = mu + exp(logvar / 2) n tau``.
+
+Every stochastic transition ``x_t -> x_{t-1}`` (``t >= 1``) is a Gaussian action with its
+log-density (:func:`~vargo.components.policies.mar.gaussian_transition_logp`) recorded under the
+sampler's :class:`~vargo.core.types.LogprobSpec` (``'rollout'``: the guided mean sampled from;
+``'none'``: the conditional mean; both with the conditional variance and ``tau``). The rollout
+records (``MARExtras``) the order, each token's commit step, the final tokens, the conditional
+(and unconditional) AR latent ``z`` of each token at its commit step, every chain state
+``x_t`` (``actions`` are the ``x_{t-1}``), and, with ``record_predictions=True``, every AR step's
+``t = 0`` sample for *all* tokens (for still-masked tokens a full chain from that step's ``z``:
+what MAR-GRPO's consistency-aware selection compares; the tokens committed at the step take
+their value from this same chain). This costs ``sum_i remaining_i`` head chains per image
+instead of ``N`` (about ``num_iter / 2`` times the head work), hence off by default.
+
+Noise: with ``rng`` (a :class:`~vargo.core.rng.BatchRNG`) the orders are the argsort of
+``rng.rand(N)`` and the head noise is ``rng.randn(N, T, D)`` (one ``[T, D]`` block per token:
+``x_T`` then the transition noises), drawn once per rollout (or once per AR step with
+``record_predictions``) for the global batch, so a batch split over ranks samples what one
+process samples. With ``rng=None`` the orders come from ``numpy.random.shuffle`` and the noise
+from ``torch.randn`` in the official call order, so with the same numpy/torch seeds and weights
+the latents equal the official ``sample_tokens``'s (see ``tests/test_mar.py``).
+
+:meth:`MaskedSampler.extra_chains` redraws ``S`` full chains for every token from fresh noise,
+conditioned on the token's recorded commit-step latent, guided as the rollout was (MAR-GRPO's
+multi-trajectory expectation; the official code's unguided MTE chains are a bug we do not copy).
+
+Policy protocol (:class:`~vargo.components.policies.mar.MARPolicy` has it): ``seq_len``,
+``token_dim``, ``device``, ``encode_conditions``, ``schedule(num_sampling_steps)``,
+``head_transition``, ``rollout_axes(k)``, ``decode(rollout)`` and the transformer ``policy.mar``
+(``class_embedding``, ``null_embedding``, ``__call__(tokens, mask, class_embedding)``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vargo.core.interfaces import Policy, Sampler
+from vargo.core.registry import SAMPLERS
+from vargo.core.rng import BatchRNG
+from vargo.core.types import Conditions, LogprobSpec, Rollout
+
+from ..policies.mar import MARExtras, cfg_scales, gaussian_transition_logp, mask_schedule
+
+__all__ = ['MaskedSampler', 'MARChains']
+
+
+@dataclass
+class MARChains:
+    """``S`` extra head chains per token (MAR-GRPO's MTE), from :meth:`MaskedSampler.extra_chains`.
+
+    Attributes:
+        x_t: ``[B, S, A, D]`` states before each transition (A = N K, token-major as the rollout).
+        actions: ``[B, S, A, D]`` states after each transition.
+        logp_old: ``[B, S, A]`` transition log-probs under the sampler's spec.
+        x0: ``[B, S, N, D]`` final sample of each chain.
+    """
+
+    x_t: Tensor
+    actions: Tensor
+    logp_old: Tensor
+    x0: Tensor
+
+    @property
+    def num_chains(self) -> int:
+        return int(self.x_t.shape[1])
+
+    def as_rollout(self, rollout: Rollout, s: int) -> Rollout:
+        """``rollout`` with chain ``s`` in place of the sampled chains (same tokens, orders and
+        latents), for :meth:`MARPolicy.evaluate` of the extra chain."""
+        if not 0 <= s < self.num_chains:
+            raise ValueError(f'chain index {s} is not in [0, {self.num_chains})')
+        extras = dataclasses.replace(rollout.extras, x_t=self.x_t[:, s])
+        return dataclasses.replace(rollout, actions=self.actions[:, s],
+                                   logp_old=self.logp_old[:, s], extras=extras)
+
+
+@SAMPLERS.register_module()
+class MaskedSampler(Sampler):
+    """Samples MAR token grids (random order, cosine schedule, diffusion-head chains).
+
+    Args:
+        num_iter: AR steps (official evaluation 64 or 256; MAR-GRPO 64).
+        num_sampling_steps: respaced head steps T (official 100; MAR-GRPO 25); each token has
+            ``K = T - 1`` stochastic transitions (actions).
+        cfg_scale: guidance ``w`` (1 = none, no doubled batch; official 2.9 to 3.2).
+        cfg_schedule: ``'linear'`` (official) or ``'constant'``.
+        temperature: multiplies the head noise (official 1.0; 0.95 without CFG).
+        logprob_cfg: ``'rollout'`` (the guided mean actually sampled from) or ``'none'`` (the
+            conditional mean), see :class:`~vargo.core.types.LogprobSpec`.
+        record_predictions: record each AR step's ``t = 0`` sample of all tokens
+            (``MARExtras.x0_pred``; costs about ``num_iter / 2`` times the head work).
+        decode_images: decode ``rollout.images`` with the policy's VAE.
+
+    Examples:
+        >>> s = MaskedSampler(num_iter=64, num_sampling_steps=25, cfg_scale=3.0,
+        ...                   cfg_schedule='linear', temperature=1.0, logprob_cfg='rollout')
+        >>> s.logprob_spec().cfg_scale
+        3.0
+    """
+
+    def __init__(self, *, num_iter: int, num_sampling_steps: int, cfg_scale: float,
+                 cfg_schedule: str, temperature: float, logprob_cfg: str,
+                 record_predictions: bool = False, decode_images: bool = True):
+        if int(num_iter) < 1:
+            raise ValueError(f'num_iter={num_iter} must be >= 1 AR steps')
+        if int(num_sampling_steps) < 2:
+            raise ValueError(f'num_sampling_steps={num_sampling_steps} must be >= 2 (the last '
+                             f'head step is deterministic; the others are the actions)')
+        if cfg_schedule not in ('linear', 'constant'):
+            raise ValueError(f"cfg_schedule={cfg_schedule!r} is not one of 'linear', 'constant'")
+        self.num_iter = int(num_iter)
+        self.num_sampling_steps = int(num_sampling_steps)
+        self.cfg_schedule = cfg_schedule
+        self.record_predictions = bool(record_predictions)
+        self.decode_images = decode_images
+        self._spec = LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale), cfg_interval=None,
+                                 temperature=float(temperature))
+
+    def logprob_spec(self) -> LogprobSpec:
+        """The distribution ``logp_old`` is recorded under (evaluate with the same spec)."""
+        return self._spec
+
+    # ---- helpers --------------------------------------------------------------------------------
+    def _chain(self, policy: Policy, z: Tensor, zu: Optional[Tensor],
+               w: Union[float, Tensor], noise: Optional[Tensor], extra_draw: int
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One batch of reverse chains (official ``p_sample_loop``).
+
+        Args:
+            z, zu: ``[m, C]`` conditional / unconditional latents (``zu`` None: no CFG).
+            w: guidance weight (float or ``[m, 1]``).
+            noise: ``[m, T, D]`` (``x_T`` then the transition noises) or None for
+                ``torch.randn`` in the official order (``extra_draw`` times the rows per step,
+                the CFG-doubled batch).
+
+        Returns:
+            ``x_t [m, K, D]``, ``x_prev [m, K, D]``, ``logp [m, K]``, final ``x0 [m, D]``.
+        """
+        spec, sched = self._spec, policy.schedule(self.num_sampling_steps)
+        m, d, big_t = z.shape[0], policy.token_dim, self.num_sampling_steps
+        dev = z.device
+        x = noise[:, 0] if noise is not None else torch.randn(m, d).to(dev)
+        xs, xp, lps = [], [], []
+        tau = spec.temperature
+        for k in range(big_t):
+            t = big_t - 1 - k
+            out = policy.head_transition(x, torch.full((m,), t, dtype=torch.long, device=dev), z,
+                                         sched, z_uncond=zu, cfg=w)
+            nk = (noise[:, k + 1] if t > 0 else None) if noise is not None else \
+                torch.randn(m * extra_draw, d).to(dev)[:m]
+            if t > 0:
+                x_new = out['mean'] + torch.exp(0.5 * out['log_variance']) * nk * tau
+                mu = out['mean'] if (zu is None or spec.mode == 'rollout') else out['mean_cond']
+                xs.append(x)
+                xp.append(x_new)
+                lps.append(gaussian_transition_logp(x_new, mu, out['log_variance'], tau))
+                x = x_new
+            else:
+                x = out['mean']
+        return torch.stack(xs, 1), torch.stack(xp, 1), torch.stack(lps, 1), x
+
+    def _orders(self, b: int, n: int, rng: Optional[BatchRNG], dev) -> Tensor:
+        if rng is not None:
+            return rng.rand(n).argsort(dim=1).to(dev)
+        orders = []
+        for _ in range(b):              # official ``sample_orders`` (numpy's global generator)
+            order = np.array(list(range(n)))
+            np.random.shuffle(order)
+            orders.append(order)
+        return torch.from_numpy(np.array(orders)).long().to(dev)
+
+    # ---- rollout --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
+                rng: Optional[BatchRNG] = None, prefix: Optional[Rollout] = None,
+                stop_at_step: Optional[int] = None) -> Rollout:
+        """Sample ``group_size`` images per condition.
+
+        Args:
+            policy: a MAR policy (see the module doc).
+            cond: one row per group.
+            group_size: G; the samples of a group are contiguous.
+            rng: the noise source (``local_batch`` must be ``len(cond) * G``), or None for
+                numpy/torch global generators in the official order.
+            prefix, stop_at_step: partial rollouts are not supported for MAR yet.
+
+        Returns:
+            a :class:`Rollout` of ``B = len(cond) G`` samples: ``actions [B, A, D]``
+            (``A = N (T - 1)``), ``logp_old [B, A]``, ``action_mask`` all True,
+            ``action_step [B, A]`` (commit step), ``action_pos [A, 2]``, ``images``,
+            ``extras`` (:class:`~vargo.components.policies.mar.MARExtras`).
+        """
+        if prefix is not None or stop_at_step is not None:
+            raise NotImplementedError('MaskedSampler does not continue partial rollouts (prefix / '
+                                      'stop_at_step); sample full rollouts')
+        if group_size < 1:
+            raise ValueError(f'group_size={group_size} must be >= 1')
+        was_training = policy.training
+        policy.eval()
+        try:
+            cond_rep = policy.encode_conditions(cond).repeat_interleave(group_size)
+            b = len(cond_rep)
+            if rng is not None and rng.local_batch != b:
+                raise ValueError(f'rng draws for {rng.local_batch} samples but the rollout has {b} '
+                                 f'(= {len(cond)} conditions x G={group_size}); build BatchRNG '
+                                 f'with local_batch={b}')
+            orders = self._orders(b, policy.seq_len, rng, policy.device)
+            out = self.generate(policy, cond_rep, orders, rng)
+        finally:
+            policy.train(was_training)
+        out.group_ids = torch.arange(len(cond), device=policy.device).repeat_interleave(group_size)
+        if self.decode_images:
+            out.images = policy.decode(out)
+        return out
+
+    def generate(self, policy: Policy, cond: Conditions, orders: Tensor,
+                 rng: Optional[BatchRNG] = None) -> Rollout:
+        """The sampling loop for given ``orders [B, N]`` (one sample per row of ``cond``;
+        ``group_ids`` = arange). See :meth:`rollout`."""
+        spec = self._spec
+        mar = policy.mar
+        b, n, d, dev = orders.shape[0], policy.seq_len, policy.token_dim, policy.device
+        big_t, kk, steps = self.num_sampling_steps, self.num_sampling_steps - 1, self.num_iter
+        use_cfg = spec.cfg_scale != 1.0
+        weights = cfg_scales(spec.cfg_scale, self.cfg_schedule, n, steps)
+        rem, _ = mask_schedule(n, steps)
+        pos_step = torch.empty(n, dtype=torch.long)
+        for i in range(steps):
+            pos_step[rem[i + 1]:rem[i]] = i
+        commit = torch.empty(b, n, dtype=torch.long, device=dev).scatter_(
+            1, orders, pos_step.to(dev).expand(b, n).contiguous())
+        tokens = torch.zeros(b, n, d, device=dev)
+        x_t_all = torch.zeros(b, n, kk, d, device=dev)
+        act_all = torch.zeros(b, n, kk, d, device=dev)
+        logp_all = torch.zeros(b, n, kk, device=dev)
+        cd = mar.cfg.decoder_embed_dim
+        z_rec = torch.zeros(b, n, cd, device=dev)
+        zu_rec = torch.zeros(b, n, cd, device=dev) if use_cfg else None
+        preds = torch.zeros(b, steps, n, d, device=dev) if self.record_predictions else None
+        emb = mar.class_embedding(cond.class_ids)
+        if use_cfg:
+            emb = torch.cat([emb, mar.null_embedding(b)])
+        noise_all = None
+        if rng is not None and not self.record_predictions:
+            noise_all = rng.randn(n, big_t, d).to(dev)                       # [B, N, T, D]
+        for i in range(steps):
+            sel = commit == i                                                 # committed now
+            mask = commit >= i                                                # masked at step i
+            if rem[i] == rem[i + 1] and not self.record_predictions:
+                continue
+            if use_cfg:
+                z = mar(torch.cat([tokens, tokens]), torch.cat([mask, mask]), emb)
+            else:
+                z = mar(tokens, mask, emb)
+            rows = mask if self.record_predictions else sel
+            zc = z[:b][rows]
+            zu = z[b:][rows] if use_cfg else None
+            if rng is None:
+                noise = None
+            elif self.record_predictions:
+                noise = rng.randn(n, big_t, d).to(dev)[rows]
+            else:
+                noise = noise_all[rows]
+            if zc.shape[0]:
+                xs, xp, lp, x0 = self._chain(policy, zc, zu, weights[i], noise,
+                                             2 if use_cfg else 1)
+            if self.record_predictions:
+                preds[:, i] = tokens
+                if zc.shape[0]:
+                    preds[:, i][rows] = x0
+                sub = sel[rows]
+                xs, xp, lp, x0, zc = xs[sub], xp[sub], lp[sub], x0[sub], zc[sub]
+                zu = zu[sub] if use_cfg else None
+            if int(sel.sum()) == 0:
+                continue
+            tokens[sel] = x0
+            x_t_all[sel], act_all[sel], logp_all[sel] = xs, xp, lp
+            z_rec[sel] = zc
+            if use_cfg:
+                zu_rec[sel] = zu
+        step = commit.repeat_interleave(kk, dim=1)                           # [B, A]
+        extras = MARExtras(orders=orders, commit_step=commit, tokens=tokens, z=z_rec,
+                           z_uncond=zu_rec, x_t=x_t_all.view(b, n * kk, d), x0_pred=preds,
+                           num_iter=steps, num_sampling_steps=big_t, seq_len=n,
+                           cfg_schedule=self.cfg_schedule, cfg_scale=spec.cfg_scale)
+        return Rollout(cond=cond, group_ids=torch.arange(b, device=dev),
+                       actions=act_all.view(b, n * kk, d), logp_old=logp_all.view(b, n * kk),
+                       action_mask=torch.ones(b, n * kk, dtype=torch.bool, device=dev),
+                       action_step=step, action_pos=policy.rollout_axes(kk), images=None,
+                       extras=extras, prefix_steps=0, logp_old_cfg=spec.mode)
+
+    # ---- MTE ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def extra_chains(self, policy: Policy, rollout: Rollout, *, num_chains: int,
+                     rng: Optional[BatchRNG] = None) -> MARChains:
+        """Redraw ``num_chains`` full head chains for every token from fresh noise, conditioned
+        on the token's commit-step latent (``extras.z``, guided with ``extras.z_uncond`` and the
+        commit step's weight when the rollout used CFG), with their transition log-probs under
+        :meth:`logprob_spec` (MAR-GRPO's MTE; arXiv 2604.06966).
+
+        Args:
+            policy: the policy whose head draws the chains.
+            rollout: a rollout of this sampler.
+            num_chains: S (NOVA 3, Harmon 5).
+            rng: noise source (``rng.randn(S, N, T, D)``; ``local_batch`` = B) or None
+                (``torch.randn``).
+
+        Returns:
+            :class:`MARChains` (``x_t``/``actions [B, S, A, D]``, ``logp_old [B, S, A]``,
+            ``x0 [B, S, N, D]``).
+        """
+        ex: MARExtras = rollout.extras
+        if ex.num_sampling_steps != self.num_sampling_steps or ex.num_iter != self.num_iter:
+            raise ValueError(f'rollout has num_iter={ex.num_iter}, num_sampling_steps='
+                             f'{ex.num_sampling_steps} but this sampler {self.num_iter}, '
+                             f'{self.num_sampling_steps}: use the sampler that drew it')
+        if num_chains < 1:
+            raise ValueError(f'num_chains={num_chains} must be >= 1')
+        b, n, d = ex.tokens.shape
+        s, big_t, kk, dev = int(num_chains), self.num_sampling_steps, self.num_sampling_steps - 1, \
+            policy.device
+        if rng is not None:
+            if rng.local_batch != b:
+                raise ValueError(f'rng draws for {rng.local_batch} samples but the rollout has {b}')
+            noise = rng.randn(s, n, big_t, d).to(dev).reshape(b * s * n, big_t, d)
+        else:
+            noise = torch.randn(b * s * n, big_t, d).to(dev)
+        z = ex.z.to(dev).unsqueeze(1).expand(b, s, n, -1).reshape(b * s * n, -1)
+        zu = None
+        w: Union[float, Tensor] = 1.0
+        if self._spec.cfg_scale != 1.0:
+            if ex.z_uncond is None:
+                raise ValueError('this sampler guides (cfg_scale != 1) but the rollout recorded no '
+                                 'unconditional latents: it was drawn without CFG')
+            zu = ex.z_uncond.to(dev).unsqueeze(1).expand(b, s, n, -1).reshape(b * s * n, -1)
+            table = torch.tensor(cfg_scales(self._spec.cfg_scale, self.cfg_schedule, n,
+                                            self.num_iter), dtype=torch.float32, device=dev)
+            w = table[ex.commit_step.to(dev)].unsqueeze(1).expand(b, s, n).reshape(-1, 1)
+        was_training = policy.training
+        policy.eval()
+        try:
+            xs, xp, lp, x0 = self._chain(policy, z, zu, w, noise, 1)
+        finally:
+            policy.train(was_training)
+        return MARChains(x_t=xs.view(b, s, n * kk, d), actions=xp.view(b, s, n * kk, d),
+                         logp_old=lp.view(b, s, n * kk), x0=x0.view(b, s, n, d))

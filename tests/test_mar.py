@@ -1,0 +1,271 @@
+"""MAR policy, diffusion math and masked sampler (components/policies/mar.py, samplers/masked.py).
+
+Parity with the official LTH14/mar code is measured in-session (see the module doc of
+``vargo.components.policies.mar``); these tests pin the invariants and hand-derived numbers.
+"""
+import math
+
+import pytest
+import torch
+
+from vargo.components.policies.mar import (MAR_ARCHS, CheckpointKeyError, DiffusionSchedule,
+                                           MARConfig, MARPolicy, MARSelection, MARTransformer,
+                                           cfg_scales, gaussian_transition_logp, mask_schedule,
+                                           space_timesteps)
+from vargo.components.samplers.masked import MaskedSampler
+from vargo.core.rng import BatchRNG
+from vargo.core.types import Conditions, LogprobSpec
+
+TINY_ARCH = dict(embed_dim=32, depth=1, num_heads=2, diffloss_d=1, diffloss_w=32)
+TINY_VAE = dict(ch=16, ch_mult=(1, 1, 1, 2), resolution=32, enc_attn_resolutions=(),
+                num_groups=8)
+
+
+def _policy(seed=0, **kw):
+    torch.manual_seed(seed)
+    pol = MARPolicy(arch=TINY_ARCH, image_size=32, num_classes=5, buffer_size=2,
+                    tokenizer=TINY_VAE, **kw)
+    with torch.no_grad():        # the official init zeros the head's AdaLN and output layers
+        for p in pol.mar.diffloss.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return pol
+
+
+@pytest.fixture(scope='module')
+def policy():
+    return _policy()
+
+
+def _sampler(cfg=1.0, mode='rollout', **kw):
+    args = dict(num_iter=4, num_sampling_steps=5, cfg_scale=cfg, cfg_schedule='linear',
+                temperature=0.9, logprob_cfg=mode, decode_images=False)
+    args.update(kw)
+    return MaskedSampler(**args)
+
+
+COND = Conditions(class_ids=torch.tensor([1, 3]))
+# The random tiny head does not predict the noise, so its chains leave the data range (latents
+# ~1e5 after the first x0 = x_T / sqrt(abar_T) step) while the last transitions' s_t is small:
+# float32 cancellation in (x_{t-1} - mu) / s then reaches ~1e-3 nats between two computations
+# of mu in differently shaped batches. Same code on realistic ranges agrees to ~1e-5.
+LOGP_ATOL = 1e-2
+
+
+def _rollout(policy, sampler, seed=0, g=2):
+    rng = BatchRNG(seed, 0, len(COND) * g, rank=0, world_size=1)
+    return sampler.rollout(policy, COND, group_size=g, rng=rng)
+
+
+# ---- Gaussian transition log-prob ----------------------------------------------------------------
+
+def test_gaussian_transition_logp_equals_normal_by_hand():
+    torch.manual_seed(0)
+    x, mu, lv = torch.randn(7, 16), torch.randn(7, 16), torch.randn(7, 16) * 0.3 - 2
+    for tau in (1.0, 0.7):
+        ref = torch.distributions.Normal(mu, torch.exp(0.5 * lv) * tau).log_prob(x).sum(-1)
+        torch.testing.assert_close(gaussian_transition_logp(x, mu, lv, tau), ref)
+    # one channel by hand: -(x-mu)^2/(2 s^2) - log s - log(2 pi)/2
+    s = math.exp(0.5 * -1.0) * 0.5
+    want = -(0.3 - 0.1) ** 2 / (2 * s * s) - math.log(s) - 0.5 * math.log(2 * math.pi)
+    got = gaussian_transition_logp(torch.tensor([[0.3]]), torch.tensor([[0.1]]),
+                                   torch.tensor([[-1.0]]), 0.5)
+    assert abs(got.item() - want) < 1e-5
+
+
+# ---- diffusion schedule and mask schedule --------------------------------------------------------
+
+def test_space_timesteps_and_schedule():
+    assert sorted(space_timesteps(1000, '10')) == [0, 111, 222, 333, 444, 555, 666, 777, 888, 999]
+    assert len(space_timesteps(1000, 100)) == 100 and len(space_timesteps(1000, 'ddim25')) == 25
+    s = DiffusionSchedule(25)
+    assert s.num_timesteps == 25 and s.timestep_map[0] == 0 and s.timestep_map[-1] == 999
+    # respaced abar equals the base abar at the retained steps
+    full = DiffusionSchedule(1000)
+    tm = s.timestep_map.numpy()
+    assert abs(s._np['alphas_cumprod'] - full._np['alphas_cumprod'][tm]).max() < 1e-12
+    # the learned-range variance interpolates between the clipped posterior and beta (v = +-1)
+    x, eps = torch.zeros(1, 4), torch.zeros(1, 4)
+    for v, name in ((-1.0, 'posterior_log_variance_clipped'), (1.0, 'log_betas')):
+        out = s.p_mean_variance(torch.cat([eps, torch.full((1, 4), v)], 1), x, torch.tensor([5]))
+        assert torch.allclose(out['log_variance'], s.coef(name, 'cpu')[5].expand(1, 4))
+
+
+def test_mask_schedule_matches_the_official_cosine_rule():
+    rem, lens = mask_schedule(256, 64)
+    assert rem[0] == 256 and rem[-1] == 0 and all(a >= b for a, b in zip(rem, rem[1:]))
+    assert rem[1] == math.floor(256 * math.cos(math.pi / 2 / 64))
+    assert lens[-1] == 1.0
+    w = cfg_scales(3.0, 'linear', 256, 64)
+    assert w[0] == pytest.approx(1 + 2 * (256 - rem[1]) / 256) and w[-1] == pytest.approx(
+        1 + 2 * 255 / 256)
+    assert cfg_scales(3.0, 'constant', 256, 64) == [3.0] * 64
+    with pytest.raises(ValueError, match="cfg_schedule='cosine'"):
+        cfg_scales(3.0, 'cosine', 256, 64)
+
+
+# ---- sizes and strict loading --------------------------------------------------------------------
+
+@pytest.mark.parametrize('name,count', [('mar_base', 207_924_768), ('mar_large', 478_326_304),
+                                        ('mar_huge', 942_403_104)])
+def test_official_sizes_on_meta(name, count):
+    with torch.device('meta'):
+        m = MARTransformer(MARConfig.from_arch(name))
+    assert sum(p.numel() for p in m.parameters()) == count
+    keys = m.state_dict()
+    d = MAR_ARCHS[name]['depth']
+    for k in ('class_emb.weight', 'fake_latent', 'z_proj_ln.weight', 'encoder_pos_embed_learned',
+              f'encoder_blocks.{d - 1}.attn.qkv.bias', 'mask_token', 'diffusion_pos_embed_learned',
+              'diffloss.net.final_layer.adaLN_modulation.1.weight',
+              'diffloss.net.time_embed.mlp.2.bias'):
+        assert k in keys, k
+    assert keys['encoder_pos_embed_learned'].shape == (1, 256 + 64, MAR_ARCHS[name]['embed_dim'])
+
+
+def test_strict_loading_of_official_files(tmp_path, policy):
+    sd = {k: v.clone() for k, v in policy.mar.state_dict().items()}
+    ema = {k: v + 1 for k, v in sd.items()}
+    path = tmp_path / 'mar_tiny.pth'
+    torch.save({'model': sd, 'model_ema': ema, 'epoch': 3}, path)
+    for key, ref in (('model', sd), ('model_ema', ema)):
+        p = MARPolicy(arch=TINY_ARCH, image_size=32, num_classes=5, buffer_size=2,
+                      tokenizer=TINY_VAE, checkpoint=str(path), checkpoint_key=key)
+        assert torch.equal(p.mar.fake_latent, ref['fake_latent'])
+    assert not any(k.startswith('vae.') for k in policy.state_dict())
+    bad = dict(sd)
+    bad['class_emb.weights'] = bad.pop('class_emb.weight')
+    torch.save({'model_ema': bad}, path)
+    with pytest.raises(CheckpointKeyError, match=r"class_emb\.weights"):
+        MARPolicy(arch=TINY_ARCH, image_size=32, num_classes=5, buffer_size=2,
+                  tokenizer=TINY_VAE, checkpoint=str(path))
+    with pytest.raises(FileNotFoundError, match='dropbox'):
+        MARPolicy(arch=TINY_ARCH, image_size=32, num_classes=5, buffer_size=2,
+                  tokenizer=TINY_VAE, checkpoint=str(tmp_path / 'mar_base.pth'))
+    with pytest.raises(ValueError, match="checkpoint_key='ema'"):
+        MARPolicy(arch=TINY_ARCH, image_size=32, checkpoint_key='ema')
+
+
+# ---- rollout log-probs == evaluation -------------------------------------------------------------
+
+@pytest.mark.parametrize('cfg,mode', [(1.0, 'rollout'), (2.5, 'rollout'), (2.5, 'none')])
+def test_rollout_logp_equals_evaluation(policy, cfg, mode):
+    sampler = _sampler(cfg, mode)
+    r = _rollout(policy, sampler)
+    b, n, kk = 4, policy.seq_len, 4
+    assert r.actions.shape == (b, n * kk, 16) and r.logp_old.shape == (b, n * kk)
+    assert torch.isfinite(r.logp_old).all()
+    # the committed tokens are the chains' deterministic last step: recorded actions chain up
+    xt = r.extras.x_t.view(b, n, kk, 16)
+    act = r.actions.view(b, n, kk, 16)
+    assert torch.equal(xt[:, :, 1:], act[:, :, :-1])
+    spec = sampler.logprob_spec()
+    with torch.no_grad():
+        full = policy.evaluate(r, spec=spec)
+    assert full.extras['evaluated'].all()
+    torch.testing.assert_close(full.logp, r.logp_old, atol=LOGP_ATOL, rtol=1e-4)
+    sel = MARSelection(ar_steps=[0, 2], diffusion_steps=[1, 3])
+    with torch.no_grad():
+        part = policy.evaluate(r, spec=spec, select=sel)
+    ev = part.extras['evaluated'].view(b, n, kk)
+    want = (torch.isin(r.extras.commit_step, torch.tensor([0, 2])).unsqueeze(-1)
+            & torch.isin(torch.arange(kk), torch.tensor([1, 3])))
+    assert torch.equal(ev, want)
+    torch.testing.assert_close(part.logp, full.logp, atol=LOGP_ATOL, rtol=1e-4)
+    assert (part.extras['mean'].view(b, n, kk, 16)[~ev] == 0).all()
+
+
+def test_logp_none_differs_from_rollout_under_cfg(policy):
+    r1 = _rollout(policy, _sampler(2.5, 'rollout'))
+    r2 = _rollout(policy, _sampler(2.5, 'none'))
+    assert torch.equal(r1.actions, r2.actions)                # same draws, other spec
+    assert (r1.logp_old - r2.logp_old).abs().max() > 1e-3
+
+
+# ---- gradients and fix_head ----------------------------------------------------------------
+
+@pytest.mark.parametrize('fix_head', [True, False])
+def test_gradients_reach_the_transformer_through_z(fix_head):
+    pol = _policy(fix_head=fix_head)
+    sampler = _sampler(2.0, 'rollout')
+    r = _rollout(pol, sampler)
+    pol.train()
+    ev = pol.evaluate(r, spec=sampler.logprob_spec(),
+                      select=MARSelection(ar_steps=[1], diffusion_steps=[0, 2]))
+    (ev.logp.sum() + ev.extras['mean'].square().sum()).backward()
+    head = list(pol.mar.diffloss.parameters())
+    body = [p for n, p in pol.mar.named_parameters() if not n.startswith('diffloss.')]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in
+               (pol.mar.z_proj.weight, pol.mar.encoder_blocks[0].attn.qkv.weight,
+                pol.mar.decoder_blocks[0].mlp.fc2.weight, pol.mar.fake_latent))
+    assert sum(p.grad.abs().sum() for p in body if p.grad is not None) > 0
+    if fix_head:
+        assert all(p.grad is None for p in head)
+        assert all(not p.requires_grad for p in head)
+        assert len(pol.trainable_parameters()) == len(body)
+    else:
+        assert pol.mar.diffloss.net.input_proj.weight.grad.abs().sum() > 0
+    # actions outside the selection carry logp_old without gradient
+    assert torch.equal(ev.logp[~ev.extras['evaluated']].detach(),
+                       r.logp_old[~ev.extras['evaluated']])
+
+
+# ---- noise, ranks, extra chains -------------------------------------------------------------
+
+def test_sampling_noise_is_rank_invariant(policy):
+    sampler = _sampler(2.0, 'rollout')
+    cond = Conditions(class_ids=torch.tensor([0, 1, 2, 4]))
+    whole = sampler.rollout(policy, cond, group_size=1,
+                            rng=BatchRNG(5, 3, 4, rank=0, world_size=1))
+    for rank in (0, 1):
+        part = sampler.rollout(policy, cond.index(torch.arange(2 * rank, 2 * rank + 2)),
+                               group_size=1, rng=BatchRNG(5, 3, 2, rank=rank, world_size=2))
+        rows = slice(2 * rank, 2 * rank + 2)
+        assert torch.equal(part.extras.orders, whole.extras.orders[rows])
+        torch.testing.assert_close(part.extras.tokens, whole.extras.tokens[rows], rtol=1e-4,
+                                   atol=1e-4)
+        torch.testing.assert_close(part.logp_old, whole.logp_old[rows], rtol=1e-4, atol=LOGP_ATOL)
+
+
+def test_extra_chains_shapes_and_determinism(policy):
+    sampler = _sampler(2.0, 'rollout')
+    r = _rollout(policy, sampler)
+    b, n, kk = 4, policy.seq_len, 4
+    c1 = sampler.extra_chains(policy, r, num_chains=3, rng=BatchRNG(1, 9, b, rank=0, world_size=1))
+    c2 = sampler.extra_chains(policy, r, num_chains=3, rng=BatchRNG(1, 9, b, rank=0, world_size=1))
+    c3 = sampler.extra_chains(policy, r, num_chains=3, rng=BatchRNG(2, 9, b, rank=0, world_size=1))
+    assert c1.x_t.shape == (b, 3, n * kk, 16) and c1.actions.shape == (b, 3, n * kk, 16)
+    assert c1.logp_old.shape == (b, 3, n * kk) and c1.x0.shape == (b, 3, n, 16)
+    assert torch.equal(c1.actions, c2.actions) and torch.equal(c1.logp_old, c2.logp_old)
+    assert not torch.allclose(c1.x0, c3.x0)
+    assert not torch.allclose(c1.x0[:, 0], c1.x0[:, 1])
+    # an extra chain evaluates like a rollout chain (same commit-step latents, same guidance)
+    with torch.no_grad():
+        ev = policy.evaluate(c1.as_rollout(r, 2), spec=sampler.logprob_spec(),
+                             select=MARSelection(ar_steps=[0, 3], diffusion_steps=[0, 3]))
+    m = ev.extras['evaluated']
+    torch.testing.assert_close(ev.logp[m], c1.logp_old[:, 2][m], atol=LOGP_ATOL, rtol=1e-4)
+
+
+def test_predictions_of_every_step(policy):
+    sampler = _sampler(1.0, 'rollout', record_predictions=True)
+    r = _rollout(policy, sampler)
+    ex = r.extras
+    assert ex.x0_pred.shape == (4, 4, policy.seq_len, 16)
+    assert torch.equal(ex.x0_pred[:, -1], ex.tokens)       # last step: every token's final value
+    for i in range(4):
+        done = ex.commit_step <= i                            # committed by the end of step i
+        assert torch.equal(ex.x0_pred[:, i][done], ex.tokens[done])
+    with torch.no_grad():
+        ev = policy.evaluate(r, spec=sampler.logprob_spec())
+    torch.testing.assert_close(ev.logp, r.logp_old, atol=LOGP_ATOL, rtol=1e-4)
+
+
+def test_selection_sampling_and_minibatch_index(policy):
+    r = _rollout(policy, _sampler())
+    sel = MARSelection.sample(r.extras, 2, 3, torch.Generator().manual_seed(0))
+    assert len(sel.ar_steps) == 2 and len(sel.diffusion_steps) == 3
+    sub = r.index(torch.tensor([1, 3]))
+    assert sub.extras.z.shape[0] == 2 and sub.action_step.shape == (2, r.num_actions)
+    with torch.no_grad():
+        ev = policy.evaluate(sub, spec=LogprobSpec(mode='rollout', temperature=0.9), select=sel)
+    assert ev.logp.shape == (2, r.num_actions)
+    assert policy.decode(sub).shape == (2, 3, 32, 32)
