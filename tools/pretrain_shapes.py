@@ -4,6 +4,8 @@
     python tools/pretrain_shapes.py text-encoder  [--config T2I_CONFIG]
     python tools/pretrain_shapes.py llamagen-c2i  [--config C2I_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py llamagen-t2i  [--config T2I_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py msvq          [--config VAR_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py var-c2i       [--config VAR_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py eval          --config CONFIG [--cfg-scales 1 2 3]
 
 The Shapes benchmark (DESIGN.md section 8) ships its own small tokenizer and base models, since
@@ -43,6 +45,12 @@ Subcommands
     VQ tokens of freshly rendered training images, encoded on the fly by the config's frozen VQ.
     Evaluated by sampling with the config's ``sampler`` (ShapesEval of the 'train' conditions,
     and for t2i of the held-out 'eval' prompts; FID when the feature extractor is available).
+``msvq`` / ``var-c2i``
+    VAR's multi-scale residual VQVAE and the class-conditional VAR transformer of a VAR config
+    (``configs/_base_/policies/var_shapes_c2i.py``): see :class:`MSVQPretrainer` (VAR's
+    multi-scale VQ loss, foreground-weighted reconstruction; evaluated as ``vq``) and
+    :class:`VARC2IPretrainer` (:meth:`VARPolicy.pretrain_loss` on the VQVAE's tokens of fresh
+    c2i images; evaluated as ``llamagen-c2i``).
 ``eval``
     Re-evaluate the weights a config names (optionally at several CFG scales) and rewrite the
     evaluation part of the model card.
@@ -726,6 +734,8 @@ class LlamaGenT2IPretrainer(LlamaGenPretrainer):
     help = 'the text-conditional LlamaGen GPT (policy of a t2i config; its T5 must exist)'
     task = 't2i'
     default_config = CONFIG_T2I
+    # the shipped model: 3000 constant-LR steps (strict 0.35 on train prompts; model card)
+    defaults = {**LlamaGenPretrainer.defaults, 'steps': 3000, 'lr_schedule': 'constant'}
 
     def eval_conditions(self, split, quick):
         from vargo.components.datasets.shapes import ShapesPromptDataset
@@ -738,8 +748,305 @@ class LlamaGenT2IPretrainer(LlamaGenPretrainer):
         return ('train', 'eval')
 
 
+# ================================================================================================
+# VAR: the multi-scale residual VQVAE and the class-conditional VAR transformer
+# ================================================================================================
+CONFIG_VAR_C2I = 'configs/_base_/policies/var_shapes_c2i.py'
+
+
+def _require_var_config(cfg, path: str) -> None:
+    if cfg.policy.get('type') != 'VARPolicy':
+        raise ValueError(f'{path}: policy.type is {cfg.policy.get("type")!r}; the msvq and var-c2i '
+                         f'subcommands need a VARPolicy config such as {CONFIG_VAR_C2I}')
+
+
+class MSVQPretrainer(Pretrainer):
+    """VAR's multi-scale residual VQVAE (``policy.tokenizer`` and ``policy.patch_nums`` of a
+    VAR config), trained with VAR's quantizer loss (``VectorQuantizer2.forward`` of
+    FoundationVision/VAR) without its GAN and perceptual terms:
+
+    * residual quantisation over the scales as in inference (area-downsampled residual, nearest
+      code, bicubic upsampling, the scale's Phi), on the *detached* latent ``f``;
+    * ``vq = mean over scales s of [beta * ||sg(f_hat_s) - f||^2 + ||f_hat_s - sg(f)||^2]``
+      (``f_hat_s`` the partial sum after scale s: the second term trains the codebook and the
+      Phi convs, the first commits the encoder), ``beta = 0.25``;
+    * straight-through decoding ``decoder(post_quant_conv(sg(f_hat) - sg(f) + f))``;
+    * reconstruction L2 (or L1) on images in [-1, 1], foreground-weighted as the VQ trainer.
+
+    Dead codes (unused for ``--restart-every`` steps) are re-initialised to residual vectors of
+    the current batch (our addition, as the VQ trainer; VAR relies on its large data instead).
+    """
+
+    name = 'msvq'
+    help = "VAR's multi-scale residual VQVAE (policy.tokenizer of a VAR config)"
+    default_config = CONFIG_VAR_C2I
+    defaults = dict(steps=2000, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
+                    weight_decay=0.0, beta2=0.99)
+
+    @classmethod
+    def add_arguments(cls, p):
+        p.add_argument('--beta', type=float, default=0.25, help='commitment weight (VAR)')
+        p.add_argument('--rec-loss', choices=('l1', 'l2'), default='l2')
+        p.add_argument('--fg-weight', type=float, default=4.0,
+                       help='extra reconstruction weight of object pixels and their 1-px ring '
+                            '(objects cover ~5-15%% of a Shapes image; 0: plain mean)')
+        p.add_argument('--c2i-fraction', type=float, default=0.5,
+                       help='fraction of each batch from the single-object (c2i) stream; the '
+                            'rest are kind-balanced prompt (t2i) images')
+        p.add_argument('--restart-every', type=int, default=50,
+                       help='re-initialise codes unused for this many steps (0: never)')
+        p.add_argument('--restart-until', type=float, default=0.75,
+                       help='fraction of the run after which codes are no longer restarted')
+        p.add_argument('--eval-images', type=int, default=1024,
+                       help='ground-truth eval images per task for the reconstruction metrics')
+
+    def default_out(self):
+        return self.cfg.policy.tokenizer_checkpoint
+
+    def _build_vae(self):
+        from vargo.components.tokenizers.msvq import build_msvq
+        return build_msvq(dict(self.cfg.policy.tokenizer), patch_nums=self.cfg.policy.patch_nums)
+
+    def build(self):
+        _require_var_config(self.cfg, self.args.config)
+        self.vae = self._build_vae()
+        self.vae.train()
+        for p in self.vae.parameters():
+            p.requires_grad_(True)
+        half = int(round(self.args.c2i_fraction * self.args.batch_size))
+        seed = self.args.seed + DATA_SEED_OFFSET
+        self.streams = [ShapesStream('c2i', seed, half, self.args.steps),
+                        ShapesStream('t2i', seed + 1, self.args.batch_size - half,
+                                     self.args.steps)]
+        self.last_used = torch.zeros(self.vae.vocab_size, dtype=torch.long)
+        self._rest = None
+        return [p for p in self.vae.parameters()]
+
+    def _forward(self, x: Tensor):
+        """``x`` in [-1, 1] -> (reconstruction, vq loss, ids [N], residual vectors [N, C])."""
+        vae, q = self.vae, self.vae.quantize
+        f = vae.quant_conv(vae.encoder(x))                                # [B, C, h, w]
+        b, c, hh, ww = f.shape
+        f_nog = f.detach()
+        f_rest = f_nog.clone()
+        f_hat = torch.zeros_like(f_nog)
+        vq = f.new_zeros(())
+        ids, rests = [], []
+        num_scales = q.num_scales
+        for si, pn in enumerate(q.patch_nums):
+            z = f_rest if si == num_scales - 1 else F.interpolate(f_rest, size=(pn, pn),
+                                                                 mode='area')
+            z = z.permute(0, 2, 3, 1).reshape(-1, c)
+            with torch.no_grad():
+                idx = q._nearest(z)
+            ids.append(idx)
+            rests.append(z)
+            h = q._h(idx.view(b, pn * pn), si, (hh, ww))                  # Phi(upsampled codes)
+            f_hat = f_hat + h
+            f_rest = f_rest - h.detach()
+            vq = vq + self.args.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, f_nog)
+        vq = vq / num_scales
+        f_st = (f_hat.detach() - f_nog) + f                               # straight-through
+        rec = vae.decoder(vae.post_quant_conv(f_st))
+        return rec, vq, torch.cat(ids), torch.cat(rests)
+
+    def step(self, s):
+        a = self.args
+        images = torch.cat([st.batch(s)[0] for st in self.streams if st.batch_size])
+        x = images * 2 - 1
+        rec, vq, ids, rests = self._forward(x)
+        err = (rec - x).abs() if a.rec_loss == 'l1' else (rec - x).pow(2)
+        if a.fg_weight:
+            fg = (images.amax(dim=1, keepdim=True) > 0).float()
+            w = 1 + a.fg_weight * F.max_pool2d(fg, 3, stride=1, padding=1)
+            rec_loss = (err * w).mean() / w.mean()
+        else:
+            rec_loss = err.mean()
+        loss = rec_loss + vq
+        self.last_used[ids.unique()] = s
+        self._rest = rests
+        counts = torch.bincount(ids, minlength=self.vae.vocab_size).float()
+        p = counts / counts.sum()
+        perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+        with torch.no_grad():
+            bad = ((rec.clamp(-1, 1) - x).abs() > 0.5).float().mean()
+        return loss, {'loss': loss.item(), 'rec': rec_loss.item(), 'vq': vq.item(),
+                      'perplexity': perplexity, 'pixel_err': float(bad)}
+
+    @torch.no_grad()
+    def after_update(self, s):
+        a = self.args
+        if not a.restart_every or (s + 1) % a.restart_every or s + 1 > a.restart_until * a.steps:
+            return {}
+        dead = (s - self.last_used) >= a.restart_every
+        n = int(dead.sum())
+        if n and self._rest is not None:
+            g = torch.Generator().manual_seed(a.seed * 7919 + s)
+            pick = torch.randint(0, self._rest.shape[0], (n,), generator=g)
+            emb = self.vae.quantize.embedding.weight
+            noise = 0.01 * emb.std() * torch.randn(n, emb.shape[1], generator=g)
+            emb[dead] = self._rest[pick] + noise
+            self.last_used[dead] = s
+        return {'restarted': n}
+
+    def weights(self):
+        return self.vae.state_dict()
+
+    def card_details(self):
+        tok = dict(self.cfg.policy.tokenizer)
+        return {'architecture': {'tokenizer': tok,
+                                 'patch_nums': list(self.cfg.policy.patch_nums),
+                                 'tokens': self.vae.num_tokens,
+                                 'parameters': sum(p.numel() for p in self.vae.parameters())},
+                'data': f'per step: {self.streams[0].batch_size} ShapesImageDataset(train, c2i, '
+                        f'seed {self.args.seed} + {DATA_SEED_OFFSET}) and '
+                        f'{self.streams[1].batch_size} ShapesImageDataset(train, t2i, seed '
+                        f'{self.args.seed} + {DATA_SEED_OFFSET + 1}) images, never repeated',
+                'loss': f'{self.args.rec_loss} reconstruction on [-1, 1] (foreground weight '
+                        f'{self.args.fg_weight:g}) + VAR\'s multi-scale VQ loss (mean over scales '
+                        f'of {self.args.beta} * commitment + codebook/Phi term)'}
+
+    @torch.no_grad()
+    def evaluate(self, path, quick=False):
+        from vargo.components.datasets.shapes import ShapesImageDataset
+        from vargo.components.policies.llamagen import load_official_state_dict, strict_load
+        vae = self._build_vae().eval()
+        strict_load(vae, load_official_state_dict(path, what='VAR VQVAE'), what=path)
+        n = 256 if quick else self.args.eval_images
+        out: dict[str, Any] = {}
+        used = torch.zeros(vae.vocab_size, dtype=torch.bool)
+        for task in ('c2i', 't2i'):
+            ds = ShapesImageDataset(split='eval', task=task, num_samples=n,
+                                    seed=self.args.seed + EVAL_SEED_OFFSET)
+            items = [ds[i] for i in range(n)]
+            real = torch.stack([it['image'] for it in items])
+            conds = [it['class_id' if task == 'c2i' else 'prompt'] for it in items]
+            recs, ids_all = [], []
+            for i in range(0, n, 128):
+                ids = vae.encode(real[i:i + 128])
+                ids_all.append(ids)
+                recs.append(vae.decode(ids))
+            rec = torch.cat(recs)
+            used[torch.cat(ids_all).unique()] = True
+            res = {'reconstruction': shapes_eval_summary(rec, conds),
+                   'ground_truth_strict': shapes_eval_summary(real, conds)['strict'],
+                   'l1': round(float((rec - real).abs().mean()), 5),
+                   'psnr': round(float(-10 * torch.log10((rec - real).pow(2).mean())), 2)}
+            if not quick:
+                res['rfid'] = fidelity(rec, task, 'eval')
+            out[task] = res
+        out['codebook_used'] = int(used.sum())
+        out['codebook_size'] = vae.vocab_size
+        out['eval_images'] = f'{n} ShapesImageDataset(split=eval) images per task, seed ' \
+                             f'{self.args.seed + EVAL_SEED_OFFSET}'
+        return out
+
+
+class VARC2IPretrainer(Pretrainer):
+    """The class-conditional VAR transformer (``policy`` of a VAR config) trained with
+    :meth:`VARPolicy.pretrain_loss` (teacher-forced cross-entropy over all scales' tokens,
+    labels dropped to the null class with ``class_dropout_prob``, for CFG) on the multi-scale
+    tokens of freshly rendered Shapes c2i images, encoded on the fly by the config's frozen
+    VQVAE. Evaluated by sampling every class with the config's ``sampler``."""
+
+    name = 'var-c2i'
+    help = 'the class-conditional VAR transformer (policy of a VAR config; its msvq must exist)'
+    task = 'c2i'
+    default_config = CONFIG_VAR_C2I
+    defaults = dict(steps=1200, batch_size=64, lr=1e-3, warmup=50, lr_schedule='constant',
+                    weight_decay=0.05, beta2=0.95)
+
+    @classmethod
+    def add_arguments(cls, p):
+        p.add_argument('--tokenizer-checkpoint', default=None,
+                       help='VQVAE weights (default: policy.tokenizer_checkpoint of the config)')
+        p.add_argument('--eval-per-condition', type=int, default=None,
+                       help='samples per class in the final evaluation (default 32)')
+        p.add_argument('--cfg-scales', type=float, nargs='*', default=None,
+                       help='also evaluate at these CFG scales (ShapesEval only), for choosing')
+
+    def default_out(self):
+        return self.cfg.policy.checkpoint
+
+    def policy_overrides(self, checkpoint: Optional[str]) -> dict:
+        ov = {'checkpoint': checkpoint}
+        if getattr(self.args, 'tokenizer_checkpoint', None):
+            ov['tokenizer_checkpoint'] = self.args.tokenizer_checkpoint
+        return ov
+
+    def build(self):
+        _require_var_config(self.cfg, self.args.config)
+        torch.manual_seed(self.args.seed)
+        self.policy = build_policy_from_config(self.cfg, overrides=self.policy_overrides(None))
+        self.policy.train()
+        self.stream = ShapesStream('c2i', self.args.seed + DATA_SEED_OFFSET,
+                                   self.args.batch_size, self.args.steps)
+        return self.policy.trainable_parameters()
+
+    def step(self, s):
+        from vargo.core.types import Conditions
+        images, conds = self.stream.batch(s)
+        tokens = self.policy.encode_images(images)                        # [B, L]
+        loss = self.policy.pretrain_loss(tokens, Conditions(
+            class_ids=torch.tensor(conds, dtype=torch.long)))
+        return loss, {'loss': loss.item()}
+
+    def weights(self):
+        # the block-causal mask buffer (an official key) holds -inf, which the float16 check of
+        # save_weights rejects: store the float16 minimum instead (attention logits of VAR's
+        # l2-normalised q, k are <= 100 in magnitude, so exp(-65504 + ...) is exactly 0 in
+        # float32 and the loaded model computes the same function)
+        state = self.policy.var.state_dict()
+        state['attn_bias_for_masking'] = state['attn_bias_for_masking'].clamp_min(
+            torch.finfo(torch.float16).min)
+        return state
+
+    def card_details(self):
+        pol = self.policy
+        return {'architecture': {
+                    'arch': dict(self.cfg.policy.arch), 'patch_nums': list(pol.patch_nums),
+                    'tokens': pol.num_actions, 'scales': pol.num_steps,
+                    'vocab_size': pol.cfg.vocab_size, 'num_classes': pol.cfg.num_classes,
+                    'class_dropout_prob': pol.class_dropout_prob,
+                    'parameters': sum(p.numel() for p in pol.var.parameters())},
+                'data': f'ShapesImageDataset(split=train, task=c2i, seed={self.args.seed} + '
+                        f'{DATA_SEED_OFFSET}) images, fresh every step, encoded on the fly by '
+                        f'the frozen multi-scale VQVAE '
+                        f'({self.args.tokenizer_checkpoint or self.cfg.policy.tokenizer_checkpoint})'}
+
+    @torch.no_grad()
+    def evaluate(self, path, quick=False):
+        from vargo.components.datasets.shapes import NUM_CLASSES
+        from vargo.core.registry import SAMPLERS
+        policy = build_policy_from_config(self.cfg, overrides=self.policy_overrides(path))
+        policy.eval()
+        scfg = dict(self.cfg.sampler)
+        scales = [scfg['cfg_scale']]
+        if not quick and self.args.cfg_scales:
+            scales += [c for c in self.args.cfg_scales if c != scfg['cfg_scale']]
+        seed = self.args.seed + EVAL_SEED_OFFSET
+        k = 2 if quick else (self.args.eval_per_condition or 32)
+        conds = list(range(NUM_CLASSES))
+        out: dict[str, Any] = {'sampler': scfg, 'sample_seed': seed}
+        for scale in scales:
+            sampler = SAMPLERS.build({**scfg, 'cfg_scale': scale})
+            key = 'main' if scale == scfg['cfg_scale'] else f'cfg_{scale:g}'
+            t0 = time.time()
+            images, flat = sample_images(policy, sampler, conds, k, task='c2i', seed=seed)
+            res = {'conditions': len(conds), 'per_condition': k,
+                   **shapes_eval_summary(images, flat),
+                   'sample_time_s': round(time.time() - t0, 1)}
+            if key == 'main' and not quick:
+                res.update(fidelity(images, 'c2i', 'train'))
+            out[key] = {'train': res}
+        return out
+
+
 SUBCOMMANDS: dict[str, type[Pretrainer]] = {
     c.name: c for c in (VQPretrainer, LlamaGenC2IPretrainer, LlamaGenT2IPretrainer)}
+
+
+SUBCOMMANDS.update({c.name: c for c in (MSVQPretrainer, VARC2IPretrainer)})
 
 
 # ================================================================================================
@@ -774,14 +1081,18 @@ def write_card(rec: dict, path: str) -> None:
             'text-encoder': 'The frozen word-level T5 text encoder of the Shapes t2i models '
                             '(random weights from a seeded `T5Config`, not trained).',
             'llamagen-c2i': 'The Shapes class-conditional LlamaGen base model.',
-            'llamagen-t2i': 'The Shapes text-conditional LlamaGen base model.'}[rec['subcommand']]
+            'llamagen-t2i': 'The Shapes text-conditional LlamaGen base model.',
+            'msvq': 'The Shapes multi-scale residual VQVAE of VAR (`MultiScaleVQVAE`, official '
+                    'key names).',
+            'var-c2i': 'The Shapes class-conditional VAR base model (next-scale prediction).'}[
+                rec['subcommand']]
     lines += [what, '',
               f'- config: `{rec["config"]}`',
               f'- command (from the repository root): `{rec["command"]}`',
               *([f'- run as: `{rec["run_command"]}` (the same training; `--out` and the '
                   f'evaluation options only change where the weights went and what was '
-                  f'measured during the run; the file was then copied here and every number '
-                  f'below re-measured on the shipped file)']
+                  f'measured during the run; the file was then copied here byte for byte, so '
+                  f'the numbers below are those of the shipped file)']
                 if rec.get('run_command') and rec['run_command'] != rec['command'] else []),
               f'- seed {rec["seed"]}, {rec["steps"]} steps'
               + (f' of batch {rec["batch_size"]}' if rec.get('batch_size') else ''),
@@ -813,7 +1124,7 @@ def write_card(rec: dict, path: str) -> None:
     lines += ['', '## Evaluation', '']
     ev = rec['evaluation']
     sub = rec['subcommand']
-    if sub == 'vq':
+    if sub in ('vq', 'msvq'):
         lines.append(f'ShapesEval of VQ reconstructions ({ev["eval_images"]}); the reward '
                      f'ceiling of every model decoding through this VQ. Ground-truth images '
                      f'score {ev["c2i"]["ground_truth_strict"]:.3f} / '
@@ -861,13 +1172,13 @@ def write_card(rec: dict, path: str) -> None:
         lines += ['', '## During training (quick evaluations, small samples)', '']
         rows = {}
         for e in rec['evaluations_during_training']:
-            if sub == 'vq':
+            if sub in ('vq', 'msvq'):
                 rows[f'step {e["step"]}'] = {'c2i strict': e['c2i']['reconstruction']['strict'],
                                             't2i strict': e['t2i']['reconstruction']['strict']}
             else:
                 for sp, r in e['main'].items():
                     rows[f'step {e["step"]} {sp}'] = r
-        if sub == 'vq':
+        if sub in ('vq', 'msvq'):
             lines += ['| step | c2i strict | t2i strict |', '|---|---|---|']
             lines += [f'| {k} | {_fmt(v["c2i strict"])} | {_fmt(v["t2i strict"])} |'
                       for k, v in rows.items()]
@@ -940,7 +1251,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def reevaluate(args, argv) -> dict[str, Any]:
     """The ``eval`` subcommand: evaluate the config's weights, update their JSON and card."""
     cfg = load_cfg(args.config)
-    if args.vq:
+    if cfg.policy.get('type') == 'VARPolicy':
+        cls = MSVQPretrainer if args.vq else VARC2IPretrainer
+        path = cfg.policy.tokenizer_checkpoint if args.vq else cfg.policy.checkpoint
+    elif args.vq:
         cls, path = VQPretrainer, cfg.policy.tokenizer_checkpoint
     else:
         cls = LlamaGenC2IPretrainer if cfg.policy.task == 'c2i' else LlamaGenT2IPretrainer
