@@ -114,7 +114,8 @@ def _component_class(type_name: Any):
 
 def _walk(node: Any, owner: Any = None, trail: str = '') -> Iterator[tuple[str, str, Any]]:
     if isinstance(node, (dict, ConfigDict)):
-        owner = _component_class(node['type']) if 'type' in node else owner
+        cls = _component_class(node['type']) if 'type' in node else None
+        owner = cls or owner   # an unregistered nested 'type' (e.g. 'flan-t5') keeps its owner
         for k, v in node.items():
             path = f'{trail}.{k}' if trail else str(k)
             if isinstance(v, str) and _is_file_key(str(k)):

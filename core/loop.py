@@ -123,7 +123,7 @@ class GRPOLoop(IterBasedTrainLoop):
                 mb = MiniBatch(
                     rollout=mb_rollout, adv=adv.index(idx),
                     ref_eval=None if ref_eval is None else ref_eval.index(idx),
-                    ctx={'num_samples': int(idx.numel()),
+                    ctx={'num_samples': int(idx.numel()), 'group_size': algo.group_size,
                          'progress': self._iter / max(1, self._max_iters)},
                     check_on_policy=(epoch == 0 and k == 0))
                 log_vars = model.train_step({'minibatch': mb}, optim_wrapper=self.runner.optim_wrapper)

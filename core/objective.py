@@ -152,12 +152,34 @@ def weighted_token_mean(x: Tensor, mask: Tensor, weight: Tensor, ctx: dict) -> T
     return (x * wm).sum() / (denom + 1e-6)
 
 
+def group_weighted_token_mean(x: Tensor, mask: Tensor, weight: Tensor, ctx: dict) -> Tensor:
+    """Mean over groups of each group's weighted token mean:
+    ``(1/N_groups) sum_g sum_{i in g, t} w x / (sum_{i in g, t} w + 1e-6)`` (STAGE's official
+    runs put one group on each GPU, so the weighted mean is taken per group, then averaged over
+    GPUs). Rows are contiguous whole groups of ``ctx['group_size']`` samples (the runner's
+    minibatches always are); ``ctx['num_groups']`` replaces the local group count when the
+    minibatch is a micro-batch of a larger optimizer batch.
+    """
+    g = ctx.get('group_size')
+    if not g:
+        raise ValueError("aggregation 'group_weighted_token_mean' needs ctx['group_size'] (the "
+                         "runner passes it; pass it when calling policy_loss directly)")
+    b = x.shape[0]
+    if b % g:
+        raise ValueError(f'group_weighted_token_mean: {b} rows are not whole groups of {g}')
+    wm = (weight * mask.to(x.dtype)).reshape(b // g, -1)
+    num = (x.reshape(b // g, -1) * wm).sum(1)
+    per_group = num / (wm.sum(1) + 1e-6)
+    return per_group.sum() / ctx.get('num_groups', b // g)
+
+
 AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, Tensor, dict], Tensor]] = {
     'sample_mean_of_token_means': sample_mean_of_token_means,
     'token_mean': token_mean,
     'token_sum_over_constant': token_sum_over_constant,
     'global_token_mean': token_mean,  # DAPO: token_mean with ctx['num_tokens'] over all ranks
     'weighted_token_mean': weighted_token_mean,
+    'group_weighted_token_mean': group_weighted_token_mean,
 }
 
 

@@ -18,6 +18,12 @@ TINY = {
         checkpoint=None, tokenizer_checkpoint=None,
         tokenizer=dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
                        codebook_size=64, codebook_embed_dim=8, norm_groups=8)),
+    # scales 1-2-4 over a downsample-8 VQVAE: 32 px, as the Shapes world needs
+    'VARPolicy': dict(
+        arch=dict(depth=1, embed_dim=32, num_heads=2), patch_nums=(1, 2, 4), image_size=32,
+        vocab_size=64, checkpoint=None, tokenizer_checkpoint=None,
+        tokenizer=dict(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2, 2, 2),
+                       num_res_blocks=1, norm_groups=8)),
 }
 #: per reward-head type: settings that make a model-based head tiny and file-free
 TINY_CLIP = dict(embed_dim=16,
@@ -70,6 +76,8 @@ def shrink_reward(head):
     if head['type'] == 'CompositeReward':
         for sub in head['heads'].values():
             shrink_reward(sub)
+    elif head['type'] == 'StageEntropyBonus':
+        shrink_reward(head['base'])
     elif head['type'] in TINY_REWARDS:
         head.update(TINY_REWARDS[head['type']])
         if head['type'] == 'LooFidReward':

@@ -54,3 +54,21 @@ def test_readme_quick_start_has_two_commands_naming_existing_files():
     assert 'pip install -e .' in main_job and 'python -m pytest' in tests
     ci = open(os.path.join(ROOT, '.ci', 'run')).read()
     assert 'pip install -e ".[test]"' in ci and 'python -m pytest' in ci
+
+
+def test_every_method_config_is_listed_in_its_folders_readme_and_metafile():
+    """configs/<method>/README.md and metafile.yml document every config of the folder."""
+    import glob
+    import yaml
+    for folder in sorted(glob.glob(os.path.join(ROOT, 'configs', '*'))):
+        if os.path.basename(folder) == '_base_' or not os.path.isdir(folder):
+            continue
+        names = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(folder, '*.py')))
+        readme = open(os.path.join(folder, 'README.md')).read()
+        meta = yaml.safe_load(open(os.path.join(folder, 'metafile.yml')))
+        listed = {m['Name'] for m in meta['Models']}
+        for name in names:
+            assert f'{name}.py' in readme, (folder, name)
+            assert name in listed, (folder, name)
+        for m in meta['Models']:
+            assert os.path.isfile(os.path.join(ROOT, m['Config'])), m['Config']

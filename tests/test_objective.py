@@ -231,8 +231,8 @@ def test_aggregation_without_weights_and_unknown_mode():
         aggregate(X, M, None, 'mean')
     # an empty mask gives 0, not NaN
     empty = torch.zeros_like(M)
-    for mode in AGGREGATIONS:
-        assert aggregate(X, empty, W, mode).item() == 0.0
+    for mode in AGGREGATIONS:   # (group_size: rows are groups of one for the group mode)
+        assert aggregate(X, empty, W, mode, {'group_size': 1}).item() == 0.0
 
 
 def _totals(mode: str, x: torch.Tensor, mask: torch.Tensor, w: torch.Tensor) -> dict:
@@ -244,6 +244,7 @@ def _totals(mode: str, x: torch.Tensor, mask: torch.Tensor, w: torch.Tensor) -> 
         'global_token_mean': {'num_tokens': m.sum()},
         'token_sum_over_constant': {'constant': float(x.shape[0] * x.shape[1])},
         'weighted_token_mean': {'weight_sum': (w * m).sum()},
+        'group_weighted_token_mean': {'group_size': 1, 'num_groups': x.shape[0]},
     }[mode]
 
 
@@ -259,7 +260,7 @@ def test_aggregation_invariant_to_micro_batching(data, a, mode, micro):
     mask = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=a, max_size=a),
                                            min_size=b, max_size=b)))
     assume(mask.any())
-    full = aggregate(x, mask, w, mode)                                  # 1 x 8
+    full = aggregate(x, mask, w, mode, {'group_size': 1})               # 1 x 8
     ctx = _totals(mode, x, mask, w)
     parts = sum(aggregate(x[i:i + micro], mask[i:i + micro], w[i:i + micro], mode, ctx)
                 for i in range(0, b, micro))                            # (8 / micro) x micro
@@ -314,12 +315,32 @@ def test_multi_stream_loss_is_weighted_sum_of_single_streams(data, b, a, clip, l
     a1, a2, w = mat(adv_st), mat(adv_st), mat(st.floats(0.0, 2.0))
     mask = torch.tensor(data.draw(st.lists(st.lists(st.booleans(), min_size=a, max_size=a),
                                            min_size=b, max_size=b)))
+    ctx = {'group_size': 1}
     both, _ = policy_loss(cfg, logp, l_old, {'comp': a1, 'fid': a2}, {'comp': c1, 'fid': c2},
-                          mask, w)
-    one, _ = policy_loss(cfg, logp, l_old, {'comp': a1}, {'comp': 1.0}, mask, w)
-    two, _ = policy_loss(cfg, logp, l_old, {'fid': a2}, {'fid': 1.0}, mask, w)
+                          mask, w, ctx)
+    one, _ = policy_loss(cfg, logp, l_old, {'comp': a1}, {'comp': 1.0}, mask, w, ctx)
+    two, _ = policy_loss(cfg, logp, l_old, {'fid': a2}, {'fid': 1.0}, mask, w, ctx)
     torch.testing.assert_close(both, c1 * one + c2 * two, rtol=1e-10, atol=1e-10)
     g_both, = torch.autograd.grad(both, logp)
     g_one, = torch.autograd.grad(one, logp)
     g_two, = torch.autograd.grad(two, logp)
     torch.testing.assert_close(g_both, c1 * g_one + c2 * g_two, rtol=1e-10, atol=1e-10)
+
+
+def test_group_weighted_token_mean_is_the_mean_of_per_group_weighted_means():
+    from vargo.core.objective import aggregate
+    x = torch.tensor([[1., 2.], [3., 4.], [5., 6.], [7., 8.]])
+    w = torch.tensor([[1., 0.], [1., 2.], [0., 0.5], [0.5, 0.]])
+    mask = torch.tensor([[True, True], [True, True], [True, True], [True, False]])
+    g0 = (1 * 1 + 3 * 1 + 4 * 2) / (1 + 1 + 2 + 1e-6)
+    g1 = (6 * 0.5 + 7 * 0.5) / (0.5 + 0.5 + 1e-6)           # the masked 8 does not count
+    got = aggregate(x, mask, w, 'group_weighted_token_mean', {'group_size': 2})
+    assert got.item() == pytest.approx((g0 + g1) / 2, abs=1e-6)
+    # a micro-batch of one group of an optimizer batch of two groups
+    half = aggregate(x[:2], mask[:2], w[:2], 'group_weighted_token_mean',
+                     {'group_size': 2, 'num_groups': 2})
+    assert half.item() == pytest.approx(g0 / 2, abs=1e-6)
+    with pytest.raises(ValueError, match='group_size'):
+        aggregate(x, mask, w, 'group_weighted_token_mean', {})
+    with pytest.raises(ValueError, match='whole groups'):
+        aggregate(x[:3], mask[:3], w[:3], 'group_weighted_token_mean', {'group_size': 2})

@@ -5,5 +5,6 @@ from .hps import HPSv2Reward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
 from .loo_fid import LooFidReward
 from .shapes_eval import ShapesEvalReward
+from .stage_entropy import StageEntropyBonus
 
-__all__ = ['ClipScoreReward', 'CompositeReward', 'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward']
+__all__ = ['ClipScoreReward', 'CompositeReward', 'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'StageEntropyBonus']

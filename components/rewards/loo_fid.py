@@ -426,9 +426,9 @@ class LooFidReward(RewardHead, Stateful):
     distribution_level = True
     #: where the official files a config may name are published (dry-run / missing-file report)
     file_sources = {
-        'pt_inception-2015-12-05-6726825d.pth':
+        'weights-inception-2015-12-05-6726825d.pth':
             'https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/'
-            'pt_inception-2015-12-05-6726825d.pth (torch-fidelity\'s FID Inception-v3)'}
+            'weights-inception-2015-12-05-6726825d.pth (torch-fidelity\'s FID Inception-v3)'}
 
     def __init__(self, *, mode: str, beta_ema: float, feature_extractor: str,
                  real_stats_path: str, real_stats_prefix: str = '',

@@ -1,5 +1,6 @@
 """Token selectors (registry ``TOKEN_SELECTORS``): per-action weights ``[B, A]`` for the policy
 and KL terms, composed by multiplication in config order."""
 from .all_tokens import AllTokensSelector
+from .similarity_reweight import SimilarityReweightSelector
 
-__all__ = ['AllTokensSelector']
+__all__ = ['AllTokensSelector', 'SimilarityReweightSelector']

@@ -12,13 +12,13 @@ sampler = dict(cfg_scale=1.5, top_k=0, top_p=1.0, temperature=1.0, logprob_cfg='
 # The LOO-FID head: torch-fidelity's FID Inception-v3 (pool3, 2048-d) from a local file; real
 # ImageNet statistics and the base model's sample statistics (bootstrap of the EMA) computed with
 # the same extractor (configs/loo_fid/README.md shows how).
-#   checkpoints/inception/pt_inception-2015-12-05-6726825d.pth
-#     https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/pt_inception-2015-12-05-6726825d.pth
+#   checkpoints/inception/weights-inception-2015-12-05-6726825d.pth
+#     https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth
 rewards = dict(
     fid=dict(type='LooFidReward', mode='ema_loo', beta_ema=0.5,
              feature_extractor='inception-v3-compat',
              feature_extractor_weights_path=(
-                 'checkpoints/inception/pt_inception-2015-12-05-6726825d.pth'),
+                 'checkpoints/inception/weights-inception-2015-12-05-6726825d.pth'),
              real_stats_path='checkpoints/fid_stats/imagenet_train_inception.npz',
              init_stats_path='checkpoints/fid_stats/llamagen-l_c2i_256_cfg1.5_inception.npz'))
 group_size = 12

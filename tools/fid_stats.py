@@ -1,0 +1,573 @@
+"""Write FID reference statistics (``mu``, ``sigma``) of real images or of a policy's samples.
+
+    # real images: an image folder (png/jpg, recursive) or an image dataset config
+    python tools/fid_stats.py images DIR_OR_DATASET_CONFIG --extractor NAME [--weights-path P]
+                              [--num N] [--image-size S] --out stats.npz
+    # a policy's samples (e.g. the base model: LooFidReward's init_stats_path bootstrap)
+    python tools/fid_stats.py samples CONFIG [CHECKPOINT] --extractor NAME [--weights-path P]
+                              --num N [--cfg-scale S] [--seed 0] [--per-condition 1] --out stats.npz
+
+The extractor is any torch-fidelity feature extractor (``torch_fidelity.registry.
+FEATURE_EXTRACTORS_REGISTRY``, e.g. ``inception-v3-compat``; ``vargo-shapes`` is the Shapes
+benchmark's, with shipped weights), called exactly as torch-fidelity calls it: uint8
+``[B, 3, H, W]`` images in, the layer ``--layer`` (default: the extractor's layer for FID, e.g.
+Inception's 2048-d pool) out. Nothing is ever downloaded: torch-fidelity's own extractors need
+``--weights-path`` to a local file, and a missing file is an error naming where it is published
+(Inception: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``, or pytorch-fid's
+``pt_inception-2015-12-05-6726825d.pth``).
+
+Inputs
+------
+``images``: the real side.
+
+* a directory: every ``.png``/``.jpg``/``.jpeg`` file below it (recursive, sorted by path),
+  converted to RGB. Each image reaches the extractor at its own size and the extractor resizes
+  it as it expects (torch-fidelity's Inception: 299 px with its TF-compatible bilinear filter;
+  ``vargo-shapes``: 32 px). ``--image-size S`` first centre-crops and resizes every image to
+  ``S x S`` the way ADM's and LlamaGen's ImageNet reference batches are made (box downsampling
+  while the short side is at least 2S, bicubic to short side S, centre crop): use the
+  resolution of the generated images (256 for LlamaGen c2i 256).
+* a ``.py`` config file with a top-level ``dataset = dict(type=..., ...)`` naming a registered
+  image dataset (items are tensors or dicts with an ``'image'`` entry, ``[3, H, W]`` float in
+  [0, 1] or uint8), e.g. ``dataset = dict(type='ShapesImageDataset', split='train',
+  task='c2i', num_samples=10000)``.
+
+``samples``: ``--num`` samples of the policy of a vargo CONFIG (with CHECKPOINT: the
+``policy.*`` weights of a ``tools/train.py`` checkpoint, else the config's base model), drawn
+by the config's sampler (``--cfg-scale`` overrides its guidance; LOO-FID bootstraps from samples
+at the rollout CFG of its config, 1.5) from the conditions of the config's training dataset in
+order (class 0, 1, 2, ... for ImageNet), ``--per-condition`` samples each, cycling until
+``--num`` images, with a seeded noise stream (``--seed``; the same seed gives the same images).
+
+Output
+------
+An ``.npz`` with ``mu [D]``, ``sigma [D, D]`` (unbiased covariance, float64), ``sigma_diagonal
+[D]``, ``count`` and ``num`` (number of images), ``extractor`` (its name), ``feature_layer``,
+``weights_sha256`` (of the extractor weights file, if one was given) and ``source`` (what was
+measured): the format ``vargo.components.rewards.loo_fid.load_feature_statistics`` reads
+(``LooFidReward`` ``real_stats_path`` / ``init_stats_path``) and ``tools/eval.py``'s
+``eval_cfg.fidelity.reference_stats``. Written through
+``loo_fid.save_feature_statistics`` (atomically).
+
+Examples:
+    python tools/fid_stats.py images data/imagenet/train --image-size 256 \\
+        --extractor inception-v3-compat \\
+        --weights-path checkpoints/inception/pt_inception-2015-12-05-6726825d.pth \\
+        --out checkpoints/fid_stats/imagenet_train_inception.npz
+    python tools/fid_stats.py samples configs/loo_fid/llamagen-l_loo-fid_c2i.py --num 10000 \\
+        --extractor inception-v3-compat \\
+        --weights-path checkpoints/inception/pt_inception-2015-12-05-6726825d.pth \\
+        --out checkpoints/fid_stats/llamagen-l_c2i_256_cfg1.5_inception.npz
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from typing import Iterable, Iterator, Optional, Sequence
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+
+
+class UsageError(ValueError):
+    """A bad argument or configuration value (the tools exit with code 2)."""
+
+
+# ---- where extractor weights are published -------------------------------------------------------
+def weights_sources(extractor: str) -> dict[str, str]:
+    """File basename -> where it is published, for torch-fidelity's built-in extractors."""
+    inception = {
+        'weights-inception-2015-12-05-6726825d.pth':
+            'https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/'
+            'weights-inception-2015-12-05-6726825d.pth (torch-fidelity\'s own file)',
+        'pt_inception-2015-12-05-6726825d.pth':
+            'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
+            'pt_inception-2015-12-05-6726825d.pth (pytorch-fid\'s port of the same TF FID '
+            'Inception)',
+    }
+    if extractor == 'inception-v3-compat':
+        return inception
+    if extractor.startswith('clip-'):
+        try:
+            from torch_fidelity.feature_extractor_clip import MODEL_URLS
+            url = MODEL_URLS.get(extractor)
+        except Exception:                                       # pragma: no cover
+            url = None
+        if url:
+            return {os.path.basename(url): f'{url} (OpenAI CLIP TorchScript archive)'}
+    return {}
+
+
+def missing_weights_message(extractor: str, path: str) -> str:
+    """The error for a missing extractor weights file: the file and where it is published."""
+    sources = weights_sources(extractor)
+    where = sources.get(os.path.basename(path))
+    if where:
+        hint = f'it is published at {where}'
+    elif sources:
+        hint = 'published files: ' + '; '.join(f'{k}: {v}' for k, v in sources.items())
+    else:
+        hint = 'give the path of a local weights file of this extractor'
+    return (f'feature extractor {extractor!r}: weights file not found: {path}; {hint}. Download '
+            f'it to that path (vargo never downloads at run time).')
+
+
+# ---- extractors ----------------------------------------------------------------------------------
+def _registry():
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+    if 'vargo-shapes' not in FEATURE_EXTRACTORS_REGISTRY:
+        import vargo.components.benchmarks  # noqa: F401  (registers 'vargo-shapes')
+    return FEATURE_EXTRACTORS_REGISTRY
+
+
+def check_extractor(name: str, weights_path: Optional[str]) -> type:
+    """Validate an extractor name and its weights file without building it.
+
+    Raises:
+        UsageError: unknown extractor, or a torch-fidelity extractor without a weights file.
+        FileNotFoundError: the weights file is missing (naming where it is published).
+    """
+    registry = _registry()
+    if name not in registry:
+        raise UsageError(f'feature extractor {name!r} is not registered with torch-fidelity; '
+                         f'registered: {sorted(registry)} (register your own with '
+                         f'torch_fidelity.register_feature_extractor(name, cls))')
+    cls = registry[name]
+    if weights_path is None and cls.__module__.startswith('torch_fidelity.'):
+        example = next(iter(weights_sources(name)), 'a local weights file')
+        raise UsageError(f'feature extractor {name!r} would download its weights (vargo never '
+                         f'downloads at run time): give its weights file (weights_path / '
+                         f'--weights-path), e.g. checkpoints/.../{example}')
+    if weights_path is not None and not os.path.isfile(os.path.expanduser(str(weights_path))):
+        raise FileNotFoundError(missing_weights_message(name, str(weights_path)))
+    return cls
+
+
+def default_layer(cls, metric: str) -> str:
+    return cls.get_default_feature_layer_for_metric(metric)
+
+
+def build_extractor(name: str, weights_path: Optional[str], layers: Sequence[str]):
+    """A torch-fidelity extractor producing ``layers`` (first: the FID layer), eval mode, CPU.
+
+    Built through ``loo_fid.build_feature_extractor`` (which checks name, weights and layer).
+    """
+    from vargo.components.rewards.loo_fid import build_feature_extractor
+    check_extractor(name, weights_path)
+    extractor, _ = build_feature_extractor(name, weights_path, layers[0])
+    if len(layers) > 1:
+        provided = tuple(type(extractor).get_provided_features_list())
+        bad = [x for x in layers if x not in provided]
+        if bad:
+            raise UsageError(f'feature layers {bad} are not provided by {name!r}; it provides '
+                             f'{provided}')
+        kwargs = {'verbose': False}
+        if weights_path is not None:
+            kwargs['feature_extractor_weights_path'] = os.path.expanduser(str(weights_path))
+        extractor = type(extractor)(name, list(layers), **kwargs)
+        extractor.requires_grad_(False).eval()
+    return extractor
+
+
+def to_uint8(images):
+    """``[N, 3, H, W]`` (or ``[3, H, W]``) float in [0, 1] or uint8 -> uint8 (torch-fidelity's
+    quantisation: ``round(255 x)``)."""
+    import torch
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise UsageError(f'images must be float in [0, 1] or uint8, got {images.dtype}')
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def extract_layers(extractor, images: Iterable, batch_size: int = 64):
+    """Features of images, one ``[N, D_k]`` float64 CPU tensor per layer of the extractor.
+
+    Args:
+        extractor: from :func:`build_extractor`.
+        images: a ``[N, 3, H, W]`` tensor, or an iterable of ``[3, H, W]`` / ``[n, 3, H, W]``
+            tensors (float in [0, 1] or uint8; sizes may differ: each size is batched apart and
+            the extractor resizes as it expects).
+        batch_size: images per forward.
+    """
+    import torch
+
+    def run(batch):
+        with torch.no_grad():
+            out = extractor(torch.stack(batch) if isinstance(batch, list) else batch)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return [o.reshape(o.shape[0], -1).to(torch.float64).cpu() for o in out]
+
+    outs: list[list] = []
+    if torch.is_tensor(images):
+        images = images.split(batch_size)
+    pending: dict = {}                                  # (H, W) -> list of [3, H, W] uint8
+    for x in images:
+        x = to_uint8(x)
+        items = [x] if x.dim() == 3 else list(x)
+        for im in items:
+            if im.dim() != 3 or im.shape[0] != 3:
+                raise UsageError(f'images must be RGB [3, H, W], got shape {tuple(im.shape)}')
+            group = pending.setdefault(tuple(im.shape[1:]), [])
+            group.append(im)
+            if len(group) == batch_size:
+                outs.append(run(group))
+                pending[tuple(im.shape[1:])] = []
+    for group in pending.values():
+        if group:
+            outs.append(run(group))
+    if not outs:
+        raise UsageError('no images to extract features from')
+    return [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_statistics(path: str, features, *, extractor: str, feature_layer: str,
+                     weights_path: Optional[str], source: str) -> None:
+    """Write the statistics of ``[N, D]`` features with ``loo_fid.save_feature_statistics``
+    (``mu``, ``sigma``, ``sigma_diagonal``, ``count``) plus ``num``, ``extractor``,
+    ``feature_layer``, ``weights_sha256`` and ``source``; atomically."""
+    import numpy as np
+    from vargo.components.rewards.loo_fid import save_feature_statistics
+    path = os.path.expanduser(str(path))
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.base.npz'
+    save_feature_statistics(tmp, features)
+    with np.load(tmp) as z:
+        arrays = {k: z[k] for k in z.keys()}
+    os.remove(tmp)
+    arrays.update(num=np.array(int(arrays['count']), dtype=np.int64),
+                  extractor=np.array(extractor), feature_layer=np.array(feature_layer),
+                  weights_sha256=np.array('' if weights_path is None else
+                                          file_sha256(os.path.expanduser(str(weights_path)))),
+                  source=np.array(source))
+    tmp = f'{path}.tmp.npz'
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# ---- real images ---------------------------------------------------------------------------------
+def list_image_files(directory: str) -> list[str]:
+    files = []
+    for root, _, names in os.walk(directory):
+        files += [os.path.join(root, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(files)
+
+
+def center_crop_resize(img, size: int):
+    """ADM / LlamaGen reference-batch preprocessing of a PIL image: box-downsample while the
+    short side is >= 2 * size, bicubic to short side ``size``, centre crop ``size x size``."""
+    from PIL import Image
+    while min(*img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(*img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def iter_folder_images(files: Sequence[str], image_size: Optional[int] = None) -> Iterator:
+    """``[3, H, W]`` uint8 tensors of image files (RGB)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    for f in files:
+        with Image.open(f) as im:
+            im = im.convert('RGB')
+            if image_size:
+                im = center_crop_resize(im, int(image_size))
+            yield torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).contiguous()
+
+
+def _dataset_image(item, where: str):
+    import torch
+    image = item.get('image') if isinstance(item, dict) else item
+    if not torch.is_tensor(image) or image.dim() != 3 or image.shape[0] != 3:
+        raise UsageError(f'{where}: items must be [3, H, W] image tensors or dicts with an '
+                         f"'image' entry, got {type(item).__name__}"
+                         + (f' with keys {sorted(item)}' if isinstance(item, dict) else ''))
+    return image
+
+
+def build_image_dataset(dataset_cfg: dict):
+    from mmengine.registry import DefaultScope
+    from vargo.core.registry import DATASETS
+    import vargo.components  # noqa: F401  (registers the datasets)
+    with DefaultScope.overwrite_default_scope('vargo'):
+        return DATASETS.build(dict(dataset_cfg))
+
+
+def dataset_cfg_of_file(path: str) -> dict:
+    from mmengine.config import Config
+    cfg = Config.fromfile(path)
+    if not isinstance(cfg.get('dataset'), dict) or 'type' not in cfg.dataset:
+        raise UsageError(f'{path} defines no dataset = dict(type=..., ...): a reference config '
+                         f"file names a registered image dataset, e.g. dataset = dict(type="
+                         f"'ShapesImageDataset', split='train', task='c2i', num_samples=10000)")
+    return cfg.dataset.to_dict()
+
+
+def check_image_source(source) -> None:
+    """Fail early (before sampling) for a reference that cannot exist: a missing folder or
+    config file, an empty folder, a dataset config without ``type``."""
+    if isinstance(source, dict):
+        if 'type' not in source:
+            raise UsageError(f'reference images {source!r}: a dataset config needs a type')
+        return
+    path = os.path.expanduser(str(source))
+    if os.path.isdir(path):
+        if not list_image_files(path):
+            raise UsageError(f'reference image folder {path} holds no {"/".join(IMAGE_EXTENSIONS)} '
+                             f'files')
+        return
+    if os.path.isfile(path) and path.endswith('.py'):
+        dataset_cfg_of_file(path)
+        return
+    raise FileNotFoundError(f'reference images not found: {path} is neither an image folder nor '
+                            f'a .py config file with dataset = dict(type=...)')
+
+
+def image_source(source, *, num: Optional[int] = None, image_size: Optional[int] = None
+                 ) -> tuple[int, Iterator, str]:
+    """``(count, iterator of [3, H, W] images, description)`` of an image folder, a ``.py``
+    dataset config file, or a dataset config dict; the first ``num`` images if given."""
+    check_image_source(source)
+    if isinstance(source, dict) or str(source).endswith('.py'):
+        cfg = source if isinstance(source, dict) else dataset_cfg_of_file(
+            os.path.expanduser(str(source)))
+        ds = build_image_dataset(cfg)
+        n = len(ds) if num is None else min(num, len(ds))
+        where = f'dataset {cfg}'
+        if image_size:
+            raise UsageError('--image-size applies to image folders; a dataset gives its images '
+                             'at its own resolution')
+        return n, (_dataset_image(ds[i], where) for i in range(n)), where
+    files = list_image_files(os.path.expanduser(str(source)))
+    files = files if num is None else files[:num]
+    return len(files), iter_folder_images(files, image_size), f'folder {source}'
+
+
+def _chunks(it: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for x in it:
+        chunk.append(x)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def features_of_source(extractor, source, *, num=None, image_size=None, batch_size=64,
+                       progress=True):
+    """Per-layer features (float64) of the images of an image source (see :func:`image_source`),
+    read chunk by chunk; returns ``(list of [N, D_k], description)``."""
+    import torch
+    from tqdm import tqdm
+    n, images, where = image_source(source, num=num, image_size=image_size)
+    parts = []
+    with tqdm(total=n, desc='features', unit='img', disable=not progress) as bar:
+        for chunk in _chunks(images, 16 * batch_size):
+            parts.append(extract_layers(extractor, chunk, batch_size))
+            bar.update(len(chunk))
+    if not parts:
+        raise UsageError(f'{where} holds no images')
+    return [torch.cat([p[k] for p in parts]) for k in range(len(parts[0]))], where
+
+
+# ---- policy samples ------------------------------------------------------------------------------
+def sample_images(policy, sampler, dataset, *, num: int, per_condition: int = 1,
+                  batch_conditions: int = 16, seed: int = 0, progress: bool = True):
+    """``num`` decoded samples ``[num, 3, H, W]`` (float, CPU) of ``policy`` by ``sampler``.
+
+    Conditions are the dataset's items in order, cycled; ``per_condition`` samples each; batch
+    ``k`` draws its noise from ``BatchRNG(seed, k, ...)`` (reproducible for a seed).
+    """
+    import torch
+    from torch.utils.data import default_collate
+    from tqdm import tqdm
+
+    from vargo.core.loop import conditions_from_batch
+    from vargo.core.rng import BatchRNG
+    if len(dataset) == 0:
+        raise UsageError('the condition dataset is empty')
+    out, have, k = [], 0, 0
+    with tqdm(total=num, desc='sampling', unit='img', disable=not progress) as bar:
+        while have < num:
+            need = -(-(num - have) // per_condition)
+            m = min(batch_conditions, need)
+            items = [dataset[(k * batch_conditions + j) % len(dataset)] for j in range(m)]
+            cond = policy.encode_conditions(conditions_from_batch(default_collate(items)))
+            rng = BatchRNG(seed, k, m * per_condition, rank=0, world_size=1,
+                           device=policy.device)
+            with torch.no_grad():
+                r = sampler.rollout(policy, cond, group_size=per_condition, rng=rng)
+            if r.images is None:
+                raise UsageError('the sampler returned no decoded images (rollout.images is None)')
+            imgs = r.images[:num - have].detach().float().cpu()
+            out.append(imgs)
+            have += len(imgs)
+            bar.update(len(imgs))
+            k += 1
+    return torch.cat(out)
+
+
+def load_policy(config: str, checkpoint: Optional[str], cfg_options: Optional[dict] = None,
+                cfg_scale: Optional[float] = None):
+    """``(policy, sampler, condition dataset)`` of a vargo config (+ optional checkpoint)."""
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+
+    from vargo.core.config import missing_files
+    from vargo.core.registry import DATASETS, POLICIES, SAMPLERS, checked_build
+    from vargo.core.runner import load_config
+    import vargo.components  # noqa: F401
+
+    cfg = load_config(config, cfg_options)
+    for key in ('policy', 'sampler'):
+        if key not in cfg:
+            raise UsageError(f'{config} has no {key!r}: pass a vargo training config')
+    missing = missing_files(Config(dict(policy=cfg.policy, sampler=cfg.sampler)),
+                            keys=('policy', 'sampler'))
+    if missing:
+        lines = [f'{config} names files that do not exist:']
+        for where, path, src in missing:
+            lines.append(f'  {where} = {path}' + (f'\n      published at {src}' if src else ''))
+        raise FileNotFoundError('\n'.join(lines))
+    if checkpoint and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+    sampler_cfg = dict(cfg.sampler)
+    if cfg_scale is not None:
+        sampler_cfg['cfg_scale'] = float(cfg_scale)
+    dl = cfg.get('train_dataloader') or {}
+    if not isinstance(dl.get('dataset'), dict):
+        raise UsageError(f'{config} has no train_dataloader.dataset to draw conditions from')
+    with DefaultScope.overwrite_default_scope('vargo'):
+        policy = checked_build(cfg.policy, POLICIES)
+        sampler = checked_build(sampler_cfg, SAMPLERS)
+        dataset = DATASETS.build(dl['dataset'])
+    if checkpoint:
+        from vargo.core.checkpoint import (allow_mmengine_checkpoints, load_state_dict_strict,
+                                           safe_load)
+        allow_mmengine_checkpoints()
+        state = safe_load(checkpoint)
+        state = state.get('state_dict', state)
+        ps = {k[len('policy.'):]: v for k, v in state.items() if k.startswith('policy.')}
+        if not ps:
+            raise UsageError(f'{checkpoint} holds no policy weights (keys policy.*): pass a '
+                             f'checkpoint written by tools/train.py')
+        load_state_dict_strict(policy, ps, source=checkpoint)
+    policy.eval()
+    return policy, sampler, dataset
+
+
+# ---- command line --------------------------------------------------------------------------------
+def parse_args(argv=None):
+    from mmengine.config import DictAction
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__.split('\n\n', 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest='mode', required=True)
+
+    def common(q):
+        q.add_argument('--extractor', required=True,
+                       help="torch-fidelity feature extractor name, e.g. 'inception-v3-compat', "
+                            "'vargo-shapes'")
+        q.add_argument('--weights-path', help='local weights file of the extractor (required for '
+                                              "torch-fidelity's own extractors)")
+        q.add_argument('--layer', help="feature layer (default: the extractor's layer for FID)")
+        q.add_argument('--batch-size', type=int, default=64, help='images per extractor forward')
+        q.add_argument('--out', required=True, help='the .npz to write')
+        q.add_argument('--quiet', action='store_true', help='no progress bar')
+
+    details = dict(epilog=__doc__.split('\n\n', 1)[1],
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    qi = sub.add_parser('images', help='statistics of real images (a folder or a dataset config)',
+                        description='Statistics of real images: an image folder or a dataset '
+                                    'config.', **details)
+    qi.add_argument('source', help='an image folder (png/jpg, recursive) or a .py config file '
+                                   'with dataset = dict(type=...)')
+    qi.add_argument('--num', type=int, help='use the first N images (default: all)')
+    qi.add_argument('--image-size', type=int,
+                    help='centre-crop and resize folder images to S x S (ADM protocol) first')
+    common(qi)
+    qs = sub.add_parser('samples', help="statistics of a policy's samples",
+                        description="Statistics of a policy's samples (e.g. LooFidReward's "
+                                    "init_stats_path).", **details)
+    qs.add_argument('config', help='a vargo training config')
+    qs.add_argument('checkpoint', nargs='?', help='a checkpoint written by tools/train.py '
+                                                  "(default: the config's base model)")
+    qs.add_argument('--num', type=int, required=True, help='number of samples')
+    qs.add_argument('--per-condition', type=int, default=1, help='samples per condition')
+    qs.add_argument('--batch-conditions', type=int, default=16, help='conditions per batch')
+    qs.add_argument('--cfg-scale', type=float, help="override the sampler's CFG scale "
+                                                    '(1 = no CFG)')
+    qs.add_argument('--seed', type=int, default=0)
+    qs.add_argument('--cfg-options', nargs='+', action=DictAction)
+    common(qs)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    progress = not args.quiet
+    try:
+        for name in ('num', 'batch_size', 'per_condition', 'batch_conditions', 'image_size'):
+            v = getattr(args, name, None)
+            if v is not None and v < 1:
+                raise UsageError(f'--{name.replace("_", "-")}={v} must be >= 1')
+        if args.mode == 'samples' and args.num < 2:
+            raise UsageError(f'--num={args.num}: statistics need at least 2 images')
+        cls = check_extractor(args.extractor, args.weights_path)
+        layer = args.layer or default_layer(cls, 'fid')
+        if args.mode == 'images':
+            check_image_source(args.source)
+        else:
+            policy, sampler, dataset = load_policy(args.config, args.checkpoint, args.cfg_options,
+                                                   args.cfg_scale)
+    except (UsageError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    from vargo.core.registry import ConfigError
+    try:
+        extractor = build_extractor(args.extractor, args.weights_path, [layer])
+        if args.mode == 'images':
+            (feats,), where = features_of_source(extractor, args.source, num=args.num,
+                                                 image_size=args.image_size,
+                                                 batch_size=args.batch_size, progress=progress)
+            source = f'images: {where}' + (f', image_size={args.image_size}'
+                                           if args.image_size else '')
+        else:
+            images = sample_images(policy, sampler, dataset, num=args.num,
+                                   per_condition=args.per_condition,
+                                   batch_conditions=args.batch_conditions, seed=args.seed,
+                                   progress=progress)
+            (feats,) = extract_layers(extractor, images, args.batch_size)
+            scale = sampler.logprob_spec().cfg_scale
+            source = (f'samples: config={args.config} checkpoint={args.checkpoint} '
+                      f'cfg_scale={scale:g} seed={args.seed} per_condition={args.per_condition}')
+        if len(feats) < 2:
+            raise UsageError(f'statistics need at least 2 images, got {len(feats)}')
+        write_statistics(args.out, feats, extractor=args.extractor, feature_layer=layer,
+                         weights_path=args.weights_path, source=source)
+    except (UsageError, ConfigError, FileNotFoundError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(f'wrote {args.out}: {len(feats)} images, D = {feats.shape[1]} '
+          f'({args.extractor}, layer {layer}); {source}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
