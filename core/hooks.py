@@ -100,8 +100,17 @@ class RLStateHook(Hook):
             self._pending = None
 
 
-def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2) -> np.ndarray:
-    """``[N, 3, H, W]`` in [0, 1] -> ``[H', W', 3]`` uint8 grid (row-major, ``nrow`` per row)."""
+def make_grid(images: torch.Tensor, nrow: Optional[int] = None, pad: int = 2,
+              min_cell: int = 96) -> np.ndarray:
+    """``[N, 3, H, W]`` in [0, 1] -> ``[H', W', 3]`` uint8 grid (row-major, ``nrow`` per row).
+
+    Images smaller than ``min_cell`` pixels are enlarged by an integer nearest-neighbour factor
+    (every pixel becomes a ``k x k`` block, nothing is interpolated), so 32-px Shapes samples
+    are readable in an image viewer; ``min_cell=0`` keeps the original size.
+    """
+    if min_cell and 0 < images.shape[-2] < min_cell:
+        k = int(math.ceil(min_cell / images.shape[-2]))
+        images = images.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)
     n, c, h, w = images.shape
     nrow = nrow or int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / nrow))

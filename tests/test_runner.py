@@ -123,3 +123,15 @@ def test_grpo_raises_the_reward_end_to_end(tmp_path):
     history = runner.message_hub.log_scalars['train/reward/b/mean'].data[0]
     first, last = history[:5].mean(), history[-5:].mean()
     assert last > first + 0.05, (first, last)
+
+
+def test_make_grid_enlarges_small_images_by_whole_pixels():
+    from vargo.core.hooks import make_grid
+    imgs = torch.rand(6, 3, 32, 32)
+    grid = make_grid(imgs, nrow=3, pad=2)                     # 32 px -> 3 x 32 = 96 px cells
+    assert grid.shape == (2 * (96 + 2) + 2, 3 * (96 + 2) + 2, 3)
+    cell = grid[2:98, 2:98]                                    # image 0, each pixel a 3x3 block
+    expect = (imgs[0].permute(1, 2, 0).numpy() * 255).round().astype('uint8')
+    assert (cell[::3, ::3] == expect).all() and (cell[1::3, 2::3] == expect).all()
+    assert make_grid(imgs, nrow=3, min_cell=0).shape == (2 * 34 + 2, 3 * 34 + 2, 3)
+    assert make_grid(torch.rand(2, 3, 128, 128)).shape[0] == 128 + 4   # large: unchanged
