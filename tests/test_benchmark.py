@@ -228,3 +228,52 @@ def test_flops_per_sample_t2i_grouped_query_hand_count():
     # the null caption's projection runs once per batch (not counted per sample)
     assert _counted_mm_flops(policy, r, cfg) == b * (2 * (transformer - attention) + 98_304) \
         + 98_304
+
+
+# ---- VAR: decode steps are scales ---------------------------------------------------------------
+VAR_TINY_CFG = os.path.join(ROOT, 'configs', 'grpo', 'var-tiny_grpo_jpeg.py')
+
+
+def test_benchmark_covers_var_rollouts_updates_and_iterations(tmp_path, keep_threads, capsys):
+    out = tmp_path / 'bench.json'
+    argv = [VAR_TINY_CFG, '--batch', '4', '--repeat', '2', '--threads', '1', '--gemm-size', '256',
+            '--bandwidth-mb', '8', '--out', str(out),
+            '--cfg-options', 'policy.arch.depth=2', 'policy.tokenizer_checkpoint=/nonexistent.pt']
+    assert _load_tool().main(argv) == 0
+    res = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    # scales 1-2-4-8: 85 tokens generated in 4 decode steps
+    assert 'rollout, no CFG (4 x 85 tokens in 4 steps)' in printed, printed
+    assert res['num_actions'] == 85 and res['policy_cfg']['tokenizer_checkpoint'] is None
+    for key, scale in (('no_cfg', 1.0), ('cfg', 4.0)):
+        r = res['rollout'][key]
+        assert r['cfg_scale'] == scale and r['mode'] == 'full'
+        assert (r['actions'], r['decode_steps'], r['steps_timed'], r['tokens_timed']) == (
+            85, 4, 4, 85)
+        assert r['tokens_per_s']['median'] == pytest.approx(4 * 85 / r['time_s']['median'])
+        assert r['ms_per_step']['min'] == pytest.approx(1000 * r['time_s']['min'] / 4)
+    up = res['update']
+    assert up['samples'] == 4 and up['actions'] == 85 and up['spec']['mode'] == 'none'
+    from vargo.components.policies.var import VARPolicy
+    policy = VARPolicy(arch=dict(depth=2, embed_dim=128, num_heads=4), patch_nums=(1, 2, 4, 8),
+                       image_size=32, num_classes=10, vocab_size=512,
+                       tokenizer=dict(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 2, 2),
+                                      num_res_blocks=1, norm_groups=8))
+    assert up['flops_per_sample'] == policy.flops_per_sample(LogprobSpec()) > 0
+    assert up['flops_per_step'] == 3 * 4 * up['flops_per_sample']
+    assert res['trainable_params'] == sum(p.numel() for p in policy.trainable_parameters())
+    it = res['iteration']
+    assert it['samples'] == 4 and it['decodes_images'] is True
+    assert sum(it['fraction'].values()) == pytest.approx(1.0)
+
+    # --steps counts scales: the last scale (64 tokens) after a prefill of the first three (21)
+    argv = argv[:argv.index('--cfg-options')] + ['--steps', '1', '--skip-update',
+                                                 '--skip-iteration'] + argv[argv.index(
+                                                     '--cfg-options'):]
+    assert _load_tool().main(argv) == 0
+    res = json.loads(out.read_text())
+    for key in ('no_cfg', 'cfg'):
+        r = res['rollout'][key]
+        assert r['mode'] == 'continuation' and r['steps_timed'] == 1
+        assert r['tokens_timed'] == 64 and r['prefill_actions'] == 21
+        assert r['tokens_per_s']['median'] == pytest.approx(4 * 64 / r['time_s']['median'])

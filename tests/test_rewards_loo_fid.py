@@ -423,6 +423,18 @@ def test_two_processes_equal_one_process(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ranks = [torch.load(tmp_path / f'out.rank{k}.pt', weights_only=True) for k in (0, 1)]
 
+    # the ranks ran the extractor with 1 thread: do the same here, so the comparison pins the
+    # all-reduce and leave-one-out arithmetic, not float32 conv summation order (which moves the
+    # features by ~1e-7 and pca_full rewards by ~1e-6 between thread counts)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _compare_with_single_process(images, ranks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare_with_single_process(images, ranks):
     for mode, covariance in _CASES:
         single = LooFidReward(mode=mode, beta_ema=0.5, feature_extractor='vargo-shapes',
                               real_stats_path=DEFAULT_STATS_PATH, real_stats_prefix='c2i_train_',

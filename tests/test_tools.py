@@ -33,7 +33,7 @@ def test_dry_run_names_each_missing_official_file_and_where_it_is_published():
     assert proc.returncode == 2
     for text in ('c2i_B_256.pt', 'vq_ds16_c2i.pt',
                  'https://huggingface.co/FoundationVision/LlamaGen/resolve/main/c2i_B_256.pt',
-                 'configs/grpo/llamagen-tiny_grpo_jpeg.py'):
+                 'configs/grpo/llamagen_grpo_shapes.py'):
         assert text in proc.stderr
     assert 'Traceback' not in proc.stderr
 
@@ -45,5 +45,5 @@ def test_sample_writes_a_grid(tmp_path):
     assert proc.returncode == 0, proc.stderr
     from PIL import Image
     img = Image.open(out)
-    # 2 rows x 3 columns of 32 px images with 2 px padding
-    assert img.size == (3 * 34 + 2, 2 * 34 + 2)
+    # 2 rows x 3 columns of 32 px images shown as 96 px cells (3x3 pixel blocks), 2 px padding
+    assert img.size == (3 * 98 + 2, 2 * 98 + 2)

@@ -40,9 +40,14 @@ with ``torch.set_num_threads(--threads)``:
    generate). The loop's ``time/rollout``, ``time/reward``, ``time/update`` are generate,
    score + advantages, and reference + train_step.
 
-``--steps N`` (fewer than the policy's A actions) times only the last N decode steps: each timed
-rollout continues an earlier one from its first A - N actions (``sampler.rollout(prefix=...,
-stop_at_step=A - N)``), so its time also holds one prefill of those A - N actions and the ms per
+Decode steps: a policy with ``num_steps`` generates its A actions in that many steps (VAR: one
+step per scale, all of a scale's tokens at once; ``action_step`` of a rollout names each action's
+step); otherwise every action is a step (LlamaGen). ``ms_per_step`` is per decode step and
+``tokens_per_s`` counts actions (tokens).
+
+``--steps N`` (fewer than the policy's decode steps S) times only the last N decode steps: each
+timed rollout continues an earlier one from its first S - N steps (``sampler.rollout(prefix=...,
+stop_at_step=S - N)``), so its time also holds one prefill of those steps' actions and the ms per
 step is an upper bound. The default times whole rollouts.
 
 Output: a fixed-width table on stdout and ``--out`` (JSON) with every number, the config, arch,
@@ -318,9 +323,10 @@ def bench_rollout(policy, sampler, cond, group_size: int, args,
     from vargo.core.rng import BatchRNG
 
     actions = policy.num_actions
+    decode_steps = int(getattr(policy, 'num_steps', actions))   # VAR: scales; LlamaGen: tokens
     b = len(cond) * group_size
-    continuation = args.steps is not None and args.steps < actions
-    steps = args.steps if continuation else actions
+    continuation = args.steps is not None and args.steps < decode_steps
+    steps = args.steps if continuation else decode_steps
     counter = iter(range(10 ** 9))
 
     def rng():
@@ -333,17 +339,22 @@ def bench_rollout(policy, sampler, cond, group_size: int, args,
 
             def run():
                 return sampler.rollout(policy, prefix.cond, group_size=1, rng=rng(),
-                                       prefix=prefix, stop_at_step=actions - steps)
+                                       prefix=prefix, stop_at_step=decode_steps - steps)
         else:
             def run():
                 return sampler.rollout(policy, cond, group_size=group_size, rng=rng())
         times, rollout = timed(run, args.repeat)
     t = stats(times)
+    # actions generated in the timed steps (those of the last `steps` decode steps)
+    step_of = rollout.action_step
+    step_of = step_of if step_of.dim() == 1 else step_of[0]
+    tokens = int((step_of >= decode_steps - steps).sum())
     out = {
         'cfg_scale': sampler.logprob_spec().cfg_scale, 'samples': b, 'actions': actions,
-        'steps_timed': steps, 'mode': 'continuation' if continuation else 'full',
-        'prefill_actions': actions - steps if continuation else 0,
-        'time_s': t, 'tokens_per_s': rate(b * steps, t),
+        'decode_steps': decode_steps, 'steps_timed': steps, 'tokens_timed': tokens,
+        'mode': 'continuation' if continuation else 'full',
+        'prefill_actions': actions - tokens if continuation else 0,
+        'time_s': t, 'tokens_per_s': rate(b * tokens, t),
         'ms_per_step': {'median': 1000 * t['median'] / steps, 'min': 1000 * t['min'] / steps},
         **mem.stop(),
     }
@@ -488,6 +499,8 @@ def table(res: dict) -> str:
             r = ro[key]
             what = f'rollout, CFG {r["cfg_scale"]:g}' if key == 'cfg' else 'rollout, no CFG'
             shape = f'{r["samples"]} x {r["steps_timed"]}'
+            if r.get('tokens_timed', r['steps_timed']) != r['steps_timed']:   # VAR: scales
+                shape = f'{r["samples"]} x {r["tokens_timed"]} tokens in {r["steps_timed"]} steps'
             if r['mode'] == 'continuation':
                 shape += f' after {r["prefill_actions"]}'
             rows.append((f'{what} ({shape})', r['tokens_per_s']['median'],
