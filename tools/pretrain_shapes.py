@@ -401,6 +401,42 @@ def sample_images(policy, sampler, conditions: list, per_condition: int, *, task
     return torch.cat(images), conds
 
 
+@torch.no_grad()
+def reconstruction_eval(tokenizer, codebook_size: int, *, seed: int, n: int,
+                        quick: bool) -> dict[str, Any]:
+    """ShapesEval / L1 / PSNR (/ rFID unless ``quick``) of ``tokenizer.decode(tokenizer.encode(x))``
+    on ``n`` ground-truth 'eval' images per task, and the codes used: the reward ceiling of
+    every model decoding through the tokenizer (VQ and multi-scale VQVAE alike)."""
+    from vargo.components.datasets.shapes import ShapesImageDataset
+    out: dict[str, Any] = {}
+    used = torch.zeros(codebook_size, dtype=torch.bool)
+    for task in ('c2i', 't2i'):
+        ds = ShapesImageDataset(split='eval', task=task, num_samples=n,
+                                seed=seed + EVAL_SEED_OFFSET)
+        items = [ds[i] for i in range(n)]
+        real = torch.stack([it['image'] for it in items])
+        conds = [it['class_id' if task == 'c2i' else 'prompt'] for it in items]
+        recs, ids_all = [], []
+        for i in range(0, n, 128):
+            ids = tokenizer.encode(real[i:i + 128])
+            ids_all.append(ids)
+            recs.append(tokenizer.decode(ids))
+        rec = torch.cat(recs)
+        used[torch.cat(ids_all).unique()] = True
+        res = {'reconstruction': shapes_eval_summary(rec, conds),
+               'ground_truth_strict': shapes_eval_summary(real, conds)['strict'],
+               'l1': round(float((rec - real).abs().mean()), 5),
+               'psnr': round(float(-10 * torch.log10((rec - real).pow(2).mean())), 2)}
+        if not quick:
+            res['rfid'] = fidelity(rec, task, 'eval')
+        out[task] = res
+    out['codebook_used'] = int(used.sum())
+    out['codebook_size'] = codebook_size
+    out['eval_images'] = f'{n} ShapesImageDataset(split=eval) images per task, seed ' \
+                         f'{seed + EVAL_SEED_OFFSET}'
+    return out
+
+
 # ================================================================================================
 # VQ tokenizer
 # ================================================================================================
@@ -527,39 +563,12 @@ class VQPretrainer(Pretrainer):
 
     @torch.no_grad()
     def evaluate(self, path, quick=False):
-        from vargo.components.datasets.shapes import ShapesImageDataset
         from vargo.components.policies.llamagen import load_official_state_dict, strict_load
         from vargo.components.tokenizers.vq import build_vq
         vq = build_vq(dict(self.cfg.policy.tokenizer)).eval()
         strict_load(vq, load_official_state_dict(path, what='VQ tokenizer'), what=path)
         n = 256 if quick else self.args.eval_images
-        out: dict[str, Any] = {}
-        used = torch.zeros(vq.codebook_size, dtype=torch.bool)
-        for task in ('c2i', 't2i'):
-            ds = ShapesImageDataset(split='eval', task=task, num_samples=n,
-                                    seed=self.args.seed + EVAL_SEED_OFFSET)
-            items = [ds[i] for i in range(n)]
-            real = torch.stack([it['image'] for it in items])
-            conds = [it['class_id' if task == 'c2i' else 'prompt'] for it in items]
-            recs, ids_all = [], []
-            for i in range(0, n, 128):
-                ids = vq.encode(real[i:i + 128])
-                ids_all.append(ids)
-                recs.append(vq.decode(ids))
-            rec = torch.cat(recs)
-            used[torch.cat(ids_all).unique()] = True
-            res = {'reconstruction': shapes_eval_summary(rec, conds),
-                   'ground_truth_strict': shapes_eval_summary(real, conds)['strict'],
-                   'l1': round(float((rec - real).abs().mean()), 5),
-                   'psnr': round(float(-10 * torch.log10((rec - real).pow(2).mean())), 2)}
-            if not quick:
-                res['rfid'] = fidelity(rec, task, 'eval')
-            out[task] = res
-        out['codebook_used'] = int(used.sum())
-        out['codebook_size'] = vq.codebook_size
-        out['eval_images'] = f'{n} ShapesImageDataset(split=eval) images per task, seed ' \
-                             f'{self.args.seed + EVAL_SEED_OFFSET}'
-        return out
+        return reconstruction_eval(vq, vq.codebook_size, seed=self.args.seed, n=n, quick=quick)
 
 
 # ================================================================================================
@@ -909,38 +918,11 @@ class MSVQPretrainer(Pretrainer):
 
     @torch.no_grad()
     def evaluate(self, path, quick=False):
-        from vargo.components.datasets.shapes import ShapesImageDataset
         from vargo.components.policies.llamagen import load_official_state_dict, strict_load
         vae = self._build_vae().eval()
         strict_load(vae, load_official_state_dict(path, what='VAR VQVAE'), what=path)
         n = 256 if quick else self.args.eval_images
-        out: dict[str, Any] = {}
-        used = torch.zeros(vae.vocab_size, dtype=torch.bool)
-        for task in ('c2i', 't2i'):
-            ds = ShapesImageDataset(split='eval', task=task, num_samples=n,
-                                    seed=self.args.seed + EVAL_SEED_OFFSET)
-            items = [ds[i] for i in range(n)]
-            real = torch.stack([it['image'] for it in items])
-            conds = [it['class_id' if task == 'c2i' else 'prompt'] for it in items]
-            recs, ids_all = [], []
-            for i in range(0, n, 128):
-                ids = vae.encode(real[i:i + 128])
-                ids_all.append(ids)
-                recs.append(vae.decode(ids))
-            rec = torch.cat(recs)
-            used[torch.cat(ids_all).unique()] = True
-            res = {'reconstruction': shapes_eval_summary(rec, conds),
-                   'ground_truth_strict': shapes_eval_summary(real, conds)['strict'],
-                   'l1': round(float((rec - real).abs().mean()), 5),
-                   'psnr': round(float(-10 * torch.log10((rec - real).pow(2).mean())), 2)}
-            if not quick:
-                res['rfid'] = fidelity(rec, task, 'eval')
-            out[task] = res
-        out['codebook_used'] = int(used.sum())
-        out['codebook_size'] = vae.vocab_size
-        out['eval_images'] = f'{n} ShapesImageDataset(split=eval) images per task, seed ' \
-                             f'{self.args.seed + EVAL_SEED_OFFSET}'
-        return out
+        return reconstruction_eval(vae, vae.vocab_size, seed=self.args.seed, n=n, quick=quick)
 
 
 class VARC2IPretrainer(Pretrainer):
