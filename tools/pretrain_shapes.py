@@ -437,28 +437,20 @@ def reconstruction_eval(tokenizer, codebook_size: int, *, seed: int, n: int,
     return out
 
 
-# ================================================================================================
-# VQ tokenizer
-# ================================================================================================
-class VQPretrainer(Pretrainer):
-    name = 'vq'
-    help = 'the VQ tokenizer (policy.tokenizer of --config)'
-    default_config = CONFIG_C2I
-    defaults = dict(steps=4000, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
-                    weight_decay=0.0, beta2=0.99)
+class TokenizerPretrainer(Pretrainer):
+    """What the VQ and the multi-scale VQVAE trainers share: the mixed c2i/t2i image stream, the
+    foreground-weighted reconstruction loss, codebook statistics and dead-code restarts."""
+
+    c2i_fraction_default = 0.25
 
     @classmethod
     def add_arguments(cls, p):
-        p.add_argument('--beta', type=float, default=0.25, help='commitment weight (LlamaGen)')
-        p.add_argument('--codebook-weight', type=float, default=1.0)
+        p.add_argument('--beta', type=float, default=0.25, help='commitment weight')
         p.add_argument('--rec-loss', choices=('l1', 'l2'), default='l2')
         p.add_argument('--fg-weight', type=float, default=4.0,
                        help='extra reconstruction weight of object pixels and their 1-px ring '
                             '(objects cover ~5-15%% of a Shapes image; 0: plain mean)')
-        p.add_argument('--edge-weight', type=float, default=0.0,
-                       help='weight of an L1 loss on horizontal and vertical pixel differences '
-                            '(sharp corners; 0: off)')
-        p.add_argument('--c2i-fraction', type=float, default=0.25,
+        p.add_argument('--c2i-fraction', type=float, default=cls.c2i_fraction_default,
                        help='fraction of each batch from the single-object (c2i) stream; the '
                             'rest are kind-balanced prompt (t2i) images, which hold more objects')
         p.add_argument('--restart-every', type=int, default=50,
@@ -471,6 +463,85 @@ class VQPretrainer(Pretrainer):
     def default_out(self):
         return self.cfg.policy.tokenizer_checkpoint
 
+    def make_streams(self, codebook_size: int) -> None:
+        """Two never-repeating streams (c2i and t2i images) and the code-usage record."""
+        half = int(round(self.args.c2i_fraction * self.args.batch_size))
+        seed = self.args.seed + DATA_SEED_OFFSET
+        # different seeds: item i of both datasets would otherwise share its random layout draws
+        self.streams = [ShapesStream('c2i', seed, half, self.args.steps),
+                        ShapesStream('t2i', seed + 1, self.args.batch_size - half,
+                                     self.args.steps)]
+        self.last_used = torch.zeros(codebook_size, dtype=torch.long)
+
+    def batch(self, s: int) -> Tensor:
+        return torch.cat([st.batch(s)[0] for st in self.streams if st.batch_size])
+
+    def reconstruction_loss(self, rec: Tensor, x: Tensor, images: Tensor) -> Tensor:
+        """L1 or L2 on [-1, 1], weighted ``1 + fg_weight`` on object pixels and their 1-px ring."""
+        a = self.args
+        err = (rec - x).abs() if a.rec_loss == 'l1' else (rec - x).pow(2)       # [B, 3, H, W]
+        if not a.fg_weight:
+            return err.mean()
+        fg = (images.amax(dim=1, keepdim=True) > 0).float()                    # [B, 1, H, W]
+        w = 1 + a.fg_weight * F.max_pool2d(fg, 3, stride=1, padding=1)
+        return (err * w).mean() / w.mean()
+
+    def code_statistics(self, ids: Tensor, s: int, rec: Tensor, x: Tensor) -> dict[str, float]:
+        """Record the codes used at step ``s``; perplexity and the fraction of pixels off by
+        more than 0.25."""
+        self.last_used[ids.unique()] = s
+        counts = torch.bincount(ids, minlength=self.last_used.numel()).float()
+        p = counts / counts.sum()
+        perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
+        with torch.no_grad():
+            bad = ((rec.clamp(-1, 1) - x).abs() > 0.5).float().mean()
+        return {'perplexity': perplexity, 'pixel_err': float(bad)}
+
+    @torch.no_grad()
+    def restart_dead_codes(self, embedding: Tensor, vectors: Optional[Tensor], s: int, *,
+                           normalize: bool) -> dict[str, float]:
+        """Re-initialise codes unused for ``--restart-every`` steps to encoder vectors of the last
+        batch plus small noise (0.01, or 0.01 x the codebook's std when not ``normalize``d onto
+        the sphere), until ``--restart-until`` of the run."""
+        a = self.args
+        if not a.restart_every or (s + 1) % a.restart_every or s + 1 > a.restart_until * a.steps:
+            return {}
+        dead = (s - self.last_used) >= a.restart_every
+        n = int(dead.sum())
+        if n and vectors is not None:
+            g = torch.Generator().manual_seed(a.seed * 7919 + s)
+            pick = torch.randint(0, vectors.shape[0], (n,), generator=g)
+            scale = 0.01 if normalize else 0.01 * embedding.std()
+            new = vectors[pick] + scale * torch.randn(n, vectors.shape[1], generator=g)
+            embedding[dead] = F.normalize(new, dim=-1) if normalize else new
+            self.last_used[dead] = s
+        return {'restarted': n}
+
+    def data_description(self) -> str:
+        return (f'per step: {self.streams[0].batch_size} ShapesImageDataset(train, c2i, seed '
+                f'{self.args.seed} + {DATA_SEED_OFFSET}) and {self.streams[1].batch_size} '
+                f'ShapesImageDataset(train, t2i, seed {self.args.seed} + {DATA_SEED_OFFSET + 1}) '
+                f'images, never repeated')
+
+
+# ================================================================================================
+# VQ tokenizer
+# ================================================================================================
+class VQPretrainer(TokenizerPretrainer):
+    name = 'vq'
+    help = 'the VQ tokenizer (policy.tokenizer of --config)'
+    default_config = CONFIG_C2I
+    defaults = dict(steps=4000, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
+                    weight_decay=0.0, beta2=0.99)
+
+    @classmethod
+    def add_arguments(cls, p):
+        super().add_arguments(p)
+        p.add_argument('--codebook-weight', type=float, default=1.0)
+        p.add_argument('--edge-weight', type=float, default=0.0,
+                       help='weight of an L1 loss on horizontal and vertical pixel differences '
+                            '(sharp corners; 0: off)')
+
     def build(self):
         from vargo.components.tokenizers.vq import build_vq
         tok = dict(self.cfg.policy.tokenizer)
@@ -478,13 +549,7 @@ class VQPretrainer(Pretrainer):
             raise ValueError('the Shapes VQ trainer implements the L2-normalised codebook '
                              '(codebook_l2_norm=True) only')
         self.vq = build_vq(tok).train()
-        half = int(round(self.args.c2i_fraction * self.args.batch_size))
-        seed = self.args.seed + DATA_SEED_OFFSET
-        # different seeds: item i of both datasets would otherwise share its random layout draws
-        self.streams = [ShapesStream('c2i', seed, half, self.args.steps),
-                        ShapesStream('t2i', seed + 1, self.args.batch_size - half,
-                                     self.args.steps)]
-        self.last_used = torch.zeros(self.vq.codebook_size, dtype=torch.long)
+        self.make_streams(self.vq.codebook_size)
         self._z = None
         return [p for p in self.vq.parameters()]
 
@@ -504,16 +569,10 @@ class VQPretrainer(Pretrainer):
 
     def step(self, s):
         a = self.args
-        images = torch.cat([st.batch(s)[0] for st in self.streams if st.batch_size])
+        images = self.batch(s)
         x = images * 2 - 1
         rec, z, ids, z_q = self._forward(x)
-        err = (rec - x).abs() if a.rec_loss == 'l1' else (rec - x).pow(2)       # [B, 3, H, W]
-        if a.fg_weight:
-            fg = (images.amax(dim=1, keepdim=True) > 0).float()                    # [B, 1, H, W]
-            w = 1 + a.fg_weight * F.max_pool2d(fg, 3, stride=1, padding=1)
-            rec_loss = (err * w).mean() / w.mean()
-        else:
-            rec_loss = err.mean()
+        rec_loss = self.reconstruction_loss(rec, x, images)
         if a.edge_weight:
             edge = ((rec.diff(dim=-1) - x.diff(dim=-1)).abs().mean()
                     + (rec.diff(dim=-2) - x.diff(dim=-2)).abs().mean())
@@ -521,31 +580,13 @@ class VQPretrainer(Pretrainer):
         codebook = (z_q - z.detach()).pow(2).mean()
         commit = (z_q.detach() - z).pow(2).mean()
         loss = rec_loss + a.codebook_weight * codebook + a.beta * commit
-        self.last_used[ids.unique()] = s
         self._z = z.detach()
-        counts = torch.bincount(ids, minlength=self.vq.codebook_size).float()
-        p = counts / counts.sum()
-        perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
-        with torch.no_grad():
-            bad = ((rec.clamp(-1, 1) - x).abs() > 0.5).float().mean()   # pixels off by > 0.25
         return loss, {'loss': loss.item(), 'rec': rec_loss.item(), 'codebook': codebook.item(),
-                      'commit': commit.item(), 'perplexity': perplexity,
-                      'pixel_err': float(bad)}
+                      'commit': commit.item(), **self.code_statistics(ids, s, rec, x)}
 
-    @torch.no_grad()
     def after_update(self, s):
-        a = self.args
-        if not a.restart_every or (s + 1) % a.restart_every or s + 1 > a.restart_until * a.steps:
-            return {}
-        dead = (s - self.last_used) >= a.restart_every
-        n = int(dead.sum())
-        if n and self._z is not None:
-            g = torch.Generator().manual_seed(a.seed * 7919 + s)
-            pick = torch.randint(0, self._z.shape[0], (n,), generator=g)
-            noise = 0.01 * torch.randn(n, self._z.shape[1], generator=g)
-            self.vq.quantize.embedding.weight[dead] = F.normalize(self._z[pick] + noise, dim=-1)
-            self.last_used[dead] = s
-        return {'restarted': n}
+        return self.restart_dead_codes(self.vq.quantize.embedding.weight, self._z, s,
+                                       normalize=True)
 
     def weights(self):
         return self.vq.state_dict()
@@ -554,10 +595,7 @@ class VQPretrainer(Pretrainer):
         tok = dict(self.cfg.policy.tokenizer)
         return {'architecture': {'tokenizer': tok,
                                  'parameters': sum(p.numel() for p in self.vq.parameters())},
-                'data': f'per step: {self.streams[0].batch_size} ShapesImageDataset(train, c2i, '
-                        f'seed {self.args.seed} + {DATA_SEED_OFFSET}) and '
-                        f'{self.streams[1].batch_size} ShapesImageDataset(train, t2i, seed '
-                        f'{self.args.seed} + {DATA_SEED_OFFSET + 1}) images, never repeated',
+                'data': self.data_description(),
                 'loss': f'{self.args.rec_loss} reconstruction on [-1, 1] + codebook + '
                         f'{self.args.beta} * commitment (L2-normalised codes)'}
 
@@ -769,7 +807,7 @@ def _require_var_config(cfg, path: str) -> None:
                          f'subcommands need a VARPolicy config such as {CONFIG_VAR_C2I}')
 
 
-class MSVQPretrainer(Pretrainer):
+class MSVQPretrainer(TokenizerPretrainer):
     """VAR's multi-scale residual VQVAE (``policy.tokenizer`` and ``policy.patch_nums`` of a
     VAR config), trained with VAR's quantizer loss (``VectorQuantizer2.forward`` of
     FoundationVision/VAR) without its GAN and perceptual terms:
@@ -793,25 +831,7 @@ class MSVQPretrainer(Pretrainer):
     defaults = dict(steps=2500, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
                     weight_decay=0.0, beta2=0.99)
 
-    @classmethod
-    def add_arguments(cls, p):
-        p.add_argument('--beta', type=float, default=0.25, help='commitment weight (VAR)')
-        p.add_argument('--rec-loss', choices=('l1', 'l2'), default='l2')
-        p.add_argument('--fg-weight', type=float, default=4.0,
-                       help='extra reconstruction weight of object pixels and their 1-px ring '
-                            '(objects cover ~5-15%% of a Shapes image; 0: plain mean)')
-        p.add_argument('--c2i-fraction', type=float, default=0.5,
-                       help='fraction of each batch from the single-object (c2i) stream; the '
-                            'rest are kind-balanced prompt (t2i) images')
-        p.add_argument('--restart-every', type=int, default=50,
-                       help='re-initialise codes unused for this many steps (0: never)')
-        p.add_argument('--restart-until', type=float, default=0.75,
-                       help='fraction of the run after which codes are no longer restarted')
-        p.add_argument('--eval-images', type=int, default=1024,
-                       help='ground-truth eval images per task for the reconstruction metrics')
-
-    def default_out(self):
-        return self.cfg.policy.tokenizer_checkpoint
+    c2i_fraction_default = 0.5
 
     def _build_vae(self):
         from vargo.components.tokenizers.msvq import build_msvq
@@ -823,12 +843,7 @@ class MSVQPretrainer(Pretrainer):
         self.vae.train()
         for p in self.vae.parameters():
             p.requires_grad_(True)
-        half = int(round(self.args.c2i_fraction * self.args.batch_size))
-        seed = self.args.seed + DATA_SEED_OFFSET
-        self.streams = [ShapesStream('c2i', seed, half, self.args.steps),
-                        ShapesStream('t2i', seed + 1, self.args.batch_size - half,
-                                     self.args.steps)]
-        self.last_used = torch.zeros(self.vae.vocab_size, dtype=torch.long)
+        self.make_streams(self.vae.vocab_size)
         self._rest = None
         return [p for p in self.vae.parameters()]
 
@@ -861,43 +876,18 @@ class MSVQPretrainer(Pretrainer):
         return rec, vq, torch.cat(ids), torch.cat(rests)
 
     def step(self, s):
-        a = self.args
-        images = torch.cat([st.batch(s)[0] for st in self.streams if st.batch_size])
+        images = self.batch(s)
         x = images * 2 - 1
         rec, vq, ids, rests = self._forward(x)
-        err = (rec - x).abs() if a.rec_loss == 'l1' else (rec - x).pow(2)
-        if a.fg_weight:
-            fg = (images.amax(dim=1, keepdim=True) > 0).float()
-            w = 1 + a.fg_weight * F.max_pool2d(fg, 3, stride=1, padding=1)
-            rec_loss = (err * w).mean() / w.mean()
-        else:
-            rec_loss = err.mean()
+        rec_loss = self.reconstruction_loss(rec, x, images)
         loss = rec_loss + vq
-        self.last_used[ids.unique()] = s
         self._rest = rests
-        counts = torch.bincount(ids, minlength=self.vae.vocab_size).float()
-        p = counts / counts.sum()
-        perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
-        with torch.no_grad():
-            bad = ((rec.clamp(-1, 1) - x).abs() > 0.5).float().mean()
         return loss, {'loss': loss.item(), 'rec': rec_loss.item(), 'vq': vq.item(),
-                      'perplexity': perplexity, 'pixel_err': float(bad)}
+                      **self.code_statistics(ids, s, rec, x)}
 
-    @torch.no_grad()
     def after_update(self, s):
-        a = self.args
-        if not a.restart_every or (s + 1) % a.restart_every or s + 1 > a.restart_until * a.steps:
-            return {}
-        dead = (s - self.last_used) >= a.restart_every
-        n = int(dead.sum())
-        if n and self._rest is not None:
-            g = torch.Generator().manual_seed(a.seed * 7919 + s)
-            pick = torch.randint(0, self._rest.shape[0], (n,), generator=g)
-            emb = self.vae.quantize.embedding.weight
-            noise = 0.01 * emb.std() * torch.randn(n, emb.shape[1], generator=g)
-            emb[dead] = self._rest[pick] + noise
-            self.last_used[dead] = s
-        return {'restarted': n}
+        return self.restart_dead_codes(self.vae.quantize.embedding.weight, self._rest, s,
+                                       normalize=False)
 
     def weights(self):
         return self.vae.state_dict()
@@ -908,10 +898,7 @@ class MSVQPretrainer(Pretrainer):
                                  'patch_nums': list(self.cfg.policy.patch_nums),
                                  'tokens': self.vae.num_tokens,
                                  'parameters': sum(p.numel() for p in self.vae.parameters())},
-                'data': f'per step: {self.streams[0].batch_size} ShapesImageDataset(train, c2i, '
-                        f'seed {self.args.seed} + {DATA_SEED_OFFSET}) and '
-                        f'{self.streams[1].batch_size} ShapesImageDataset(train, t2i, seed '
-                        f'{self.args.seed} + {DATA_SEED_OFFSET + 1}) images, never repeated',
+                'data': self.data_description(),
                 'loss': f'{self.args.rec_loss} reconstruction on [-1, 1] (foreground weight '
                         f'{self.args.fg_weight:g}) + VAR\'s multi-scale VQ loss (mean over scales '
                         f'of {self.args.beta} * commitment + codebook/Phi term)'}
