@@ -83,6 +83,7 @@ reproduction needs the thread count of the model card's command.
 """
 from __future__ import annotations
 
+import abc
 import argparse
 import json
 import math
@@ -202,7 +203,7 @@ def command_line(argv: Sequence[str]) -> str:
     return 'python tools/pretrain_shapes.py ' + ' '.join(shlex.quote(a) for a in argv)
 
 
-class Pretrainer:
+class Pretrainer(abc.ABC):
     """One subcommand: what to build, one optimisation step, what to save, how to evaluate.
 
     Subclasses set ``name`` (the subcommand), ``default_config``, ``defaults`` (argparse
@@ -222,28 +223,29 @@ class Pretrainer:
     def __init__(self, args: argparse.Namespace, cfg):
         self.args, self.cfg = args, cfg
 
+    @abc.abstractmethod
     def default_out(self) -> str:
-        raise NotImplementedError
+        """Where the weights go without ``--out`` (a path the config names)."""
 
+    @abc.abstractmethod
     def build(self) -> list[nn.Parameter]:
         """Build the trained modules (seeded); return the parameters to optimise."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step(self, step: int) -> tuple[Tensor, dict[str, float]]:
         """``(loss to backpropagate, scalars to log)`` of training step ``step``."""
-        raise NotImplementedError
 
     def after_update(self, step: int) -> dict[str, float]:
         """Hook after the optimiser step (e.g. VQ dead-code restarts); extra scalars."""
         return {}
 
+    @abc.abstractmethod
     def weights(self) -> dict[str, Tensor]:
         """The state dict to ship."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def evaluate(self, path: str, quick: bool = False) -> dict[str, Any]:
         """Evaluate the weights written at ``path`` (loaded back through the config)."""
-        raise NotImplementedError
 
     def card_details(self) -> dict[str, Any]:
         """Architecture / data facts for the card."""
@@ -727,8 +729,9 @@ class LlamaGenPretrainer(Pretrainer):
                         f'VQ-encoded on the fly by the frozen tokenizer '
                         f'({self.args.tokenizer_checkpoint or self.cfg.policy.tokenizer_checkpoint})'}
 
+    @abc.abstractmethod
     def eval_conditions(self, split: str, quick: bool) -> tuple[list, int]:
-        raise NotImplementedError
+        """``(conditions of ``split``, samples per condition)`` of the evaluation."""
 
     @torch.no_grad()
     def evaluate(self, path, quick=False):
