@@ -89,6 +89,11 @@ class RLAlgorithm(BaseModel):
         self.group_size = group_size
         self.policy = checked_build(policy, POLICIES)
         self.sampler = checked_build(sampler, SAMPLERS)
+        try:
+            self.sampler.check_policy(self.policy)
+        except ValueError as err:
+            raise ConfigError(f'sampler {type(self.sampler).__name__} and policy '
+                              f'{type(self.policy).__name__} do not fit: {err}') from err
         self.reward_heads = {name: checked_build(cfg, REWARD_HEADS)
                              for name, cfg in _named(rewards, 'rewards').items()}
         if not self.reward_heads:

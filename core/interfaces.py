@@ -78,6 +78,13 @@ class Sampler(abc.ABC):
     def logprob_spec(self) -> LogprobSpec:
         """The distribution ``logp_old`` is recorded under (policy evaluation must match it)."""
 
+    def check_policy(self, policy: Policy) -> None:
+        """Raise ``ValueError`` naming the fix when this sampler cannot sample ``policy``.
+
+        Called once when an algorithm is built, so a mismatched policy/sampler pair fails before
+        any model is run. The default accepts every policy.
+        """
+
 
 class RewardHead(abc.ABC):
     """Scores decoded samples: ``head(rollout, ctx) -> RewardOutput``."""

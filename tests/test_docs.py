@@ -40,7 +40,7 @@ def test_adding_a_component_example_runs(tmp_path):
 
 def test_readme_quick_start_has_two_commands_naming_existing_files():
     """The README's quick start: exactly two commands, the install-and-run main job (whose config
-    exists and is the one the Shapes GRPO test pins) and the install-and-test command that
+    exists and is the one tests/test_shapes_grpo.py pins) and the install-and-test command that
     .ci/run runs."""
     text = open(os.path.join(ROOT, 'README.md')).read()
     quick = text[text.index('## Quick start'):]
@@ -50,7 +50,7 @@ def test_readme_quick_start_has_two_commands_naming_existing_files():
     main_job, tests = commands
     config = re.search(r'tools/train.py (\S+)', main_job).group(1)
     assert os.path.isfile(os.path.join(ROOT, config)), config
-    assert config == 'configs/grpo/llamagen_grpo_shapes.py'
+    assert config == 'configs/stage/llamagen_stage_shapes.py'
     assert 'pip install -e .' in main_job and 'python -m pytest' in tests
     ci = open(os.path.join(ROOT, '.ci', 'run')).read()
     assert 'pip install -e ".[test]"' in ci and 'python -m pytest' in ci

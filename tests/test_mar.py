@@ -5,6 +5,7 @@ Parity with the official LTH14/mar code is measured in-session (see the module d
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from vargo.components.samplers.masked import MaskedSampler
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec
 
+D_TOK = 16
 TINY_ARCH = dict(embed_dim=32, depth=1, num_heads=2, diffloss_d=1, diffloss_w=32)
 TINY_VAE = dict(ch=16, ch_mult=(1, 1, 1, 2), resolution=32, enc_attn_resolutions=(),
                 num_groups=8)
@@ -79,15 +81,87 @@ def test_space_timesteps_and_schedule():
     assert len(space_timesteps(1000, 100)) == 100 and len(space_timesteps(1000, 'ddim25')) == 25
     s = DiffusionSchedule(25)
     assert s.num_timesteps == 25 and s.timestep_map[0] == 0 and s.timestep_map[-1] == 999
-    # respaced abar equals the base abar at the retained steps
-    full = DiffusionSchedule(1000)
-    tm = s.timestep_map.numpy()
-    assert abs(s._np['alphas_cumprod'] - full._np['alphas_cumprod'][tm]).max() < 1e-12
     # the learned-range variance interpolates between the clipped posterior and beta (v = +-1)
     x, eps = torch.zeros(1, 4), torch.zeros(1, 4)
     for v, name in ((-1.0, 'posterior_log_variance_clipped'), (1.0, 'log_betas')):
         out = s.p_mean_variance(torch.cat([eps, torch.full((1, 4), v)], 1), x, torch.tensor([5]))
         assert torch.allclose(out['log_variance'], s.coef(name, 'cpu')[5].expand(1, 4))
+
+
+def _official_respaced(n):
+    """The official rule written out independently: 1000 cosine betas (``betas_for_alpha_bar``,
+    max 0.999); ``space_timesteps`` with one section keeps ``round(i * 999 / (n - 1))``
+    (a float accumulator, rounded half-to-even); the kept steps get ``beta = 1 - abar_i /
+    abar_prev_kept``; then ``GaussianDiffusion.__init__``'s coefficients."""
+    def abar_fn(s):
+        return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
+    abar, acc = [], 1.0
+    for i in range(1000):
+        acc *= 1 - min(1 - abar_fn((i + 1) / 1000) / abar_fn(i / 1000), 0.999)
+        abar.append(acc)
+    keep, cur = [], 0.0
+    for _ in range(n):
+        keep.append(round(cur))
+        cur += 999 / (n - 1)
+    betas, last = [], 1.0
+    for i in keep:
+        betas.append(1 - abar[i] / last)
+        last = abar[i]
+    b = np.array(betas)
+    ac = np.cumprod(1 - b)
+    ac_prev = np.append(1.0, ac[:-1])
+    post_var = b * (1 - ac_prev) / (1 - ac)
+    return keep, {
+        'betas': b, 'log_betas': np.log(b), 'alphas_cumprod': ac,
+        'sqrt_alphas_cumprod': np.sqrt(ac), 'sqrt_one_minus_alphas_cumprod': np.sqrt(1 - ac),
+        'sqrt_recip_alphas_cumprod': np.sqrt(1 / ac),
+        'sqrt_recipm1_alphas_cumprod': np.sqrt(1 / ac - 1), 'posterior_variance': post_var,
+        'posterior_log_variance_clipped': np.log(np.append(post_var[1], post_var[1:])),
+        'posterior_mean_coef1': b * np.sqrt(ac_prev) / (1 - ac),
+        'posterior_mean_coef2': (1 - ac_prev) * np.sqrt(1 - b) / (1 - ac)}
+
+
+@pytest.mark.parametrize('n', [100, 25])
+def test_respaced_coefficients_match_the_official_rule(n):
+    keep, want = _official_respaced(n)
+    s = DiffusionSchedule(n)
+    assert s.timestep_map.tolist() == keep and sorted(space_timesteps(1000, str(n))) == keep
+    assert set(s._np) == set(want)                  # every coefficient the schedule exposes
+    for name, ref in want.items():
+        np.testing.assert_allclose(s._np[name], ref, rtol=1e-12, atol=0, err_msg=name)
+        assert torch.equal(s.coef(name, 'cpu'), torch.from_numpy(ref).float()), name
+    # the respaced abar is the base abar at the kept steps
+    np.testing.assert_allclose(s._np['alphas_cumprod'],
+                               DiffusionSchedule(1000)._np['alphas_cumprod'][keep], rtol=1e-9,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize('n,steps', [(16, 1), (16, 4), (16, 7), (16, 16), (16, 20), (256, 64),
+                                     (256, 256), (10, 3)])
+def test_mask_schedule_commits_every_token_once(n, steps):
+    rem, lens = mask_schedule(n, steps)
+    counts = [rem[i] - rem[i + 1] for i in range(steps)]
+    assert len(rem) == steps + 1 and len(lens) == steps
+    assert sum(counts) == n and min(counts) >= 0 and counts[-1] >= 1
+
+
+@pytest.mark.parametrize('steps', [1, 3, 4, 16, 20])
+def test_sampled_commit_steps_follow_the_schedule(policy, steps):
+    """In a sampled rollout every token is committed exactly once, at the step the schedule
+    gives its place in the order, and gets a recorded chain."""
+    r = _rollout(policy, _sampler(2.0, num_iter=steps, num_sampling_steps=2))
+    n = policy.seq_len
+    rem, _ = mask_schedule(n, steps)
+    ex = r.extras
+    assert torch.equal(ex.orders.sort(dim=1).values, torch.arange(n).expand(4, n))
+    for i in range(steps):
+        placed = ex.orders[:, rem[i + 1]:rem[i]]                     # committed at step i
+        assert (ex.commit_step.gather(1, placed) == i).all()
+        assert ((ex.commit_step == i).sum(1) == rem[i] - rem[i + 1]).all()
+    assert ex.commit_step.min() >= 0 and ex.commit_step.max() <= steps - 1
+    assert (r.actions.view(4, n, D_TOK).abs().sum(-1) > 0).all()    # K = 1 transition each
+    assert (ex.z.abs().sum(-1) > 0).all() and (ex.z_uncond.abs().sum(-1) > 0).all()
+    assert torch.equal(r.action_step, ex.commit_step)
 
 
 def test_mask_schedule_matches_the_official_cosine_rule():

@@ -8,9 +8,12 @@
 The policy is the config's with random weights: every top-level ``policy.*checkpoint`` is set to
 None and ``--arch`` replaces ``policy.arch``. Everything is built as tools/train.py builds it
 (:func:`vargo.core.config.assemble`, then ``MODELS.build`` of the ``RLAlgorithm`` whose components
-go through ``checked_build``), so the tool knows no model family: it uses ``policy.num_actions``,
+go through ``checked_build``), so the tool knows no model family: it uses ``policy.num_actions``
+(or ``sampler.num_actions(policy)`` when the action count depends on the sampler, MAR),
 ``sampler.rollout``, ``policy.evaluate``, ``policy.decode`` and, when the policy has it,
-``policy.flops_per_sample(spec)`` (the matmul FLOPs of one teacher-forced forward per sample).
+``policy.flops_per_sample(spec)`` (the matmul FLOPs of one teacher-forced forward per sample;
+``rollout=`` is passed too when the method takes it, as MAR's count depends on the rollout's
+schedule and selection).
 
 Measurements, each timed ``--repeat`` times after one untimed warm-up (median and min reported),
 with ``torch.set_num_threads(--threads)``:
@@ -40,10 +43,13 @@ with ``torch.set_num_threads(--threads)``:
    generate). The loop's ``time/rollout``, ``time/reward``, ``time/update`` are generate,
    score + advantages, and reference + train_step.
 
-Decode steps: a policy with ``num_steps`` generates its A actions in that many steps (VAR: one
-step per scale, all of a scale's tokens at once; ``action_step`` of a rollout names each action's
-step); otherwise every action is a step (LlamaGen). ``ms_per_step`` is per decode step and
-``tokens_per_s`` counts actions (tokens).
+Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
+(VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
+steps; ``action_step`` of a rollout names each action's step); otherwise every action is a step
+(LlamaGen). ``ms_per_step`` is per decode step and ``tokens_per_s`` counts tokens: actions divided
+by the sampler's ``actions_per_token`` (1 for discrete tokens; MAR: a committed token is K =
+num_sampling_steps - 1 stochastic head transitions, the actions, reported as
+``head_transitions_per_s``; the deterministic last head step of each token is not counted).
 
 ``--steps N`` (fewer than the policy's decode steps S) times only the last N decode steps: each
 timed rollout continues an earlier one from its first S - N steps (``sampler.rollout(prefix=...,
@@ -303,6 +309,15 @@ def sampler_variant(cfg, **changes):
     return checked_build(sampler_cfg, SAMPLERS)
 
 
+def action_sizes(policy, sampler) -> tuple[int, int, int]:
+    """``(actions per sample, decode steps, actions per token)`` of ``sampler`` on ``policy``
+    (see the module doc, 'Decode steps')."""
+    actions = (sampler.num_actions(policy) if callable(getattr(sampler, 'num_actions', None))
+               else policy.num_actions)
+    steps = getattr(sampler, 'num_steps', None) or getattr(policy, 'num_steps', actions)
+    return int(actions), int(steps), int(getattr(sampler, 'actions_per_token', 1))
+
+
 def weight_bytes(policy) -> int:
     """Bytes of the trainable weights a decode step reads in full (embedding tables excluded)."""
     from torch import nn
@@ -322,8 +337,7 @@ def bench_rollout(policy, sampler, cond, group_size: int, args,
 
     from vargo.core.rng import BatchRNG
 
-    actions = policy.num_actions
-    decode_steps = int(getattr(policy, 'num_steps', actions))   # VAR: scales; LlamaGen: tokens
+    actions, decode_steps, per_token = action_sizes(policy, sampler)   # VAR: scales; MAR: AR
     b = len(cond) * group_size
     continuation = args.steps is not None and args.steps < decode_steps
     steps = args.steps if continuation else decode_steps
@@ -348,22 +362,29 @@ def bench_rollout(policy, sampler, cond, group_size: int, args,
     # actions generated in the timed steps (those of the last `steps` decode steps)
     step_of = rollout.action_step
     step_of = step_of if step_of.dim() == 1 else step_of[0]
-    tokens = int((step_of >= decode_steps - steps).sum())
+    timed_actions = int((step_of >= decode_steps - steps).sum())
+    tokens = timed_actions // per_token
     out = {
         'cfg_scale': sampler.logprob_spec().cfg_scale, 'samples': b, 'actions': actions,
         'decode_steps': decode_steps, 'steps_timed': steps, 'tokens_timed': tokens,
         'mode': 'continuation' if continuation else 'full',
-        'prefill_actions': actions - tokens if continuation else 0,
+        'prefill_actions': actions - timed_actions if continuation else 0,
         'time_s': t, 'tokens_per_s': rate(b * tokens, t),
         'ms_per_step': {'median': 1000 * t['median'] / steps, 'min': 1000 * t['min'] / steps},
         **mem.stop(),
     }
+    if per_token > 1:
+        out.update(actions_per_token=per_token, actions_timed=timed_actions,
+                   head_transitions_per_s=rate(b * timed_actions, t))
     return out, rollout
 
 
 def bench_update(policy, rollout, spec, args, peak_gflops: Optional[float],
-                 mem: PeakMemory) -> dict:
-    """Teacher-forced forward + backward throughput (see the module doc, item 4)."""
+                 mem: PeakMemory, per_token: int = 1) -> dict:
+    """Teacher-forced forward + backward throughput (see the module doc, item 4);
+    ``per_token`` actions make one token."""
+    import inspect
+
     import torch
 
     policy.train(True)
@@ -393,12 +414,17 @@ def bench_update(policy, rollout, spec, args, peak_gflops: Optional[float],
         'spec': {'mode': spec.mode, 'cfg_scale': spec.cfg_scale, 'uses_cfg': spec.uses_cfg,
                  'temperature': spec.temperature, 'top_k': spec.top_k, 'top_p': spec.top_p},
         'samples': b, 'actions': a, 'time_s': t, 'forward_s': stats(fwd),
-        'backward_s': stats(bwd), 'tokens_per_s': rate(b * a, t),
+        'backward_s': stats(bwd), 'tokens_per_s': rate(b * a // per_token, t),
         'flops_per_sample': None, 'flops_per_step': None, 'gflops': None,
         'pct_of_gemm_peak': None,
     }
+    if per_token > 1:
+        out.update(actions_per_token=per_token, tokens=a // per_token,
+                   head_transitions_per_s=rate(b * a, t))
     if hasattr(policy, 'flops_per_sample'):
-        per_sample = int(policy.flops_per_sample(spec))
+        extra = ({'rollout': rollout} if 'rollout' in inspect.signature(
+            policy.flops_per_sample).parameters else {})
+        per_sample = int(policy.flops_per_sample(spec, **extra))
         total = 3 * per_sample * b                 # forward + backward (2x forward)
         out.update(flops_per_sample=per_sample, flops_per_step=total,
                    gflops=rate(total / 1e9, t))
@@ -503,8 +529,15 @@ def table(res: dict) -> str:
                 shape = f'{r["samples"]} x {r["tokens_timed"]} tokens in {r["steps_timed"]} steps'
             if r['mode'] == 'continuation':
                 shape += f' after {r["prefill_actions"]}'
+                if 'actions_per_token' in r:
+                    given = r['prefill_actions'] // r['actions_per_token']
+                    shape += f' transitions ({given} tokens)'
             rows.append((f'{what} ({shape})', r['tokens_per_s']['median'],
                          r['tokens_per_s']['best'], 'tokens/s'))
+            if 'head_transitions_per_s' in r:
+                rows.append((f'  head transitions ({r["actions_per_token"]} per token)',
+                             r['head_transitions_per_s']['median'],
+                             r['head_transitions_per_s']['best'], 'transitions/s'))
             rows.append(('  per decode step', r['ms_per_step']['median'], r['ms_per_step']['min'],
                          'ms'))
             rows.append(('  peak memory', r['peak_rss_mb'], None, 'MB'))
@@ -513,8 +546,14 @@ def table(res: dict) -> str:
     up = res.get('update')
     if up:
         cfg_note = f', CFG {up["spec"]["cfg_scale"]:g} doubled' if up['spec']['uses_cfg'] else ''
-        rows.append((f'update fwd+bwd ({up["samples"]} x {up["actions"]}{cfg_note})',
+        shape = f'{up["samples"]} x {up["actions"]}'
+        if 'head_transitions_per_s' in up:
+            shape = f'{up["samples"]} x {up["tokens"]} tokens, {up["actions"]} transitions'
+        rows.append((f'update fwd+bwd ({shape}{cfg_note})',
                      up['tokens_per_s']['median'], up['tokens_per_s']['best'], 'tokens/s'))
+        if 'head_transitions_per_s' in up:
+            rows.append(('  head transitions', up['head_transitions_per_s']['median'],
+                         up['head_transitions_per_s']['best'], 'transitions/s'))
         rows.append(('  forward + backward', up['time_s']['median'], up['time_s']['min'], 's'))
         rows.append(('  forward', up['forward_s']['median'], up['forward_s']['min'], 's'))
         rows.append(('  backward', up['backward_s']['median'], up['backward_s']['min'], 's'))
@@ -580,13 +619,13 @@ def run(args) -> dict:
     res['policy_cfg'] = _jsonable(cfg.model.policy.to_dict())
     res['sampler_cfg'] = _jsonable(cfg.model.sampler.to_dict())
     res['group_size'] = group_size
-    res['num_actions'] = policy.num_actions
     res['trainable_params'] = sum(p.numel() for p in policy.trainable_parameters())
     cond = conditions(cfg, n_cond)
     with torch.no_grad():
         enc = policy.encode_conditions(cond)
 
     config_sampler = sampler_variant(cfg, decode_images=False)
+    res['num_actions'], _, per_token = action_sizes(policy, config_sampler)
     rollout = None
     if not args.skip_rollout:
         config_scale = config_sampler.logprob_spec().cfg_scale
@@ -607,7 +646,7 @@ def run(args) -> dict:
             with torch.no_grad():
                 rollout = config_sampler.rollout(policy, enc, group_size=group_size)
         res['update'] = bench_update(policy, rollout, config_sampler.logprob_spec(), args, peak,
-                                     mem)
+                                     mem, per_token)
     del rollout
     if not args.skip_iteration:
         res['iteration'] = bench_iteration(cfg, model, cond, args, mem)

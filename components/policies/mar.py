@@ -46,6 +46,11 @@ variance (``learn_sigma``):
 * ``mu = c1_t x0^ + c2_t x_t`` (posterior mean coefficients);
 * ``x_{t-1} = mu + s * tau * n``, ``n ~ N(0, I)``, ``tau`` the temperature; at ``t = 0`` no noise.
 
+A flow head (``head_type='flow'``, not an official release; NOVA-style) predicts the velocity
+``v = eps - x0`` of ``x_s = (1 - s) x0 + s eps`` with ``D`` outputs and is sampled with
+Flow-GRPO's SDE step (:class:`FlowSDESchedule`, ``MaskedSampler(head_sampler='flow_sde')``); its
+transitions are actions exactly as the DDPM ones.
+
 The policy (MAR-GRPO, arXiv 2604.06966): an *action* is one stochastic transition
 ``x_t -> x_{t-1}`` (``t >= 1``) of one token's chain, with the Gaussian log-density
 ``log N(x_{t-1}; mu_theta(x_t, t, z), (s_t tau)^2 I)`` summed over the token's ``D`` channels
@@ -102,9 +107,13 @@ from ..tokenizers.kl_vae import KL_VAE_FILE_SOURCES, KLVAE, build_kl_vae
 from .llamagen import CheckpointKeyError, strict_load
 
 __all__ = ['MAR_ARCHS', 'MAR_FILE_SOURCES', 'MARConfig', 'MARTransformer', 'SimpleMLPAdaLN',
-           'DiffusionSchedule', 'space_timesteps', 'cosine_betas', 'gaussian_transition_logp',
-           'mask_schedule', 'cfg_scales', 'MARExtras', 'MARSelection', 'MARPolicy',
-           'load_mar_state_dict', 'CheckpointKeyError']
+           'DiffusionSchedule', 'FlowSDESchedule', 'HEAD_TYPES', 'space_timesteps', 'cosine_betas',
+           'gaussian_transition_logp', 'mask_schedule', 'cfg_scales', 'MARExtras', 'MARSelection',
+           'MARPolicy', 'load_mar_state_dict', 'CheckpointKeyError']
+
+#: head parametrisations (:attr:`MARConfig.head_type`) and the head samplers each accepts
+HEAD_TYPES = ('ddpm', 'flow')
+HEAD_SAMPLERS = {'ddpm': 'ddpm', 'flow': 'flow_sde'}
 
 #: official sizes (``mar_base/large/huge``) with the README's DiffLoss depth and width
 MAR_ARCHS: dict[str, dict] = {
@@ -147,6 +156,10 @@ class MARConfig:
         num_classes, buffer_size: classes and class-embedding slots (official 1000, 64).
         diffloss_d, diffloss_w: head residual blocks and width.
         attn_dropout, proj_dropout: pretraining dropout (0.1).
+        head_type: ``'ddpm'`` (official: eps-prediction with the learned-range variance, the
+            head outputs ``2 D`` channels) or ``'flow'`` (rectified-flow velocity
+            ``v = eps - x0`` of ``x_s = (1 - s) x0 + s eps``, ``D`` output channels; sampled
+            with :class:`FlowSDESchedule`, NOVA-style).
     """
 
     embed_dim: int
@@ -167,12 +180,16 @@ class MARConfig:
     buffer_size: int = 64
     attn_dropout: float = 0.1
     proj_dropout: float = 0.1
+    head_type: str = 'ddpm'
 
     ARCH_FIELDS = ('embed_dim', 'depth', 'num_heads', 'diffloss_d', 'diffloss_w',
                    'decoder_embed_dim', 'decoder_depth', 'decoder_num_heads', 'mlp_ratio',
                    'norm_eps')
 
     def __post_init__(self):
+        if self.head_type not in HEAD_TYPES:
+            raise ValueError(f'head_type={self.head_type!r} is not one of {HEAD_TYPES}: '
+                             f"'ddpm' (the official eps head) or 'flow' (a velocity head)")
         for name, default in (('decoder_embed_dim', self.embed_dim), ('decoder_depth', self.depth),
                               ('decoder_num_heads', self.num_heads)):
             if getattr(self, name) is None:
@@ -197,6 +214,11 @@ class MARConfig:
     @property
     def token_dim(self) -> int:
         return self.vae_embed_dim * self.patch_size ** 2
+
+    @property
+    def head_out_channels(self) -> int:
+        """``2 D`` (eps and the variance interpolation) for DDPM, ``D`` (velocity) for flow."""
+        return self.token_dim * (2 if self.head_type == 'ddpm' else 1)
 
     @classmethod
     def from_arch(cls, arch: Union[str, dict], **fields) -> 'MARConfig':
@@ -324,16 +346,18 @@ class FinalLayer(nn.Module):
 
 class SimpleMLPAdaLN(nn.Module):
     """Official ``SimpleMLPAdaLN`` (the DiffLoss MLP): ``[n, D] x [n] x [n, Cz] -> [n, 2 D]``
-    (eps, then the variance interpolation ``v`` in [-1, 1])."""
+    (eps, then the variance interpolation ``v`` in [-1, 1]); ``out_channels = D`` for a flow
+    head (the velocity)."""
 
-    def __init__(self, in_channels: int, model_channels: int, z_channels: int, num_res_blocks: int):
+    def __init__(self, in_channels: int, model_channels: int, z_channels: int, num_res_blocks: int,
+                 out_channels: Optional[int] = None):
         super().__init__()
         self.in_channels = in_channels
         self.time_embed = TimestepEmbedder(model_channels)
         self.cond_embed = nn.Linear(z_channels, model_channels)
         self.input_proj = nn.Linear(in_channels, model_channels)
         self.res_blocks = nn.ModuleList([ResBlock(model_channels) for _ in range(num_res_blocks)])
-        self.final_layer = FinalLayer(model_channels, 2 * in_channels)
+        self.final_layer = FinalLayer(model_channels, out_channels or 2 * in_channels)
         self.initialize_weights()
 
     @torch.no_grad()
@@ -366,10 +390,11 @@ class DiffLoss(nn.Module):
     """Holds the head under the official name ``diffloss.net`` (the diffusions are plain
     :class:`DiffusionSchedule` objects, not state)."""
 
-    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int):
+    def __init__(self, target_channels: int, z_channels: int, depth: int, width: int,
+                 out_channels: Optional[int] = None):
         super().__init__()
         self.in_channels = target_channels
-        self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth)
+        self.net = SimpleMLPAdaLN(target_channels, width, z_channels, depth, out_channels)
 
 
 class MARTransformer(nn.Module):
@@ -400,7 +425,8 @@ class MARTransformer(nn.Module):
         self.decoder_norm = nn.LayerNorm(cd, eps=cfg.norm_eps)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, n, cd))
         self.initialize_weights()
-        self.diffloss = DiffLoss(cfg.token_dim, cd, cfg.diffloss_d, cfg.diffloss_w)
+        self.diffloss = DiffLoss(cfg.token_dim, cd, cfg.diffloss_d, cfg.diffloss_w,
+                                 cfg.head_out_channels)
 
     @torch.no_grad()
     def initialize_weights(self) -> None:
@@ -554,6 +580,9 @@ class DiffusionSchedule:
         num_train_steps: original steps (1000).
     """
 
+    #: the head sampler this schedule implements (:class:`MaskedSampler` ``head_sampler``)
+    head_sampler = 'ddpm'
+
     def __init__(self, num_sampling_steps: Union[int, str], *, num_train_steps: int = 1000):
         base = cosine_betas(num_train_steps)
         use = space_timesteps(num_train_steps, num_sampling_steps)
@@ -596,6 +625,10 @@ class DiffusionSchedule:
             self._cache[key] = torch.from_numpy(self._np[name]).to(device).float()
         return self._cache[key]
 
+    def head_time(self, t: Tensor, device) -> Tensor:
+        """The timestep the head sees at respaced steps ``t``: ``timestep_map[t]`` (long)."""
+        return self.timestep_map.to(device)[t]
+
     def p_mean_variance(self, model_out: Tensor, x: Tensor, t: Tensor) -> dict[str, Tensor]:
         """Official ``p_mean_variance`` (LEARNED_RANGE, EPSILON, ``clip_denoised=False``).
 
@@ -621,6 +654,77 @@ class DiffusionSchedule:
         x0 = ex('sqrt_recip_alphas_cumprod') * x - ex('sqrt_recipm1_alphas_cumprod') * eps
         mean = ex('posterior_mean_coef1') * x0 + ex('posterior_mean_coef2') * x
         return {'mean': mean, 'log_variance': log_var, 'pred_xstart': x0}
+
+
+class FlowSDESchedule:
+    """Flow-GRPO's SDE sampler (arXiv 2505.05470, ``sde_step_with_logprob`` of yifan123/flow_grpo)
+    for a velocity head (:attr:`MARConfig.head_type` ``'flow'``), on a uniform time grid.
+
+    Convention (rectified flow, as SD3 / Flow-GRPO): ``x_s = (1 - s) x0 + s eps``, ``s = 1`` pure
+    noise, the head predicts ``v = dx_s / ds = eps - x0`` (:meth:`MARPolicy.pretrain_loss`: MSE
+    to ``eps - x0`` at ``s ~ U(0, 1)``); CFG mixes the velocity, ``v = v_u + w (v_c - v_u)``.
+    With ``T = num_sampling_steps``, respaced step ``t`` (``T - 1`` first, 0 last, as the DDPM
+    chain) goes from ``s = (t + 1) / T`` to ``s' = t / T``, ``dt = s' - s = -1 / T``; the head
+    sees the time ``1000 s``. For ``t >= 1`` the step is Gaussian (an action):
+
+    .. math::
+
+        \sigma_t = a \sqrt{s / (1 - \min(s, 1 - 1/T))}, \qquad
+        \mu = x (1 + \frac{\sigma_t^2}{2 s} dt) + v (1 + \frac{\sigma_t^2 (1 - s)}{2 s}) dt,
+        \qquad x_{s'} = \mu + \sigma_t \sqrt{-dt}\, \tau\, n
+
+    (``a`` = ``noise_level``, Flow-GRPO's 0.7; ``s = 1`` takes the next grid point ``1 - 1/T``
+    in the denominator as Flow-GRPO's ``sigma_max``; ``tau`` the temperature; ``n ~ N(0, I)``).
+    Equivalently ``mu = x + [v + sigma_t^2 / (2 s) (x + (1 - s) v)] dt``: the Euler step plus
+    the score correction that keeps the marginals of the ODE. The last step (``t = 0``, ``s =
+    1 / T -> 0``) is the deterministic Euler step ``x0 = x - s v`` (not an action; Flow-GRPO
+    also noises its last step, we keep it deterministic as the DDPM chain, so both heads have
+    ``K = T - 1`` actions per token). Coefficients are computed in float64, used as float32.
+
+    Args:
+        num_sampling_steps: T (>= 2).
+        noise_level: ``a`` (> 0).
+    """
+
+    head_sampler = 'flow_sde'
+
+    def __init__(self, num_sampling_steps: int, noise_level: float = 0.7):
+        big_t = int(num_sampling_steps)
+        if big_t < 2:
+            raise ValueError(f'num_sampling_steps={num_sampling_steps} must be >= 2')
+        if not noise_level > 0:
+            raise ValueError(f'sde_noise_level={noise_level} must be > 0 (Flow-GRPO uses 0.7)')
+        self.num_timesteps, self.noise_level = big_t, float(noise_level)
+        s = (np.arange(big_t, dtype=np.float64) + 1) / big_t             # time at respaced t
+        dt = -1.0 / big_t
+        sigma = self.noise_level * np.sqrt(s / (1 - np.minimum(s, 1 - 1.0 / big_t)))
+        c_x = 1 + sigma ** 2 / (2 * s) * dt
+        c_v = (1 + sigma ** 2 * (1 - s) / (2 * s)) * dt
+        c_x[0], c_v[0] = 1.0, -s[0]                                       # t = 0: Euler to 0
+        self._np = {'time': s, 'sigma': sigma, 'std': sigma * math.sqrt(-dt), 'coef_x': c_x,
+                    'coef_v': c_v, 'log_variance': np.log(sigma ** 2 * -dt)}
+        self._cache: dict = {}
+
+    coef = DiffusionSchedule.coef
+
+    def head_time(self, t: Tensor, device) -> Tensor:
+        """The time the head sees at respaced steps ``t``: ``1000 s`` (float)."""
+        return 1000.0 * self.coef('time', device)[t]
+
+    def p_mean_variance(self, model_out: Tensor, x: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """The SDE step of respaced steps ``t [n]`` from ``x [n, D]`` given the (guided)
+        velocity ``model_out [n, D]``: ``mean`` (``mu``; at ``t = 0`` the Euler step),
+        ``log_variance`` (``log(sigma_t^2 (-dt))``, before the temperature), ``pred_xstart``
+        (``x - s v``)."""
+        dev = x.device
+
+        def ex(name):
+            return self.coef(name, dev)[t].unsqueeze(-1)
+
+        v = model_out[..., :x.shape[-1]]
+        return {'mean': ex('coef_x') * x + ex('coef_v') * v,
+                'log_variance': ex('log_variance').expand_as(x),
+                'pred_xstart': x - ex('time') * v}
 
 
 def gaussian_transition_logp(x_prev: Tensor, mean: Tensor, log_variance: Tensor,
@@ -725,6 +829,8 @@ class MARExtras(FamilyExtras):
             value), or None when the sampler does not record predictions.
         num_iter, num_sampling_steps, seq_len: the schedule (shared).
         cfg_schedule, cfg_scale: guidance of the rollout (shared).
+        head_sampler, sde_noise_level: the head's chain (``'ddpm'``, or ``'flow_sde'`` with
+            Flow-GRPO's noise level ``a``; :class:`FlowSDESchedule`) (shared).
         selection: the (AR step, diffusion step) pairs :meth:`MARPolicy.evaluate` recomputes when
             called without ``select`` (None: all pairs).
     """
@@ -741,6 +847,8 @@ class MARExtras(FamilyExtras):
     seq_len: int = 256
     cfg_schedule: str = 'linear'
     cfg_scale: float = 1.0
+    head_sampler: str = 'ddpm'
+    sde_noise_level: Optional[float] = None
     selection: Optional[MARSelection] = None
 
     batch_fields: ClassVar[tuple[str, ...]] = ('orders', 'commit_step', 'tokens', 'z', 'z_uncond',
@@ -806,6 +914,9 @@ class MARPolicy(Policy):
             None keeps a random tokenizer (tests only).
         fix_head: freeze the diffusion head (MAR-GRPO ``fix_head``): gradients still flow
             *through* it into the transformer via ``z``.
+        head_type: ``'ddpm'`` (official eps head, sampled with ``head_sampler='ddpm'``) or
+            ``'flow'`` (velocity head, pretrained by flow matching and sampled with
+            ``head_sampler='flow_sde'``; no official checkpoint), see :class:`MARConfig`.
         label_drop_prob, mask_ratio_min, diffusion_batch_mul, attn_dropout, proj_dropout:
             pretraining settings of :meth:`pretrain_loss` (official 0.1, 0.7, 4, 0.1, 0.1).
     """
@@ -818,7 +929,7 @@ class MARPolicy(Policy):
                  tokenizer: Union[str, dict] = 'kl16', tokenizer_checkpoint: Optional[str] = None,
                  fix_head: bool = False, label_drop_prob: float = 0.1,
                  mask_ratio_min: float = 0.7, diffusion_batch_mul: int = 4,
-                 attn_dropout: float = 0.1, proj_dropout: float = 0.1):
+                 attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_type: str = 'ddpm'):
         super().__init__()
         if checkpoint_key not in ('model', 'model_ema'):
             raise ValueError(f"checkpoint_key={checkpoint_key!r} is not one of 'model', "
@@ -834,7 +945,7 @@ class MARPolicy(Policy):
         self.cfg = MARConfig.from_arch(
             arch, img_size=image_size, vae_stride=self.vae.downsample, patch_size=patch_size,
             vae_embed_dim=self.vae.embed_dim, num_classes=num_classes, buffer_size=buffer_size,
-            attn_dropout=attn_dropout, proj_dropout=proj_dropout)
+            attn_dropout=attn_dropout, proj_dropout=proj_dropout, head_type=head_type)
         self.image_size = image_size
         self.mar = MARTransformer(self.cfg)
         if checkpoint is not None:
@@ -870,15 +981,35 @@ class MARPolicy(Policy):
     def device(self) -> torch.device:
         return self.mar.fake_latent.device
 
-    def schedule(self, num_sampling_steps: int) -> DiffusionSchedule:
-        """The respaced diffusion of ``num_sampling_steps`` (cached)."""
+    @property
+    def head_type(self) -> str:
+        """``'ddpm'`` or ``'flow'`` (:attr:`MARConfig.head_type`)."""
+        return self.cfg.head_type
+
+    def schedule(self, num_sampling_steps: int, *, head_sampler: str = 'ddpm',
+                 sde_noise_level: Optional[float] = None
+                 ) -> Union[DiffusionSchedule, FlowSDESchedule]:
+        """The head chain of ``num_sampling_steps`` steps (cached): the respaced DDPM
+        (``head_sampler='ddpm'``, DDPM head) or Flow-GRPO's SDE with noise level
+        ``sde_noise_level`` (``'flow_sde'``, flow head)."""
         n = int(num_sampling_steps)
         if n < 2:
             raise ValueError(f'num_sampling_steps={num_sampling_steps} must be >= 2 (the last '
                              f'step is deterministic; actions are the other steps)')
-        if n not in self._schedules:
-            self._schedules[n] = DiffusionSchedule(n)
-        return self._schedules[n]
+        want = HEAD_SAMPLERS[self.head_type]
+        if head_sampler != want:
+            other = next(h for h, s in HEAD_SAMPLERS.items() if s == head_sampler) \
+                if head_sampler in HEAD_SAMPLERS.values() else None
+            fix = (f"or build the policy with head_type={other!r}" if other else
+                   f"the head samplers are {sorted(HEAD_SAMPLERS.values())}")
+            raise ValueError(f'head_sampler={head_sampler!r} cannot sample this MAR policy\'s '
+                             f'head_type={self.head_type!r} head: set the sampler\'s '
+                             f'head_sampler={want!r}, {fix}')
+        key = n if head_sampler == 'ddpm' else (head_sampler, n, float(sde_noise_level))
+        if key not in self._schedules:
+            self._schedules[key] = (DiffusionSchedule(n) if head_sampler == 'ddpm' else
+                                    FlowSDESchedule(n, sde_noise_level))
+        return self._schedules[key]
 
     def train(self, mode: bool = True) -> 'MARPolicy':
         super().train(mode)
@@ -945,20 +1076,21 @@ class MARPolicy(Policy):
                         z_uncond: Optional[Tensor] = None, cfg: float = 1.0
                         ) -> dict[str, Tensor]:
         """``p(x_{t-1} | x_t, z)`` of the head (official ``p_mean_variance`` on ``net`` or
-        ``net.forward_with_cfg``).
+        ``net.forward_with_cfg``; for a flow head the SDE step of :class:`FlowSDESchedule`).
 
         Args:
             x: ``[n, D]`` states ``x_t``; t: ``[n]`` long respaced steps; z: ``[n, C]``.
+            sched: :meth:`schedule`'s chain (DDPM or flow SDE).
             z_uncond: ``[n, C]`` unconditional latents for CFG (None: no guidance).
-            cfg: guidance weight ``w``: ``eps = eps_u + w (eps_c - eps_u)``; the variance comes
-                from the conditional half.
+            cfg: guidance weight ``w`` (float or ``[n, 1]``): ``eps = eps_u + w (eps_c -
+                eps_u)`` (flow: the velocity); the DDPM variance comes from the conditional half.
 
         Returns:
             ``mean``, ``log_variance``, ``pred_xstart`` (``[n, D]``), and with CFG also
             ``mean_cond`` (the mean from the conditional eps alone, for ``logprob_cfg='none'``).
         """
         net, d = self.mar.head, x.shape[-1]
-        tt = sched.timestep_map.to(x.device)[t]
+        tt = sched.head_time(t, x.device)
         if z_uncond is None:
             return sched.p_mean_variance(net(x, tt, z), x, t)
         n = x.shape[0]
@@ -1004,7 +1136,8 @@ class MARPolicy(Policy):
             raise ValueError(f'cfg_interval={spec.cfg_interval} is not a MAR setting; MAR guides '
                              f'with cfg_schedule (linear / constant): use cfg_interval=None')
         select = select if select is not None else ex.selection
-        sched = self.schedule(ex.num_sampling_steps)
+        sched = self.schedule(ex.num_sampling_steps, head_sampler=ex.head_sampler,
+                              sde_noise_level=ex.sde_noise_level)
         kk = ex.num_transitions
         cond = self.encode_conditions(rollout.cond)
         dev = self.device
@@ -1067,13 +1200,64 @@ class MARPolicy(Policy):
                           extras={'evaluated': evaluated.view(b, n * kk),
                                   'mean': mean_all.view(b, n * kk, d)})
 
+    def flops_per_sample(self, spec: Optional[LogprobSpec] = None,
+                         rollout: Optional[Rollout] = None, *, num_iter: int = 64,
+                         num_sampling_steps: int = 100) -> int:
+        """Matmul FLOPs of one :meth:`evaluate` forward per sample (2 per multiply-add; backward
+        is twice this), for the (AR step, transition) pairs it evaluates: the rollout's
+        ``extras.selection`` (all pairs when None; the schedule from ``rollout.extras``, else
+        ``num_iter`` / ``num_sampling_steps``).
+
+        Per evaluated AR step ``i`` (``n_i`` tokens committed, ``v_i = N - rem_i`` visible):
+
+        * encoder: ``z_proj`` ``2 N D C``; per block on ``L = buf + v_i`` rows ``6 L C^2``
+          (qkv) + ``2 L C^2`` (proj) + ``4 L C h`` (MLP, ``h = mlp_ratio C``) + ``4 L^2 C``
+          (attention); ``decoder_embed`` ``2 L C C_d``;
+        * decoder: the same per block on ``buf + N`` rows at width ``C_d``;
+        * head, per evaluated transition (``n_i k`` rows): time MLP ``2 (256 W + W^2)``, cond
+          and input projections ``2 W (C_d + D)``, per res-block ``4 W^2 + 6 W^2``, final layer
+          ``4 W^2 + 2 W out``.
+
+        With ``spec.uses_cfg`` everything counts twice (the doubled batch).
+        """
+        cfg = self.cfg
+        sel = None
+        if rollout is not None:
+            ex: MARExtras = rollout.extras
+            num_iter, num_sampling_steps, sel = ex.num_iter, ex.num_sampling_steps, ex.selection
+        n, d, buf = cfg.seq_len, cfg.token_dim, cfg.buffer_size
+        c, cd, w = cfg.embed_dim, cfg.decoder_embed_dim, cfg.diffloss_w
+        kk = int(num_sampling_steps) - 1
+        nk = kk if sel is None else len(sel.diffusion_steps)
+        steps = range(num_iter) if sel is None else sel.ar_steps
+        rem, _ = mask_schedule(n, num_iter)
+
+        def blocks(rows, width, depth):
+            hid = int(width * cfg.mlp_ratio)
+            return depth * (8 * rows * width * width + 4 * rows * width * hid
+                            + 4 * rows * rows * width)
+
+        head_row = (2 * (256 * w + w * w) + 2 * w * (cd + d) + cfg.diffloss_d * 10 * w * w
+                    + 4 * w * w + 2 * w * cfg.head_out_channels)
+        total = 0
+        for i in steps:
+            n_i = rem[i] - rem[i + 1]
+            if n_i == 0 or nk == 0:
+                continue
+            enc_rows = buf + n - rem[i]
+            total += (2 * n * d * c + blocks(enc_rows, c, cfg.depth) + 2 * enc_rows * c * cd
+                      + blocks(buf + n, cd, cfg.decoder_depth) + n_i * nk * head_row)
+        return total * (2 if spec is not None and spec.uses_cfg else 1)
+
     # ---- pretraining ---------------------------------------------------------------------------
     def pretrain_loss(self, tokens: Tensor, cond: Conditions) -> Tensor:
         """Official ``MAR.forward`` loss on ``tokens [B, N, D]`` (scaled latents): random
         orders, a truncated-normal masking ratio (mode 1, std 0.25, >= ``mask_ratio_min``),
         label dropout to ``fake_latent``, dropout in training mode, and the DiffLoss (eps MSE +
         the learned-variance VLB term, ``training_losses`` with ``LossType.MSE``) on the masked
-        tokens, each repeated ``diffusion_batch_mul`` times with independent ``t`` and noise."""
+        tokens, each repeated ``diffusion_batch_mul`` times with independent ``t`` and noise.
+        A flow head (``head_type='flow'``) uses the flow-matching MSE instead
+        (:meth:`_flow_loss`)."""
         cond = self.encode_conditions(cond)
         x = tokens.to(self.device)
         b, n, d = x.shape
@@ -1093,8 +1277,21 @@ class MARPolicy(Policy):
         target = x.reshape(b * n, d).repeat(m, 1)
         zz = z.reshape(b * n, -1).repeat(m, 1)
         w = mask.reshape(b * n).repeat(m).float()
-        loss = self._diffusion_loss(target, zz)
+        if self.head_type == 'flow':
+            loss = self._flow_loss(target, zz)
+        else:
+            loss = self._diffusion_loss(target, zz)
         return (loss * w).sum() / w.sum()
+
+    def _flow_loss(self, x0: Tensor, z: Tensor) -> Tensor:
+        """Flow-matching MSE of a velocity head: ``s ~ U(0, 1)``, ``x_s = (1 - s) x0 + s eps``,
+        ``|net(x_s, 1000 s, z) - (eps - x0)|^2`` averaged over channels: ``[n]`` (the time
+        convention of :class:`FlowSDESchedule`; uniform ``s``, no logit-normal shift)."""
+        s = torch.rand(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        x_s = (1 - s).unsqueeze(-1) * x0 + s.unsqueeze(-1) * noise
+        v = self.mar.head(x_s, 1000.0 * s, z)
+        return ((v - (noise - x0)) ** 2).mean(-1)
 
     def _diffusion_loss(self, x0: Tensor, z: Tensor) -> Tensor:
         """Official ``training_losses`` (1000-step cosine, MSE + VLB with frozen mean): ``[n]``."""

@@ -36,6 +36,15 @@ process samples. With ``rng=None`` the orders come from ``numpy.random.shuffle``
 from ``torch.randn`` in the official call order, so with the same numpy/torch seeds and weights
 the latents equal the official ``sample_tokens``'s (see ``tests/test_mar.py``).
 
+Flow heads: with ``head_sampler='flow_sde'`` (a ``head_type='flow'`` policy) every chain is
+Flow-GRPO's SDE discretisation of the velocity head (equations in
+:class:`~vargo.components.policies.mar.FlowSDESchedule`, noise level ``sde_noise_level``), CFG on
+the velocity; its ``T - 1`` stochastic steps are the actions, recorded exactly like DDPM's.
+
+Partial rollouts: ``rollout(..., prefix=<a MAR rollout>, stop_at_step=m)`` completes each prefix
+sample ``G`` times in its order, keeping the tokens of its first ``m`` AR steps (see
+:meth:`MaskedSampler.rollout`).
+
 :meth:`MaskedSampler.extra_chains` redraws ``S`` full chains for every token from fresh noise,
 conditioned on the token's recorded commit-step latent, guided as the rollout was (MAR-GRPO's
 multi-trajectory expectation; the official code's unguided MTE chains are a bug we do not copy).
@@ -111,6 +120,12 @@ class MaskedSampler(Sampler):
         record_predictions: record each AR step's ``t = 0`` sample of all tokens
             (``MARExtras.x0_pred``; costs about ``num_iter / 2`` times the head work).
         decode_images: decode ``rollout.images`` with the policy's VAE.
+        head_sampler: the head's chain: ``'ddpm'`` (official; a ``head_type='ddpm'`` policy) or
+            ``'flow_sde'`` (Flow-GRPO's SDE step, :class:`~vargo.components.policies.mar.
+            FlowSDESchedule`; a ``head_type='flow'`` policy). A mismatch with the policy's head
+            raises when the algorithm is built (:meth:`check_policy`, also run by every rollout).
+        sde_noise_level: Flow-GRPO's noise level ``a`` of ``'flow_sde'`` (default 0.7, NOVA's);
+            not a DDPM setting.
 
     Examples:
         >>> s = MaskedSampler(num_iter=64, num_sampling_steps=25, cfg_scale=3.0,
@@ -121,7 +136,8 @@ class MaskedSampler(Sampler):
 
     def __init__(self, *, num_iter: int, num_sampling_steps: int, cfg_scale: float,
                  cfg_schedule: str, temperature: float, logprob_cfg: str,
-                 record_predictions: bool = False, decode_images: bool = True):
+                 record_predictions: bool = False, decode_images: bool = True,
+                 head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None):
         if int(num_iter) < 1:
             raise ValueError(f'num_iter={num_iter} must be >= 1 AR steps')
         if int(num_sampling_steps) < 2:
@@ -129,6 +145,19 @@ class MaskedSampler(Sampler):
                              f'head step is deterministic; the others are the actions)')
         if cfg_schedule not in ('linear', 'constant'):
             raise ValueError(f"cfg_schedule={cfg_schedule!r} is not one of 'linear', 'constant'")
+        if head_sampler not in ('ddpm', 'flow_sde'):
+            raise ValueError(f"head_sampler={head_sampler!r} is not one of 'ddpm' (DDPM head) or "
+                             f"'flow_sde' (flow head, Flow-GRPO SDE)")
+        if head_sampler == 'ddpm' and sde_noise_level is not None:
+            raise ValueError(f"sde_noise_level={sde_noise_level} is a head_sampler='flow_sde' "
+                             f"setting; the DDPM chain's noise is its posterior variance: drop "
+                             f"sde_noise_level or use head_sampler='flow_sde' with a flow head")
+        if head_sampler == 'flow_sde':
+            sde_noise_level = 0.7 if sde_noise_level is None else float(sde_noise_level)
+            if not sde_noise_level > 0:
+                raise ValueError(f'sde_noise_level={sde_noise_level} must be > 0 (Flow-GRPO: '
+                                 f'0.7)')
+        self.head_sampler, self.sde_noise_level = head_sampler, sde_noise_level
         self.num_iter = int(num_iter)
         self.num_sampling_steps = int(num_sampling_steps)
         self.cfg_schedule = cfg_schedule
@@ -140,6 +169,26 @@ class MaskedSampler(Sampler):
     def logprob_spec(self) -> LogprobSpec:
         """The distribution ``logp_old`` is recorded under (evaluate with the same spec)."""
         return self._spec
+
+    @property
+    def num_steps(self) -> int:
+        """Decode steps of a rollout: the AR steps (``num_iter``)."""
+        return self.num_iter
+
+    @property
+    def actions_per_token(self) -> int:
+        """K = num_sampling_steps - 1 head transitions (actions) per committed token."""
+        return self.num_sampling_steps - 1
+
+    def num_actions(self, policy: Policy) -> int:
+        """A = N K actions per sample of ``policy``'s rollouts."""
+        return policy.seq_len * self.actions_per_token
+
+    def check_policy(self, policy: Policy):
+        """The policy's head chain for this sampler; raises ``ValueError`` naming the fix when
+        the policy's ``head_type`` does not match ``head_sampler``."""
+        return policy.schedule(self.num_sampling_steps, head_sampler=self.head_sampler,
+                               sde_noise_level=self.sde_noise_level)
 
     # ---- helpers --------------------------------------------------------------------------------
     def _chain(self, policy: Policy, z: Tensor, zu: Optional[Tensor],
@@ -157,7 +206,7 @@ class MaskedSampler(Sampler):
         Returns:
             ``x_t [m, K, D]``, ``x_prev [m, K, D]``, ``logp [m, K]``, final ``x0 [m, D]``.
         """
-        spec, sched = self._spec, policy.schedule(self.num_sampling_steps)
+        spec, sched = self._spec, self.check_policy(policy)
         m, d, big_t = z.shape[0], policy.token_dim, self.num_sampling_steps
         dev = z.device
         x = noise[:, 0] if noise is not None else torch.randn(m, d).to(dev)
@@ -171,14 +220,36 @@ class MaskedSampler(Sampler):
                 torch.randn(m * extra_draw, d).to(dev)[:m]
             if t > 0:
                 x_new = out['mean'] + torch.exp(0.5 * out['log_variance']) * nk * tau
-                mu = out['mean'] if (zu is None or spec.mode == 'rollout') else out['mean_cond']
                 xs.append(x)
                 xp.append(x_new)
-                lps.append(gaussian_transition_logp(x_new, mu, out['log_variance'], tau))
+                lps.append(self._score(out, x_new, zu is not None))
                 x = x_new
             else:
                 x = out['mean']
         return torch.stack(xs, 1), torch.stack(xp, 1), torch.stack(lps, 1), x
+
+    def _score(self, out: dict[str, Tensor], x_new: Tensor, guided: bool) -> Tensor:
+        """Log-density of ``x_new`` under :meth:`logprob_spec` given the head's transition
+        ``out`` (``'none'`` scores a guided step under the conditional mean)."""
+        spec = self._spec
+        mu = out['mean'] if (not guided or spec.mode == 'rollout') else out['mean_cond']
+        return gaussian_transition_logp(x_new, mu, out['log_variance'], spec.temperature)
+
+    def _given_logp(self, policy: Policy, xs: Tensor, xp: Tensor, z: Tensor,
+                    zu: Optional[Tensor], w: Optional[Tensor]) -> Tensor:
+        """Log-probs ``[M, K]`` of given transitions ``xs -> xp [M, K, D]`` (kept prefix
+        tokens) conditioned on their commit-step latents ``z``/``zu [M, C]`` with per-token
+        guidance weights ``w [M]`` (the computation :meth:`MARPolicy.evaluate` repeats)."""
+        m, kk, d = xs.shape
+        if m == 0:
+            return xs.new_zeros(0, kk)
+        t = (kk - torch.arange(kk, device=xs.device)).repeat(m)           # k -> respaced K - k
+        zr = z.repeat_interleave(kk, dim=0)
+        zur = None if zu is None else zu.repeat_interleave(kk, dim=0)
+        cfg = 1.0 if zu is None else w.repeat_interleave(kk).unsqueeze(-1)
+        out = policy.head_transition(xs.reshape(-1, d), t, zr, self.check_policy(policy),
+                                     z_uncond=zur, cfg=cfg)
+        return self._score(out, xp.reshape(-1, d), zu is not None).view(m, kk)
 
     def _orders(self, b: int, n: int, rng: Optional[BatchRNG], dev) -> Tensor:
         if rng is not None:
@@ -195,27 +266,45 @@ class MaskedSampler(Sampler):
     def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
                 rng: Optional[BatchRNG] = None, prefix: Optional[Rollout] = None,
                 stop_at_step: Optional[int] = None) -> Rollout:
-        """Sample ``group_size`` images per condition.
+        """Sample ``group_size`` images per condition, or complete a prefix rollout.
 
         Args:
             policy: a MAR policy (see the module doc).
-            cond: one row per group.
+            cond: one row per group (without ``prefix``), or one row per prefix sample.
             group_size: G; the samples of a group are contiguous.
             rng: the noise source (``local_batch`` must be ``len(cond) * G``), or None for
                 numpy/torch global generators in the official order.
-            prefix, stop_at_step: partial rollouts are not supported for MAR yet.
+            prefix: a MAR rollout of this sampler's schedule to continue: sample ``j`` is
+                completed G times with its generation order; the tokens it committed in its
+                first ``stop_at_step`` AR steps are kept (their chains, latents and values;
+                their transitions are out of ``action_mask`` and their ``logp_old`` is
+                recomputed under :meth:`logprob_spec` from the recorded commit-step latents,
+                as :meth:`MARPolicy.evaluate` computes it), the other tokens are resampled;
+                the completions of prefix sample ``j`` form group ``j``. The order draw is
+                skipped (the orders are the prefix's); the head noise is drawn as for a full
+                rollout and used for the resampled tokens only.
+            stop_at_step: with ``prefix``: the AR steps kept (default ``prefix.prefix_steps``);
+                0 < stop_at_step < num_iter.
 
         Returns:
             a :class:`Rollout` of ``B = len(cond) G`` samples: ``actions [B, A, D]``
-            (``A = N (T - 1)``), ``logp_old [B, A]``, ``action_mask`` all True,
-            ``action_step [B, A]`` (commit step), ``action_pos [A, 2]``, ``images``,
-            ``extras`` (:class:`~vargo.components.policies.mar.MARExtras`).
+            (``A = N (T - 1)``), ``logp_old [B, A]``, ``action_mask [B, A]`` (False on kept
+            transitions), ``action_step [B, A]`` (commit step), ``action_pos [A, 2]``,
+            ``images``, ``extras`` (:class:`~vargo.components.policies.mar.MARExtras`),
+            ``prefix_steps`` (the kept AR steps).
         """
-        if prefix is not None or stop_at_step is not None:
-            raise NotImplementedError('MaskedSampler does not continue partial rollouts (prefix / '
-                                      'stop_at_step); sample full rollouts')
         if group_size < 1:
             raise ValueError(f'group_size={group_size} must be >= 1')
+        if prefix is None:
+            if stop_at_step is not None:
+                raise ValueError('stop_at_step is the number of AR steps kept from a prefix and '
+                                 'needs prefix=<a Rollout>: sample full rollouts, then complete '
+                                 'them with rollout(..., prefix=rollout, stop_at_step=m)')
+            kept = 0
+        else:
+            kept = prefix.prefix_steps if stop_at_step is None else int(stop_at_step)
+            self._check_prefix(prefix, kept, len(cond))
+        self.check_policy(policy)
         was_training = policy.training
         policy.eval()
         try:
@@ -225,8 +314,14 @@ class MaskedSampler(Sampler):
                 raise ValueError(f'rng draws for {rng.local_batch} samples but the rollout has {b} '
                                  f'(= {len(cond)} conditions x G={group_size}); build BatchRNG '
                                  f'with local_batch={b}')
-            orders = self._orders(b, policy.seq_len, rng, policy.device)
-            out = self.generate(policy, cond_rep, orders, rng)
+            given = None
+            if prefix is None:
+                orders = self._orders(b, policy.seq_len, rng, policy.device)
+            else:
+                rows = torch.arange(prefix.batch_size).repeat_interleave(group_size)
+                given = prefix.index(rows).to(policy.device)
+                orders = given.extras.orders
+            out = self.generate(policy, cond_rep, orders, rng, prefix=given, kept=kept)
         finally:
             policy.train(was_training)
         out.group_ids = torch.arange(len(cond), device=policy.device).repeat_interleave(group_size)
@@ -234,10 +329,30 @@ class MaskedSampler(Sampler):
             out.images = policy.decode(out)
         return out
 
+    def _check_prefix(self, prefix: Rollout, kept: int, rows: int) -> None:
+        ex = prefix.extras
+        if not isinstance(ex, MARExtras):
+            raise TypeError(f'prefix must be a MAR rollout (extras MARExtras), got '
+                            f'{type(ex).__name__}')
+        if not 0 < kept < self.num_iter:
+            raise ValueError(f'stop_at_step={kept} must be in (0, {self.num_iter}) AR steps to '
+                             f'keep from the prefix rollout')
+        if rows != prefix.batch_size:
+            raise ValueError(f'cond has {rows} rows but the prefix rollout has '
+                             f'{prefix.batch_size} samples: pass prefix.cond')
+        mine = (self.num_iter, self.num_sampling_steps, self.head_sampler)
+        theirs = (ex.num_iter, ex.num_sampling_steps, ex.head_sampler)
+        if mine != theirs:
+            raise ValueError(f'the prefix rollout has (num_iter, num_sampling_steps, '
+                             f'head_sampler) = {theirs} but this sampler {mine}: complete it '
+                             f'with a sampler of the same schedule')
+
     def generate(self, policy: Policy, cond: Conditions, orders: Tensor,
-                 rng: Optional[BatchRNG] = None) -> Rollout:
+                 rng: Optional[BatchRNG] = None, *, prefix: Optional[Rollout] = None,
+                 kept: int = 0) -> Rollout:
         """The sampling loop for given ``orders [B, N]`` (one sample per row of ``cond``;
-        ``group_ids`` = arange). See :meth:`rollout`."""
+        ``group_ids`` = arange). ``prefix``: a MAR rollout of ``B`` rows whose tokens committed
+        in its first ``kept`` AR steps are kept. See :meth:`rollout`."""
         spec = self._spec
         mar = policy.mar
         b, n, d, dev = orders.shape[0], policy.seq_len, policy.token_dim, policy.device
@@ -258,6 +373,21 @@ class MaskedSampler(Sampler):
         z_rec = torch.zeros(b, n, cd, device=dev)
         zu_rec = torch.zeros(b, n, cd, device=dev) if use_cfg else None
         preds = torch.zeros(b, steps, n, d, device=dev) if self.record_predictions else None
+        given = commit < kept                                                 # [B, N] kept
+        need_zu = False
+        if prefix is not None:
+            gx: MARExtras = prefix.extras
+            if not torch.equal(gx.commit_step.to(dev), commit):
+                raise ValueError('the prefix rollout\'s commit steps differ from its orders under '
+                                 'this sampler\'s schedule: it was drawn with another seq_len or '
+                                 'num_iter')
+            tokens[given] = gx.tokens[given]       # masked positions' values are never read
+            x_t_all[given] = gx.x_t.view(b, n, kk, d)[given]
+            act_all[given] = prefix.actions.view(b, n, kk, d)[given]
+            z_rec[given] = gx.z[given]
+            need_zu = use_cfg and gx.z_uncond is None
+            if use_cfg and not need_zu:
+                zu_rec[given] = gx.z_uncond[given]
         emb = mar.class_embedding(cond.class_ids)
         if use_cfg:
             emb = torch.cat([emb, mar.null_embedding(b)])
@@ -267,12 +397,19 @@ class MaskedSampler(Sampler):
         for i in range(steps):
             sel = commit == i                                                 # committed now
             mask = commit >= i                                                # masked at step i
+            kept_step = i < kept
             if rem[i] == rem[i + 1] and not self.record_predictions:
+                continue
+            if kept_step and not (self.record_predictions or need_zu):
                 continue
             if use_cfg:
                 z = mar(torch.cat([tokens, tokens]), torch.cat([mask, mask]), emb)
             else:
                 z = mar(tokens, mask, emb)
+            if kept_step and need_zu:         # the prefix drew without CFG: its latents, guided
+                z_rec[sel], zu_rec[sel] = z[:b][sel], z[b:][sel]
+            if kept_step and not self.record_predictions:
+                continue
             rows = mask if self.record_predictions else sel
             zc = z[:b][rows]
             zu = z[b:][rows] if use_cfg else None
@@ -289,6 +426,9 @@ class MaskedSampler(Sampler):
                 preds[:, i] = tokens
                 if zc.shape[0]:
                     preds[:, i][rows] = x0
+                if kept_step:
+                    preds[:, i][sel] = tokens[sel]
+                    continue
                 sub = sel[rows]
                 xs, xp, lp, x0, zc = xs[sub], xp[sub], lp[sub], x0[sub], zc[sub]
                 zu = zu[sub] if use_cfg else None
@@ -299,16 +439,22 @@ class MaskedSampler(Sampler):
             z_rec[sel] = zc
             if use_cfg:
                 zu_rec[sel] = zu
+        if prefix is not None:
+            w = torch.tensor(weights, dtype=torch.float32, device=dev)[commit[given]]
+            logp_all[given] = self._given_logp(policy, x_t_all[given], act_all[given],
+                                               z_rec[given], zu_rec[given] if use_cfg else None,
+                                               w)
         step = commit.repeat_interleave(kk, dim=1)                           # [B, A]
         extras = MARExtras(orders=orders, commit_step=commit, tokens=tokens, z=z_rec,
                            z_uncond=zu_rec, x_t=x_t_all.view(b, n * kk, d), x0_pred=preds,
                            num_iter=steps, num_sampling_steps=big_t, seq_len=n,
-                           cfg_schedule=self.cfg_schedule, cfg_scale=spec.cfg_scale)
+                           cfg_schedule=self.cfg_schedule, cfg_scale=spec.cfg_scale,
+                           head_sampler=self.head_sampler, sde_noise_level=self.sde_noise_level)
         return Rollout(cond=cond, group_ids=torch.arange(b, device=dev),
                        actions=act_all.view(b, n * kk, d), logp_old=logp_all.view(b, n * kk),
-                       action_mask=torch.ones(b, n * kk, dtype=torch.bool, device=dev),
+                       action_mask=(~given).repeat_interleave(kk, dim=1),
                        action_step=step, action_pos=policy.rollout_axes(kk), images=None,
-                       extras=extras, prefix_steps=0, logp_old_cfg=spec.mode)
+                       extras=extras, prefix_steps=kept, logp_old_cfg=spec.mode)
 
     # ---- MTE ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -331,10 +477,12 @@ class MaskedSampler(Sampler):
             ``x0 [B, S, N, D]``).
         """
         ex: MARExtras = rollout.extras
-        if ex.num_sampling_steps != self.num_sampling_steps or ex.num_iter != self.num_iter:
+        if (ex.num_sampling_steps, ex.num_iter, ex.head_sampler) != (
+                self.num_sampling_steps, self.num_iter, self.head_sampler):
             raise ValueError(f'rollout has num_iter={ex.num_iter}, num_sampling_steps='
-                             f'{ex.num_sampling_steps} but this sampler {self.num_iter}, '
-                             f'{self.num_sampling_steps}: use the sampler that drew it')
+                             f'{ex.num_sampling_steps}, head_sampler={ex.head_sampler!r} but '
+                             f'this sampler {self.num_iter}, {self.num_sampling_steps}, '
+                             f'{self.head_sampler!r}: use the sampler that drew it')
         if num_chains < 1:
             raise ValueError(f'num_chains={num_chains} must be >= 1')
         b, n, d = ex.tokens.shape

@@ -1,5 +1,6 @@
-# The README main job: GRPO on the Shapes benchmark's class-conditional LlamaGen base model
-# (components/benchmarks/weights/llamagen_shapes_c2i.md), rewarded by ShapesEval, on a CPU.
+# Vanilla GRPO on the Shapes benchmark's class-conditional LlamaGen base model
+# (components/benchmarks/weights/llamagen_shapes_c2i.md), rewarded by ShapesEval, on a CPU. Its
+# STAGE twin, configs/stage/llamagen_stage_shapes.py, is the README main job.
 #
 # Why class-conditional: its base model samples a correct colour x shape about half of the time
 # (ShapesEval strict 0.54 at CFG 2), so most groups hold both right and wrong samples and the
