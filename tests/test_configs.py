@@ -24,6 +24,12 @@ TINY = {
         vocab_size=64, checkpoint=None, tokenizer_checkpoint=None,
         tokenizer=dict(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2, 2, 2),
                        num_res_blocks=1, norm_groups=8)),
+    # 32 px over a stride-8 KL VAE: 4 x 4 continuous tokens (the Shapes world's image size)
+    'MARPolicy': dict(
+        arch=dict(embed_dim=32, depth=1, num_heads=2, diffloss_d=1, diffloss_w=32),
+        image_size=32, buffer_size=2, checkpoint=None, tokenizer_checkpoint=None,
+        tokenizer=dict(embed_dim=4, ch=16, ch_mult=(1, 1, 2, 2), num_res_blocks=1, resolution=32,
+                       enc_attn_resolutions=(), num_groups=8)),
 }
 #: per reward-head type: settings that make a model-based head tiny and file-free
 TINY_CLIP = dict(embed_dim=16,

@@ -69,7 +69,8 @@ from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec, Rollout
 
-from ..policies.mar import MARExtras, cfg_scales, gaussian_transition_logp, mask_schedule
+from ..policies.mar import (MARExtras, MARSelection, cfg_scales, gaussian_transition_logp,
+                            mask_schedule)
 
 __all__ = ['MaskedSampler', 'MARChains']
 
@@ -126,6 +127,13 @@ class MaskedSampler(Sampler):
             raises when the algorithm is built (:meth:`check_policy`, also run by every rollout).
         sde_noise_level: Flow-GRPO's noise level ``a`` of ``'flow_sde'`` (default 0.7, NOVA's);
             not a DDPM setting.
+        loss_ar_steps, loss_diffusion_steps: the policy update's subset of the rollout's
+            transitions (MAR-GRPO: 12 AR steps x 10 diffusion steps per update): each rollout
+            draws one :class:`~vargo.components.policies.mar.MARSelection` into
+            ``extras.selection``, which :meth:`MARPolicy.evaluate` (policy and reference)
+            recomputes; the others keep ``logp_old`` (ratio 1, no gradient). Pair it with the
+            ``EvaluatedActionsSelector`` token selector so the loss averages over the evaluated
+            transitions only. None (default): every transition is evaluated.
 
     Examples:
         >>> s = MaskedSampler(num_iter=64, num_sampling_steps=25, cfg_scale=3.0,
@@ -137,7 +145,8 @@ class MaskedSampler(Sampler):
     def __init__(self, *, num_iter: int, num_sampling_steps: int, cfg_scale: float,
                  cfg_schedule: str, temperature: float, logprob_cfg: str,
                  record_predictions: bool = False, decode_images: bool = True,
-                 head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None):
+                 head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None,
+                 loss_ar_steps: Optional[int] = None, loss_diffusion_steps: Optional[int] = None):
         if int(num_iter) < 1:
             raise ValueError(f'num_iter={num_iter} must be >= 1 AR steps')
         if int(num_sampling_steps) < 2:
@@ -158,6 +167,19 @@ class MaskedSampler(Sampler):
                 raise ValueError(f'sde_noise_level={sde_noise_level} must be > 0 (Flow-GRPO: '
                                  f'0.7)')
         self.head_sampler, self.sde_noise_level = head_sampler, sde_noise_level
+        if (loss_ar_steps is None) != (loss_diffusion_steps is None):
+            raise ValueError(f'loss_ar_steps={loss_ar_steps} and loss_diffusion_steps='
+                             f'{loss_diffusion_steps}: set both (MAR-GRPO: 12 and 10) or neither '
+                             f'(every transition is evaluated)')
+        for name, v in (('loss_ar_steps', loss_ar_steps),
+                        ('loss_diffusion_steps', loss_diffusion_steps)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f'{name}={v!r} must be a positive int (or None for all)')
+        if loss_diffusion_steps is not None and loss_diffusion_steps > num_sampling_steps - 1:
+            raise ValueError(f'loss_diffusion_steps={loss_diffusion_steps} exceeds the '
+                             f'{num_sampling_steps - 1} transitions per token of '
+                             f'num_sampling_steps={num_sampling_steps}')
+        self.loss_ar_steps, self.loss_diffusion_steps = loss_ar_steps, loss_diffusion_steps
         self.num_iter = int(num_iter)
         self.num_sampling_steps = int(num_sampling_steps)
         self.cfg_schedule = cfg_schedule
@@ -450,6 +472,12 @@ class MaskedSampler(Sampler):
                            num_iter=steps, num_sampling_steps=big_t, seq_len=n,
                            cfg_schedule=self.cfg_schedule, cfg_scale=spec.cfg_scale,
                            head_sampler=self.head_sampler, sde_noise_level=self.sde_noise_level)
+        if self.loss_ar_steps is not None:
+            # one subset per rollout, the same on every rank: drawn after all noise from the
+            # global-batch stream (or torch's global generator without rng)
+            extras.selection = MARSelection.sample(
+                extras, self.loss_ar_steps, self.loss_diffusion_steps,
+                generator=None if rng is None else rng.generator)
         return Rollout(cond=cond, group_ids=torch.arange(b, device=dev),
                        actions=act_all.view(b, n * kk, d), logp_old=logp_all.view(b, n * kk),
                        action_mask=(~given).repeat_interleave(kk, dim=1),

@@ -1,6 +1,7 @@
 """Token selectors (registry ``TOKEN_SELECTORS``): per-action weights ``[B, A]`` for the policy
 and KL terms, composed by multiplication in config order."""
 from .all_tokens import AllTokensSelector
+from .evaluated_actions import EvaluatedActionsSelector
 from .similarity_reweight import SimilarityReweightSelector
 
-__all__ = ['AllTokensSelector', 'SimilarityReweightSelector']
+__all__ = ['AllTokensSelector', 'EvaluatedActionsSelector', 'SimilarityReweightSelector']
