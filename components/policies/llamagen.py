@@ -84,6 +84,7 @@ from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
 from ..tokenizers.vq import VQModel, build_vq
+from .frozen import exclude_frozen_submodules
 
 __all__ = [
     'GPT_ARCHS', 'GPTConfig', 'LlamaGenGPT', 'LlamaGenPolicy', 'KVCache', 'CheckpointKeyError',
@@ -954,8 +955,7 @@ class LlamaGenPolicy(Policy):
         cols = torch.arange(grid).repeat(grid)
         self.register_buffer('action_step', torch.arange(grid * grid), persistent=False)
         self.register_buffer('action_pos', torch.stack([rows, cols], dim=1), persistent=False)
-        self._register_state_dict_hook(_drop_frozen_keys)
-        self.register_load_state_dict_pre_hook(_fill_frozen_keys)
+        exclude_frozen_submodules(self, _FROZEN)
         self.train(True)
 
     # ---- sizes ------------------------------------------------------------------------------
@@ -1171,20 +1171,3 @@ def _left_pad(emb: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     out = emb.gather(1, src[..., None].expand(-1, -1, emb.shape[-1]))
     new_mask = pos >= (length - n_valid)
     return out * new_mask[..., None], new_mask
-
-
-def _drop_frozen_keys(module, state_dict, prefix, local_metadata):
-    # frozen modules are loaded from their own files (tokenizer_checkpoint, text_encoder)
-    for key in [k for k in state_dict if k.startswith(tuple(f'{prefix}{f}.' for f in _FROZEN))]:
-        del state_dict[key]
-    return state_dict
-
-
-def _fill_frozen_keys(module, state_dict, prefix, *args):
-    # a state dict without the frozen modules (ours never has them) keeps their current tensors
-    for name in _FROZEN:
-        sub = getattr(module, name, None)
-        if sub is None:
-            continue
-        for key, value in sub.state_dict().items():
-            state_dict.setdefault(f'{prefix}{name}.{key}', value)

@@ -104,6 +104,7 @@ from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, Rollout
 
 from ..tokenizers.kl_vae import KL_VAE_FILE_SOURCES, KLVAE, build_kl_vae
+from .frozen import exclude_frozen_submodules
 from .llamagen import CheckpointKeyError, strict_load
 
 __all__ = ['MAR_ARCHS', 'MAR_FILE_SOURCES', 'MARConfig', 'MARTransformer', 'SimpleMLPAdaLN',
@@ -962,8 +963,7 @@ class MARPolicy(Policy):
         self.register_buffer('token_pos', torch.stack([r.flatten(), c.flatten()], -1),
                              persistent=False)
         self._schedules: dict = {}
-        self._register_state_dict_hook(_drop_frozen_keys)
-        self.register_load_state_dict_pre_hook(_fill_frozen_keys)
+        exclude_frozen_submodules(self, _FROZEN)
         self.train(True)
 
     # ---- sizes ---------------------------------------------------------------------------------
@@ -1331,16 +1331,3 @@ def _discretized_gaussian_loglik(x: Tensor, means: Tensor, log_scales: Tensor) -
     log_one_minus = torch.log((1.0 - cdf_min).clamp(min=1e-12))
     log_delta = torch.log((cdf_plus - cdf_min).clamp(min=1e-12))
     return torch.where(x < -0.999, log_plus, torch.where(x > 0.999, log_one_minus, log_delta))
-
-
-def _drop_frozen_keys(module, state_dict, prefix, local_metadata):
-    # the frozen VAE is loaded from its own file (tokenizer_checkpoint)
-    for key in [k for k in state_dict if k.startswith(tuple(f'{prefix}{f}.' for f in _FROZEN))]:
-        del state_dict[key]
-    return state_dict
-
-
-def _fill_frozen_keys(module, state_dict, prefix, *args):
-    for name in _FROZEN:
-        for key, value in getattr(module, name).state_dict().items():
-            state_dict.setdefault(f'{prefix}{name}.{key}', value)

@@ -93,6 +93,7 @@ from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, Rollout
 
 from ..tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, build_msvq
+from .frozen import exclude_frozen_submodules
 from .llamagen import (CheckpointKeyError, categorical_logp_entropy, load_official_state_dict,
                        strict_load)
 
@@ -597,8 +598,7 @@ class VARPolicy(Policy):
             pos.append(torch.stack([torch.full((p * p,), s), r.flatten(), c.flatten()], -1))
         self.register_buffer('action_step', torch.cat(steps), persistent=False)
         self.register_buffer('action_pos', torch.cat(pos), persistent=False)
-        self._register_state_dict_hook(_drop_frozen_keys)
-        self.register_load_state_dict_pre_hook(_fill_frozen_keys)
+        exclude_frozen_submodules(self, _FROZEN)
         self.train(True)
 
     # ---- sizes ------------------------------------------------------------------------------
@@ -773,17 +773,3 @@ def _load(path: str, what: str) -> dict[str, Tensor]:
                                 f'use a Shapes config (configs/*/*_shapes.py) that needs no '
                                 f'download.')
     return load_official_state_dict(path, what=what)
-
-
-def _drop_frozen_keys(module, state_dict, prefix, local_metadata):
-    # the frozen VQVAE is loaded from its own file (tokenizer_checkpoint)
-    for key in [k for k in state_dict if k.startswith(tuple(f'{prefix}{f}.' for f in _FROZEN))]:
-        del state_dict[key]
-    return state_dict
-
-
-def _fill_frozen_keys(module, state_dict, prefix, *args):
-    # a state dict without the frozen VQVAE (ours never has it) keeps its current tensors
-    for name in _FROZEN:
-        for key, value in getattr(module, name).state_dict().items():
-            state_dict.setdefault(f'{prefix}{name}.{key}', value)
