@@ -31,19 +31,20 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from vargo.core.interfaces import Policy, Sampler
+from vargo.core.interfaces import Policy
 from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec, Rollout
 
 from ..policies.llamagen import (KVCache, categorical_logp_entropy, cfg_active_steps, cfg_mix,
                                  truncation_keep_mask)
+from .cached import KVCachedSampler
 
 __all__ = ['ARSampler']
 
 
 @SAMPLERS.register_module()
-class ARSampler(Sampler):
+class ARSampler(KVCachedSampler):
     """Samples raster-order token sequences and records their log-probs.
 
     Args:
@@ -73,31 +74,16 @@ class ARSampler(Sampler):
             if len(cfg_interval) != 2 or not 0 <= cfg_interval[0] <= cfg_interval[1] <= 1:
                 raise ValueError(f'cfg_interval={cfg_interval} must be (lo, hi) with '
                                  f'0 <= lo <= hi <= 1 (fractions of the token sequence)')
-        self._spec = LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale),
-                                 cfg_interval=cfg_interval, temperature=float(temperature),
-                                 top_k=int(top_k), top_p=float(top_p))
-        self.decode_images = decode_images
-        self._cache: Optional[KVCache] = None
-        self._cache_key: Optional[tuple] = None
-
-    def logprob_spec(self) -> LogprobSpec:
-        """The distribution ``logp_old`` is recorded under (evaluate with the same spec)."""
-        return self._spec
-
-    def release_cache(self) -> None:
-        """Free the static KV cache (it is kept between rollouts of the same batch shape)."""
-        self._cache, self._cache_key = None, None
+        super().__init__(LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale),
+                                     cfg_interval=cfg_interval, temperature=float(temperature),
+                                     top_k=int(top_k), top_p=float(top_p)),
+                         decode_images=decode_images)
 
     def _get_cache(self, gpt, batch: int) -> KVCache:
-        # keyed by shape, not by model: the policy and its frozen reference share one cache
         w, cfg = gpt.tok_embeddings.weight, gpt.cfg
         key = (batch, cfg.n_layer, cfg.kv_heads, cfg.head_dim,
                cfg.cls_token_num + cfg.block_size, w.dtype, w.device)
-        if self._cache_key != key:
-            self._cache = None                       # free the old one before allocating
-            self._cache = gpt.new_cache(batch)
-            self._cache_key = key
-        return self._cache
+        return self._cache_for(key, lambda: gpt.new_cache(batch))
 
     @torch.no_grad()
     def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,

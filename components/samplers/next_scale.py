@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from vargo.core.interfaces import Policy, Sampler
+from vargo.core.interfaces import Policy
 from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec, Rollout
@@ -41,6 +41,7 @@ from vargo.core.types import Conditions, LogprobSpec, Rollout
 from ..policies.llamagen import categorical_logp_entropy
 from ..policies.var import VARExtras, VARKVCache, var_truncation_keep_mask
 from .ar_sampler import _inverse_cdf
+from .cached import KVCachedSampler
 
 __all__ = ['NextScaleSampler']
 
@@ -51,7 +52,7 @@ def _ramp(cfg_scale: float, num_scales: int) -> list[float]:
 
 
 @SAMPLERS.register_module()
-class NextScaleSampler(Sampler):
+class NextScaleSampler(KVCachedSampler):
     """Samples VAR token pyramids scale by scale and records their log-probs.
 
     Args:
@@ -74,30 +75,15 @@ class NextScaleSampler(Sampler):
 
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
                  logprob_cfg: str, decode_images: bool = True):
-        self._spec = LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale), cfg_interval=None,
-                                 temperature=float(temperature), top_k=int(top_k),
-                                 top_p=float(top_p))
-        self.decode_images = decode_images
-        self._cache: Optional[VARKVCache] = None
-        self._cache_key: Optional[tuple] = None
-
-    def logprob_spec(self) -> LogprobSpec:
-        """The distribution ``logp_old`` is recorded under (evaluate with the same spec)."""
-        return self._spec
-
-    def release_cache(self) -> None:
-        """Free the static KV cache (kept between rollouts of the same batch shape)."""
-        self._cache, self._cache_key = None, None
+        super().__init__(LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale),
+                                     cfg_interval=None, temperature=float(temperature),
+                                     top_k=int(top_k), top_p=float(top_p)),
+                         decode_images=decode_images)
 
     def _get_cache(self, var, batch: int) -> VARKVCache:
-        # keyed by shape, not by model: the policy and its frozen reference share one cache
         w, cfg = var.head.weight, var.cfg
         key = (batch, cfg.depth, cfg.num_heads, cfg.head_dim, cfg.L, w.dtype, w.device)
-        if self._cache_key != key:
-            self._cache = None
-            self._cache = var.new_cache(batch)
-            self._cache_key = key
-        return self._cache
+        return self._cache_for(key, lambda: var.new_cache(batch))
 
     @torch.no_grad()
     def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
