@@ -51,3 +51,47 @@ def test_bad_arguments_fail_with_a_clear_message(tmp_path):
                 '--steps', '1', '--batch-size', '2', '--out', str(tmp_path / 'x.safetensors'),
                 '--no-progress')
     assert proc.returncode != 0 and 'needs a t2i config' in proc.stderr
+
+
+def test_kl_vae_and_mar_c2i_toy_runs_write_weights_record_and_card(tmp_path):
+    vae = tmp_path / 'kl.safetensors'
+    proc = _run('kl-vae', '--steps', '2', '--batch-size', '4', '--eval-images', '16',
+                '--threads', '1', '--log-every', '1', '--out', str(vae), '--no-progress')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rec = json.loads((tmp_path / 'kl.json').read_text())
+    assert rec['steps'] == 2 and len(rec['log']) == 2 and rec['subcommand'] == 'kl-vae'
+    assert {'loss', 'rec', 'kl'} <= set(rec['log'][0])
+    ev = rec['evaluation']
+    assert set(ev) >= {'c2i', 't2i', 'latent_std', 'unit_std_scale_factor'}
+    assert 'codebook_used' not in ev and ev['c2i']['reconstruction']['n'] == 16
+    card = (tmp_path / 'kl.md').read_text()
+    assert rec['command'] in card and '## Evaluation' in card and 'scale_factor' in card
+    with safe_open(str(vae), framework='pt') as f:
+        assert f.metadata()['subcommand'] == 'kl-vae'
+
+    # the MAR on that VAE; its evaluation reloads both through the config and samples
+    mar = tmp_path / 'mar.safetensors'
+    proc = _run('mar-c2i', '--steps', '2', '--batch-size', '4', '--threads', '1',
+                '--tokenizer-checkpoint', str(vae), '--eval-per-condition', '1',
+                '--out', str(mar), '--no-progress')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rec = json.loads((tmp_path / 'mar.json').read_text())
+    main = rec['evaluation']['main']['train']
+    assert main['n'] == 18 and 0.0 <= main['strict'] <= 1.0
+    assert rec['evaluation']['sampler']['type'] == 'MaskedSampler'
+    assert 'EMA' in rec['notes'] and rec['architecture']['tokens'] == 64
+    card = (tmp_path / 'mar.md').read_text()
+    assert rec['command'] in card and 'masked autoregression' in card
+    with safe_open(str(mar), framework='pt') as f:
+        assert f.metadata()['subcommand'] == 'mar-c2i'
+        assert 'diffloss.net.final_layer.linear.weight' in f.keys()
+
+
+def test_mar_subcommands_reject_other_configs_and_quantizer_options(tmp_path):
+    var = 'configs/_base_/policies/var_shapes_c2i.py'
+    for sub in ('kl-vae', 'mar-c2i'):
+        proc = _run(sub, '--config', var, '--steps', '1', '--batch-size', '2',
+                    '--out', str(tmp_path / 'x.safetensors'), '--no-progress')
+        assert proc.returncode != 0 and 'need a MARPolicy config' in proc.stderr, proc.stderr[-500:]
+    proc = _run('kl-vae', '--restart-every', '5')     # a VQ option: the KL VAE has no codebook
+    assert proc.returncode == 2 and 'unrecognized arguments: --restart-every' in proc.stderr

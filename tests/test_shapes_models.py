@@ -15,10 +15,10 @@ import os
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
+from test_var_shapes import assert_loads_strictly_as_float32
 from vargo.components.datasets.shapes import (NUM_CLASSES, SHAPES_VOCABULARY,
                                               ShapesImageDataset, ShapesPromptDataset)
 from vargo.components.policies.llamagen import (CheckpointKeyError, load_official_state_dict,
@@ -87,15 +87,7 @@ def test_shipped_weights_load_strictly_as_float32(cfgs, policies):
     for task, policy in policies.items():
         pc = cfgs[task].policy
         for module, path in ((policy.gpt, pc.checkpoint), (policy.vq, pc.tokenizer_checkpoint)):
-            state = load_file(_path(path))
-            own = module.state_dict()
-            assert sorted(state) == sorted(own)
-            for k, v in own.items():
-                assert v.dtype == torch.float32 or not v.is_floating_point(), k
-                assert torch.equal(v, state[k].to(v.dtype)), k
-            with safe_open(_path(path), framework='pt') as f:
-                meta = f.metadata()
-            assert meta['stored_dtype'] == str(next(iter(state.values())).dtype)[len('torch.'):]
+            assert_loads_strictly_as_float32(module, path)
     enc = policies['t2i'].text_encoder
     state = load_file(_path(cfgs['t2i'].policy.text_encoder.checkpoint))
     assert all(torch.equal(v, state[k]) for k, v in enc.model.state_dict().items())

@@ -77,19 +77,26 @@ def test_config_names_the_shipped_files_and_the_card_sampler(cfg):
     assert card('var_shapes_c2i')['evaluation']['sampler'] == dict(s)
 
 
+def assert_loads_strictly_as_float32(module, path):
+    """``module`` (float32) holds exactly the tensors of the shipped file ``path`` (relative to
+    the repository root), stored in the dtype its metadata records (shared with
+    tests/test_mar_shapes.py)."""
+    state = load_file(_path(path))
+    own = module.state_dict()
+    assert sorted(state) == sorted(own)
+    for k, v in own.items():
+        assert v.dtype == torch.float32 or not v.is_floating_point(), k
+        assert torch.equal(v, state[k].to(v.dtype)), k
+    with safe_open(_path(path), framework='pt') as f:
+        meta = f.metadata()
+    floats = {v.dtype for v in state.values() if v.is_floating_point()}
+    assert floats == {getattr(torch, meta['stored_dtype'])}, (floats, meta['stored_dtype'])
+
+
 def test_shipped_weights_load_strictly_as_float32(cfg, policy):
     pc = cfg.policy
     for module, path in ((policy.var, pc.checkpoint), (policy.vae, pc.tokenizer_checkpoint)):
-        state = load_file(_path(path))
-        own = module.state_dict()
-        assert sorted(state) == sorted(own)
-        for k, v in own.items():
-            assert v.dtype == torch.float32 or not v.is_floating_point(), k
-            assert torch.equal(v, state[k].to(v.dtype)), k
-        with safe_open(_path(path), framework='pt') as f:
-            meta = f.metadata()
-        floats = {v.dtype for v in state.values() if v.is_floating_point()}
-        assert floats == {getattr(torch, meta['stored_dtype'])}, (floats, meta['stored_dtype'])
+        assert_loads_strictly_as_float32(module, path)
     # the block-causal mask is stored with the float16 minimum instead of -inf (model card)
     mask = policy.var.attn_bias_for_masking
     assert torch.isfinite(mask).all() and (mask <= -6e4).sum() > 0
@@ -121,18 +128,25 @@ def _sample(policy, sampler, per_condition):
     return ro, score_images(ro.images, [c for c in conditions for _ in range(per_condition)])
 
 
-def test_samples_reproduce_model_card_deterministically(cfg, policy):
-    sampler = SAMPLERS.build(dict(cfg.sampler))
-    k = 3
+def assert_samples_reproduce_card(policy, sampler, name, k=3):
+    """``k`` seeded samples per class with ``sampler`` are deterministic and score (strict,
+    soft) within the binomial tolerance of card ``name``'s main evaluation; returns the card's
+    entry (shared with tests/test_mar_shapes.py)."""
     ro, scores = _sample(policy, sampler, k)
     ro2, _ = _sample(policy, sampler, k)
     assert torch.equal(ro.actions, ro2.actions) and torch.equal(ro.images, ro2.images)
-    ref = card('var_shapes_c2i')['evaluation']['main']['train']
+    ref = card(name)['evaluation']['main']['train']
     n, n_card = NUM_CLASSES * k, ref['n']
     for key, value in (('strict', scores.strict.float().mean().item()),
                        ('soft', scores.soft.mean().item())):
         ok, tol = _within(value, ref[key], n, n_card)
         assert ok, f'{key}: {value:.3f} vs card {ref[key]:.3f} (tolerance {tol:.3f})'
+    return ref
+
+
+def test_samples_reproduce_model_card_deterministically(cfg, policy):
+    ref = assert_samples_reproduce_card(policy, SAMPLERS.build(dict(cfg.sampler)),
+                                        'var_shapes_c2i')
     # good but imperfect: room for RL
     assert 0.15 <= ref['strict'] <= 0.7
 

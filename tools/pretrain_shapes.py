@@ -6,6 +6,8 @@
     python tools/pretrain_shapes.py llamagen-t2i  [--config T2I_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py msvq          [--config VAR_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py var-c2i       [--config VAR_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py kl-vae        [--config MAR_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py mar-c2i       [--config MAR_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py eval          --config CONFIG [--cfg-scales 1 2 3]
 
 The Shapes benchmark (DESIGN.md section 8) ships its own small tokenizer and base models, since
@@ -51,9 +53,16 @@ Subcommands
     multi-scale VQ loss, foreground-weighted reconstruction; evaluated as ``vq``) and
     :class:`VARC2IPretrainer` (:meth:`VARPolicy.pretrain_loss` on the VQVAE's tokens of fresh
     c2i images; evaluated as ``llamagen-c2i``).
+``kl-vae`` / ``mar-c2i``
+    MAR's KL VAE and the class-conditional MAR of a MAR config
+    (``configs/_base_/policies/mar_shapes_c2i.py``): see :class:`KLVAEPretrainer` (reconstruction
+    of a posterior sample, foreground-weighted as the VQ trainers, plus a small KL term;
+    evaluated as ``vq``, plus the latent statistics that set the config's ``scale_factor``) and
+    :class:`MARC2IPretrainer` (:meth:`MARPolicy.pretrain_loss` on the VAE's latents of fresh c2i
+    images, EMA weights shipped; evaluated as ``var-c2i`` with the config's ``MaskedSampler``).
 ``eval``
     Re-evaluate the weights a config names (optionally at several CFG scales) and rewrite the
-    evaluation part of the model card.
+    evaluation part of the model card (``--vq``: the config's tokenizer).
 
 Shared plumbing (what ``var``, ``mar`` and ``vqgan`` subcommands reuse: a subclass of
 :class:`Pretrainer` with ``build``, ``step``, ``weights`` and ``evaluate``, registered in
@@ -404,14 +413,17 @@ def sample_images(policy, sampler, conditions: list, per_condition: int, *, task
 
 
 @torch.no_grad()
-def reconstruction_eval(tokenizer, codebook_size: int, *, seed: int, n: int,
+def reconstruction_eval(tokenizer, codebook_size: Optional[int], *, seed: int, n: int,
                         quick: bool) -> dict[str, Any]:
     """ShapesEval / L1 / PSNR (/ rFID unless ``quick``) of ``tokenizer.decode(tokenizer.encode(x))``
     on ``n`` ground-truth 'eval' images per task, and the codes used: the reward ceiling of
-    every model decoding through the tokenizer (VQ and multi-scale VQVAE alike)."""
+    every model decoding through the tokenizer (VQ, multi-scale VQVAE and KL VAE alike; a
+    continuous tokenizer has ``codebook_size=None`` and reports the latent statistics of
+    ``encode`` instead: per-channel std, mean |mean|)."""
     from vargo.components.datasets.shapes import ShapesImageDataset
     out: dict[str, Any] = {}
-    used = torch.zeros(codebook_size, dtype=torch.bool)
+    used = torch.zeros(codebook_size or 1, dtype=torch.bool)
+    latents = []
     for task in ('c2i', 't2i'):
         ds = ShapesImageDataset(split='eval', task=task, num_samples=n,
                                 seed=seed + EVAL_SEED_OFFSET)
@@ -424,7 +436,10 @@ def reconstruction_eval(tokenizer, codebook_size: int, *, seed: int, n: int,
             ids_all.append(ids)
             recs.append(tokenizer.decode(ids))
         rec = torch.cat(recs)
-        used[torch.cat(ids_all).unique()] = True
+        if codebook_size:
+            used[torch.cat(ids_all).unique()] = True
+        else:
+            latents.append(torch.cat(ids_all).transpose(0, 1).flatten(1))     # [D, B h w]
         res = {'reconstruction': shapes_eval_summary(rec, conds),
                'ground_truth_strict': shapes_eval_summary(real, conds)['strict'],
                'l1': round(float((rec - real).abs().mean()), 5),
@@ -432,22 +447,32 @@ def reconstruction_eval(tokenizer, codebook_size: int, *, seed: int, n: int,
         if not quick:
             res['rfid'] = fidelity(rec, task, 'eval')
         out[task] = res
-    out['codebook_used'] = int(used.sum())
-    out['codebook_size'] = codebook_size
+    if codebook_size:
+        out['codebook_used'] = int(used.sum())
+        out['codebook_size'] = codebook_size
+    else:
+        lat = torch.cat(latents, dim=1)
+        out['latent_std'] = round(float(lat.std()), 4)
+        out['latent_channel_std'] = [round(float(v), 4) for v in lat.std(dim=1)]
+        out['latent_abs_mean'] = round(float(lat.mean(dim=1).abs().mean()), 4)
     out['eval_images'] = f'{n} ShapesImageDataset(split=eval) images per task, seed ' \
                          f'{seed + EVAL_SEED_OFFSET}'
     return out
 
 
 class TokenizerPretrainer(Pretrainer):
-    """What the VQ and the multi-scale VQVAE trainers share: the mixed c2i/t2i image stream, the
-    foreground-weighted reconstruction loss, codebook statistics and dead-code restarts."""
+    """What the VQ, multi-scale VQVAE and KL VAE trainers share: the mixed c2i/t2i image stream,
+    the foreground-weighted reconstruction loss, and (``quantized`` tokenizers) codebook
+    statistics and dead-code restarts."""
 
     c2i_fraction_default = 0.25
+    #: a codebook (commitment weight, dead-code restarts); False for continuous tokenizers
+    quantized = True
 
     @classmethod
     def add_arguments(cls, p):
-        p.add_argument('--beta', type=float, default=0.25, help='commitment weight')
+        if cls.quantized:
+            p.add_argument('--beta', type=float, default=0.25, help='commitment weight')
         p.add_argument('--rec-loss', choices=('l1', 'l2'), default='l2')
         p.add_argument('--fg-weight', type=float, default=4.0,
                        help='extra reconstruction weight of object pixels and their 1-px ring '
@@ -455,25 +480,27 @@ class TokenizerPretrainer(Pretrainer):
         p.add_argument('--c2i-fraction', type=float, default=cls.c2i_fraction_default,
                        help='fraction of each batch from the single-object (c2i) stream; the '
                             'rest are kind-balanced prompt (t2i) images, which hold more objects')
-        p.add_argument('--restart-every', type=int, default=50,
-                       help='re-initialise codes unused for this many steps (0: never)')
-        p.add_argument('--restart-until', type=float, default=0.75,
-                       help='fraction of the run after which codes are no longer restarted')
+        if cls.quantized:
+            p.add_argument('--restart-every', type=int, default=50,
+                           help='re-initialise codes unused for this many steps (0: never)')
+            p.add_argument('--restart-until', type=float, default=0.75,
+                           help='fraction of the run after which codes are no longer restarted')
         p.add_argument('--eval-images', type=int, default=1024,
                        help='ground-truth eval images per task for the reconstruction metrics')
 
     def default_out(self):
         return self.cfg.policy.tokenizer_checkpoint
 
-    def make_streams(self, codebook_size: int) -> None:
-        """Two never-repeating streams (c2i and t2i images) and the code-usage record."""
+    def make_streams(self, codebook_size: Optional[int]) -> None:
+        """Two never-repeating streams (c2i and t2i images) and the code-usage record (None: a
+        continuous tokenizer)."""
         half = int(round(self.args.c2i_fraction * self.args.batch_size))
         seed = self.args.seed + DATA_SEED_OFFSET
         # different seeds: item i of both datasets would otherwise share its random layout draws
         self.streams = [ShapesStream('c2i', seed, half, self.args.steps),
                         ShapesStream('t2i', seed + 1, self.args.batch_size - half,
                                      self.args.steps)]
-        self.last_used = torch.zeros(codebook_size, dtype=torch.long)
+        self.last_used = torch.zeros(codebook_size or 0, dtype=torch.long)
 
     def batch(self, s: int) -> Tensor:
         return torch.cat([st.batch(s)[0] for st in self.streams if st.batch_size])
@@ -495,9 +522,13 @@ class TokenizerPretrainer(Pretrainer):
         counts = torch.bincount(ids, minlength=self.last_used.numel()).float()
         p = counts / counts.sum()
         perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
-        with torch.no_grad():
-            bad = ((rec.clamp(-1, 1) - x).abs() > 0.5).float().mean()
-        return {'perplexity': perplexity, 'pixel_err': float(bad)}
+        return {'perplexity': perplexity, **self.pixel_error(rec, x)}
+
+    @staticmethod
+    @torch.no_grad()
+    def pixel_error(rec: Tensor, x: Tensor) -> dict[str, float]:
+        """The fraction of pixel values off by more than 0.25 (in [0, 1] units)."""
+        return {'pixel_err': float(((rec.clamp(-1, 1) - x).abs() > 0.5).float().mean())}
 
     @torch.no_grad()
     def restart_dead_codes(self, embedding: Tensor, vectors: Optional[Tensor], s: int, *,
@@ -518,6 +549,10 @@ class TokenizerPretrainer(Pretrainer):
             embedding[dead] = F.normalize(new, dim=-1) if normalize else new
             self.last_used[dead] = s
         return {'restarted': n}
+
+    def recon_loss_description(self) -> str:
+        return (f'{self.args.rec_loss} reconstruction on [-1, 1] (foreground weight '
+                f'{self.args.fg_weight:g})')
 
     def data_description(self) -> str:
         return (f'per step: {self.streams[0].batch_size} ShapesImageDataset(train, c2i, seed '
@@ -804,10 +839,16 @@ class LlamaGenT2IPretrainer(LlamaGenPretrainer):
 CONFIG_VAR_C2I = 'configs/_base_/policies/var_shapes_c2i.py'
 
 
+def require_policy_type(cfg, path: str, policy_type: str, subcommands: str,
+                        example: str) -> None:
+    """Fail clearly when ``cfg.policy.type`` is not the ``policy_type`` a subcommand trains."""
+    if cfg.policy.get('type') != policy_type:
+        raise ValueError(f'{path}: policy.type is {cfg.policy.get("type")!r}; the {subcommands} '
+                         f'subcommands need a {policy_type} config such as {example}')
+
+
 def _require_var_config(cfg, path: str) -> None:
-    if cfg.policy.get('type') != 'VARPolicy':
-        raise ValueError(f'{path}: policy.type is {cfg.policy.get("type")!r}; the msvq and var-c2i '
-                         f'subcommands need a VARPolicy config such as {CONFIG_VAR_C2I}')
+    require_policy_type(cfg, path, 'VARPolicy', 'msvq and var-c2i', CONFIG_VAR_C2I)
 
 
 class MSVQPretrainer(TokenizerPretrainer):
@@ -902,9 +943,8 @@ class MSVQPretrainer(TokenizerPretrainer):
                                  'tokens': self.vae.num_tokens,
                                  'parameters': sum(p.numel() for p in self.vae.parameters())},
                 'data': self.data_description(),
-                'loss': f'{self.args.rec_loss} reconstruction on [-1, 1] (foreground weight '
-                        f'{self.args.fg_weight:g}) + VAR\'s multi-scale VQ loss (mean over scales '
-                        f'of {self.args.beta} * commitment + codebook/Phi term)'}
+                'loss': f'{self.recon_loss_description()} + VAR\'s multi-scale VQ loss (mean '
+                        f'over scales of {self.args.beta} * commitment + codebook/Phi term)'}
 
     @torch.no_grad()
     def evaluate(self, path, quick=False):
@@ -947,8 +987,11 @@ class VARC2IPretrainer(Pretrainer):
             ov['tokenizer_checkpoint'] = self.args.tokenizer_checkpoint
         return ov
 
-    def build(self):
+    def require_config(self) -> None:
         _require_var_config(self.cfg, self.args.config)
+
+    def build(self):
+        self.require_config()
         torch.manual_seed(self.args.seed)
         self.policy = build_policy_from_config(self.cfg, overrides=self.policy_overrides(None))
         self.policy.train()
@@ -1026,6 +1069,198 @@ SUBCOMMANDS.update({c.name: c for c in (MSVQPretrainer, VARC2IPretrainer)})
 
 
 # ================================================================================================
+# MAR: the small KL VAE and the class-conditional MAR (masked AR with a diffusion head)
+# ================================================================================================
+CONFIG_MAR_C2I = 'configs/_base_/policies/mar_shapes_c2i.py'
+
+
+def _require_mar_config(cfg, path: str) -> None:
+    require_policy_type(cfg, path, 'MARPolicy', 'kl-vae and mar-c2i', CONFIG_MAR_C2I)
+
+
+class _LatentRoundTrip:
+    """``encode`` / ``decode`` of a KL VAE as :func:`reconstruction_eval` calls a tokenizer:
+    images in [0, 1] -> scaled posterior means ``[B, D, h, w]`` -> images in [0, 1]."""
+
+    def __init__(self, vae):
+        self.vae = vae
+
+    def encode(self, images: Tensor) -> Tensor:
+        return self.vae.encode_latents(images)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        return self.vae.decode_latents(latents)
+
+
+class KLVAEPretrainer(TokenizerPretrainer):
+    """MAR's KL VAE (``policy.tokenizer`` of a MAR config; :class:`~vargo.components.tokenizers.
+    kl_vae.KLVAE`, official key names) trained as latent-diffusion's ``LPIPSWithDiscriminator``
+    without its perceptual and GAN terms (pointless at 32 px): the decoder reconstructs a
+    reparameterised posterior *sample* ``z = mu + sigma n``; ``loss = rec + kl_weight * KL``
+    with ``KL = 0.5 (mu^2 + sigma^2 - 1 - log sigma^2)`` averaged over latent elements and
+    ``rec`` the foreground-weighted L2 (or L1) of the VQ trainers on images in [-1, 1].
+
+    Evaluated as ``vq`` on the posterior means (``encode_latents``; the MAR trains on posterior
+    samples, ``mar-c2i --latents``), plus the latent statistics: the config's ``scale_factor`` should make the scaled
+    latents about unit std (``unit_std_scale_factor`` in the card), as MAR's 0.2325 does for
+    KL-16 on ImageNet. The scale does not change the weights or the reconstructions: train, set
+    the config's ``tokenizer.scale_factor`` to the card's ``unit_std_scale_factor``, then
+    ``eval --config MAR_CONFIG --vq`` re-measures and rewrites the card.
+    """
+
+    name = 'kl-vae'
+    help = "MAR's KL VAE (policy.tokenizer of a MAR config)"
+    default_config = CONFIG_MAR_C2I
+    defaults = dict(steps=1500, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
+                    weight_decay=0.0, beta2=0.99)
+    c2i_fraction_default = 0.5
+    quantized = False
+
+    @classmethod
+    def add_arguments(cls, p):
+        super().add_arguments(p)
+        p.add_argument('--kl-weight', type=float, default=1e-3,
+                       help='weight of the KL term (mean over latent elements)')
+
+    def _build_vae(self):
+        from vargo.components.tokenizers.kl_vae import build_kl_vae
+        return build_kl_vae(dict(self.cfg.policy.tokenizer))
+
+    def build(self):
+        _require_mar_config(self.cfg, self.args.config)
+        self.vae = self._build_vae().train()
+        self.make_streams(None)
+        return list(self.vae.parameters())
+
+    def step(self, s):
+        images = self.batch(s)
+        x = images * 2 - 1
+        post = self.vae.encode(x)
+        z = post.mean + post.std * torch.randn_like(post.mean)
+        rec = self.vae.decode(z)
+        rec_loss = self.reconstruction_loss(rec, x, images)
+        kl = 0.5 * (post.mean.pow(2) + post.std.pow(2) - 1.0 - post.logvar).mean()
+        loss = rec_loss + self.args.kl_weight * kl
+        return loss, {'loss': loss.item(), 'rec': rec_loss.item(), 'kl': kl.item(),
+                      'latent_std': float(post.mean.detach().std()),
+                      'posterior_std': float(post.std.detach().mean()),
+                      **self.pixel_error(rec, x)}
+
+    def weights(self):
+        return self.vae.state_dict()
+
+    def card_details(self):
+        tok = dict(self.cfg.policy.tokenizer)
+        return {'architecture': {'tokenizer': tok, 'downsample': self.vae.downsample,
+                                 'tokens': (self.cfg.policy.image_size // self.vae.downsample) ** 2,
+                                 'parameters': sum(p.numel() for p in self.vae.parameters())},
+                'data': self.data_description(),
+                'loss': f'{self.recon_loss_description()} of a posterior sample + '
+                        f'{self.args.kl_weight:g} * KL(q(z|x) || N(0, I)) (mean over latent '
+                        f'elements)'}
+
+    @torch.no_grad()
+    def evaluate(self, path, quick=False):
+        from vargo.components.policies.llamagen import strict_load
+        from vargo.components.policies.mar import load_mar_state_dict
+        vae = self._build_vae().eval()
+        strict_load(vae, load_mar_state_dict(path, 'model', what='KL VAE'), what=path)
+        n = 256 if quick else self.args.eval_images
+        out = reconstruction_eval(_LatentRoundTrip(vae), None, seed=self.args.seed, n=n,
+                                  quick=quick)
+        out['scale_factor'] = vae.scale_factor
+        out['unit_std_scale_factor'] = round(vae.scale_factor / out['latent_std'], 4)
+        return out
+
+
+class MARC2IPretrainer(VARC2IPretrainer):
+    """The class-conditional MAR (``policy`` of a MAR config) trained with
+    :meth:`MARPolicy.pretrain_loss` -- the official ``MAR.forward`` loss: random orders, one
+    truncated-normal masking ratio per batch (mode 1, std 0.25, >= ``mask_ratio_min`` 0.7),
+    labels dropped to ``fake_latent`` with ``label_drop_prob`` (for CFG), attention/projection
+    dropout, and the head's loss on the masked tokens, ``diffusion_batch_mul`` draws of the
+    noise level per token (DDPM head: eps MSE + learned-variance VLB; flow head: velocity MSE)
+    -- on the latents of freshly rendered Shapes c2i images, a posterior sample of the config's frozen KL VAE (``engine_mar.py``; ``--latents
+    mean``: the posterior mean). An exponential moving average of the weights (``--ema``, the
+    official ``model_ema``) is what is shipped and evaluated. Evaluated by sampling every class
+    with the config's ``MaskedSampler``."""
+
+    name = 'mar-c2i'
+    help = 'the class-conditional MAR (policy of a MAR config; its kl-vae must exist)'
+    default_config = CONFIG_MAR_C2I
+    # the shipped mar_shapes_c2i: 2400 constant-LR steps (strict 0.17 unguided; model card)
+    defaults = dict(steps=2400, batch_size=32, lr=2e-3, warmup=100, lr_schedule='constant',
+                    weight_decay=0.02, beta2=0.95)
+
+    @classmethod
+    def add_arguments(cls, p):
+        super().add_arguments(p)
+        p.add_argument('--ema', type=float, default=0.999,
+                       help='EMA decay of the shipped weights (0: ship the raw weights); the '
+                            'decay at step s is min(ema, (1 + s) / (10 + s))')
+        p.add_argument('--latents', choices=('sample', 'mean'), default='sample',
+                       help='train on posterior samples (official) or posterior means')
+
+    def require_config(self):
+        _require_mar_config(self.cfg, self.args.config)
+
+    def build(self):
+        params = super().build()
+        self.ema = ({k: v.detach().clone() for k, v in self.policy.mar.state_dict().items()}
+                    if self.args.ema else None)
+        return params
+
+    def step(self, s):
+        from vargo.core.types import Conditions
+        images, conds = self.stream.batch(s)
+        tokens = self.policy.encode_images(images, sample=self.args.latents == 'sample')
+        loss = self.policy.pretrain_loss(tokens, Conditions(
+            class_ids=torch.tensor(conds, dtype=torch.long)))
+        return loss, {'loss': loss.item()}
+
+    @torch.no_grad()
+    def after_update(self, s):
+        if self.ema is None:
+            return {}
+        decay = min(self.args.ema, (1 + s) / (10 + s))
+        for k, v in self.policy.mar.state_dict().items():
+            self.ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        return {}
+
+    def weights(self):
+        return dict(self.ema) if self.ema is not None else self.policy.mar.state_dict()
+
+    def card_details(self):
+        pol = self.policy
+        return {'architecture': {
+                    'arch': dict(self.cfg.policy.arch), 'tokens': pol.seq_len,
+                    'token_dim': pol.token_dim, 'head_type': pol.head_type,
+                    'buffer_size': pol.cfg.buffer_size,
+                    'num_classes': pol.cfg.num_classes, 'label_drop_prob': pol.label_drop_prob,
+                    'mask_ratio_min': pol.mask_ratio_min,
+                    'diffusion_batch_mul': pol.diffusion_batch_mul,
+                    'attn_dropout': pol.cfg.attn_dropout, 'proj_dropout': pol.cfg.proj_dropout,
+                    'parameters': sum(p.numel() for p in pol.mar.parameters())},
+                'loss': 'MARPolicy.pretrain_loss: ' + (
+                    'flow-matching velocity MSE (s ~ U(0, 1), x_s = (1 - s) x0 + s eps, target '
+                    'eps - x0)' if pol.head_type == 'flow' else
+                    'DiffLoss (eps MSE + learned-variance VLB, 1000-step cosine schedule)')
+                + f' on the masked tokens, {pol.diffusion_batch_mul} noise draws per token',
+                'notes': (f'shipped weights: EMA of the training weights, decay '
+                          f'min({self.args.ema:g}, (1 + s) / (10 + s)) (the official model_ema)'
+                          if self.ema is not None else 'shipped weights: the raw training weights'),
+                'data': f'ShapesImageDataset(split=train, task=c2i, seed={self.args.seed} + '
+                        f'{DATA_SEED_OFFSET}) images, fresh every step, encoded on the fly by '
+                        f'the frozen KL VAE '
+                        f'({self.args.tokenizer_checkpoint or self.cfg.policy.tokenizer_checkpoint}'
+                        f', posterior {self.args.latents}, times its scale_factor '
+                        f'{pol.vae.scale_factor:g})'}
+
+
+SUBCOMMANDS.update({c.name: c for c in (KLVAEPretrainer, MARC2IPretrainer)})
+
+
+# ================================================================================================
 # model cards
 # ================================================================================================
 def _fmt(v) -> str:
@@ -1060,7 +1295,11 @@ def write_card(rec: dict, path: str) -> None:
             'llamagen-t2i': 'The Shapes text-conditional LlamaGen base model.',
             'msvq': 'The Shapes multi-scale residual VQVAE of VAR (`MultiScaleVQVAE`, official '
                     'key names).',
-            'var-c2i': 'The Shapes class-conditional VAR base model (next-scale prediction).'}[
+            'var-c2i': 'The Shapes class-conditional VAR base model (next-scale prediction).',
+            'kl-vae': 'The Shapes KL VAE of MAR (`KLVAE`, official LTH14/mar key names): '
+                      'continuous latent tokens.',
+            'mar-c2i': 'The Shapes class-conditional MAR base model (masked autoregression of '
+                       'continuous tokens with a diffusion head).'}[
                 rec['subcommand']]
     lines += [what, '',
               f'- config: `{rec["config"]}`',
@@ -1070,6 +1309,8 @@ def write_card(rec: dict, path: str) -> None:
                   f'measured during the run; the file was then copied here byte for byte, so '
                   f'the numbers below are those of the shipped file)']
                 if rec.get('run_command') and rec['run_command'] != rec['command'] else []),
+              *([f'- evaluation below measured by: `{rec["evaluation_command"]}`']
+                if rec.get('evaluation_command') else []),
               f'- seed {rec["seed"]}, {rec["steps"]} steps'
               + (f' of batch {rec["batch_size"]}' if rec.get('batch_size') else ''),
               f'- weights: `{w["file"]}`, {w["bytes"] / 1e6:.2f} MB, stored as {w["stored_dtype"]}'
@@ -1102,9 +1343,11 @@ def write_card(rec: dict, path: str) -> None:
     lines += ['', '## Evaluation', '']
     ev = rec['evaluation']
     sub = rec['subcommand']
-    if sub in ('vq', 'msvq'):
-        lines.append(f'ShapesEval of VQ reconstructions ({ev["eval_images"]}); the reward '
-                     f'ceiling of every model decoding through this VQ. Ground-truth images '
+    tokenizer_subs = ('vq', 'msvq', 'kl-vae')
+    if sub in tokenizer_subs:
+        tok = 'VAE' if sub == 'kl-vae' else 'VQ'
+        lines.append(f'ShapesEval of {tok} reconstructions ({ev["eval_images"]}); the reward '
+                     f'ceiling of every model decoding through this {tok}. Ground-truth images '
                      f'score {ev["c2i"]["ground_truth_strict"]:.3f} / '
                      f'{ev["t2i"]["ground_truth_strict"]:.3f} strict (c2i / t2i).')
         lines.append('')
@@ -1112,10 +1355,16 @@ def write_card(rec: dict, path: str) -> None:
                                                        'fid': ev[t].get('rfid', {}).get('fid')}
                               for t in ('c2i', 't2i')})
         lines.append('')
+        codes = (f'codes used on these images: {ev["codebook_used"]} of {ev["codebook_size"]}'
+                 if 'codebook_used' in ev else
+                 f'reconstructions of the posterior means; scaled latents (scale_factor '
+                 f'{ev["scale_factor"]:g}) on these images: std {ev["latent_std"]:.3f} (per '
+                 f'channel {ev["latent_channel_std"]}), mean |channel mean| '
+                 f'{ev["latent_abs_mean"]:.3f}; unit-std scale_factor '
+                 f'{ev["unit_std_scale_factor"]:g}')
         lines.append(f'L1 {ev["c2i"]["l1"]:.4f} / {ev["t2i"]["l1"]:.4f}, PSNR '
                      f'{ev["c2i"]["psnr"]:.1f} / {ev["t2i"]["psnr"]:.1f} dB (c2i / t2i); '
-                     f'codes used on these images: {ev["codebook_used"]} of '
-                     f'{ev["codebook_size"]}. FID (here rFID: reconstructions vs the shipped '
+                     f'{codes}. FID (here rFID: reconstructions vs the shipped '
                      f'real statistics of the eval split) is from '
                      f'`vargo.components.benchmarks.shapes_fidelity`.')
         errs = {ev[t].get('rfid', {}).get('fid_error') for t in ('c2i', 't2i')} - {None}
@@ -1154,13 +1403,13 @@ def write_card(rec: dict, path: str) -> None:
             lines += [f'Sampled with `{during.pop()}` (the config\'s sampler during the run).', '']
         rows = {}
         for e in rec['evaluations_during_training']:
-            if sub in ('vq', 'msvq'):
+            if sub in tokenizer_subs:
                 rows[f'step {e["step"]}'] = {'c2i strict': e['c2i']['reconstruction']['strict'],
                                             't2i strict': e['t2i']['reconstruction']['strict']}
             else:
                 for sp, r in e['main'].items():
                     rows[f'step {e["step"]} {sp}'] = r
-        if sub in ('vq', 'msvq'):
+        if sub in tokenizer_subs:
             lines += ['| step | c2i strict | t2i strict |', '|---|---|---|']
             lines += [f'| {k} | {_fmt(v["c2i strict"])} | {_fmt(v["t2i strict"])} |'
                       for k, v in rows.items()]
@@ -1223,7 +1472,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     sp.add_argument('--threads', type=int, default=2)
     sp.add_argument('--seed', type=int, default=None,
                     help='evaluation seed base (default: the seed recorded in the card)')
-    sp.add_argument('--vq', action='store_true', help='evaluate the config\'s VQ instead')
+    sp.add_argument('--vq', action='store_true',
+                    help='evaluate the config\'s tokenizer (VQ, VQVAE or KL VAE) instead')
     args = p.parse_args(argv)
     if getattr(args, 'steps', 1) < 1 or getattr(args, 'batch_size', 2) < 2:
         p.error('--steps must be >= 1 and --batch-size >= 2')
@@ -1233,8 +1483,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def reevaluate(args, argv) -> dict[str, Any]:
     """The ``eval`` subcommand: evaluate the config's weights, update their JSON and card."""
     cfg = load_cfg(args.config)
-    if cfg.policy.get('type') == 'VARPolicy':
-        cls = MSVQPretrainer if args.vq else VARC2IPretrainer
+    if cfg.policy.get('type') in ('VARPolicy', 'MARPolicy'):
+        cls = {('VARPolicy', True): MSVQPretrainer, ('VARPolicy', False): VARC2IPretrainer,
+               ('MARPolicy', True): KLVAEPretrainer, ('MARPolicy', False): MARC2IPretrainer}[
+                   (cfg.policy.type, bool(args.vq))]
         path = cfg.policy.tokenizer_checkpoint if args.vq else cfg.policy.checkpoint
     elif args.vq:
         cls, path = VQPretrainer, cfg.policy.tokenizer_checkpoint
