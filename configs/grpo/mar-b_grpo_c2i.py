@@ -13,14 +13,12 @@
 # log-probs of the guided transitions sampled.
 _base_ = [
     '../_base_/policies/mar-b_c2i_256.py', '../_base_/rewards/clip_hps_imagenet.py',
-    '../_base_/algorithms/grpo.py', '../_base_/schedules/grpo_gpu_8xb16.py',
+    '../_base_/algorithms/grpo_mar.py', '../_base_/schedules/grpo_gpu_8xb16.py',
     '../_base_/datasets/imagenet_classes.py', '../_base_/default_runtime.py'
 ]
 sampler = dict(loss_ar_steps=12, loss_diffusion_steps=10)
-token_selectors = dict(evaluated=dict(type='EvaluatedActionsSelector'))
 objective = dict(aggregation='token_mean')
-regularizers = dict(kl=dict(_delete_=True, type='GaussianMeanKLRegularizer', beta=0.01,
-                             aggregation='token_mean'))
+regularizers = dict(kl=dict(aggregation='token_mean'))
 group_size = 4
 train_cfg = dict(max_iters=1200)
 optim_wrapper = dict(optimizer=dict(lr=1e-6))

@@ -5,14 +5,9 @@
 # tiny LlamaGen's 3e-4: a PPO ratio of a 16-channel Gaussian step moves fast.
 _base_ = [
     '../_base_/policies/mar-tiny_c2i.py', '../_base_/rewards/jpeg.py',
-    '../_base_/algorithms/grpo.py', '../_base_/schedules/grpo_cpu_short.py',
+    '../_base_/algorithms/grpo_mar.py', '../_base_/schedules/grpo_cpu_short.py',
     '../_base_/datasets/ten_classes.py', '../_base_/default_runtime.py'
 ]
 sampler = dict(loss_ar_steps=4, loss_diffusion_steps=4)
-token_selectors = dict(evaluated=dict(type='EvaluatedActionsSelector'))
-# MAR-GRPO's KL on the Gaussian means (k3 on the log-probs of the head's tiny-variance late steps
-# overflows as soon as the policy moves)
-regularizers = dict(kl=dict(_delete_=True, type='GaussianMeanKLRegularizer', beta=0.01,
-                            aggregation='sample_mean_of_token_means'))
 optim_wrapper = dict(optimizer=dict(lr=1e-5))
 default_hooks = dict(checkpoint=dict(interval=10), image_grid=dict(interval=10))
