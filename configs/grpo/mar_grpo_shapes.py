@@ -5,8 +5,10 @@
 # Unguided rollouts, as the base model's card measures it, with exactly on-policy log-probs.
 # Each update recomputes 8 of the 16 AR steps x 12 of the 24 head transitions (MAR-GRPO's 12 x
 # 10 subset at this scale; EvaluatedActionsSelector) and MAR-GRPO's KL on the Gaussian means.
-# lr 5e-4 and 120 iterations: at lr 1e-4 (4 x 8 subset) the reward did not move in 38 iterations,
-# at lr 1e-3 it fell from 0.20 to 0.04 in 20 (measured, model_zoo.md).
+# lr 5e-4, 60 iterations (the reward plateaus after ~40; measured to 120): at lr 1e-4 (4 x 8
+# subset) the reward did not move in 38 iterations, at lr 1e-3 it fell from 0.20 to 0.04 in 20
+# (measured, model_zoo.md). The reward rises at a price in image quality (FID 27 -> 84): read
+# model_zoo.md before using this run as a MAR baseline.
 _base_ = [
     '../_base_/policies/mar_shapes_c2i.py', '../_base_/rewards/shapes_c2i.py',
     '../_base_/algorithms/grpo_mar.py', '../_base_/schedules/grpo_cpu_short.py',
@@ -15,7 +17,7 @@ _base_ = [
 sampler = dict(loss_ar_steps=8, loss_diffusion_steps=12)
 # 16 classes per iteration x G=8 samples; two optimizer steps of 64 samples (whole groups).
 group_size = 8
-train_cfg = dict(type='GRPOLoop', max_iters=120, samples_per_rank=128, mu=1, minibatch_samples=64)
+train_cfg = dict(type='GRPOLoop', max_iters=60, samples_per_rank=128, mu=1, minibatch_samples=64)
 optim_wrapper = dict(optimizer=dict(type='AdamW', lr=5e-4, betas=(0.9, 0.95), weight_decay=0.0),
                      clip_grad=dict(max_norm=1.0))
 param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
