@@ -95,6 +95,29 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict, *, source: str =
         raise StateDictMismatch(f'{source}: keys not loaded: {bad}')
 
 
+class NoPolicyWeights(ValueError):
+    """A file given as a training checkpoint holds no ``policy.*`` weights."""
+
+
+def load_policy_from_checkpoint(policy: nn.Module, path: str) -> None:
+    """Load the ``policy.*`` weights of a ``tools/train.py`` checkpoint into ``policy``, strictly
+    (the frozen reference is never stored; tokenizers and text encoders are not in the policy's
+    state dict).
+
+    Raises:
+        NoPolicyWeights: the file holds no ``policy.*`` keys (not a tools/train.py checkpoint).
+        StateDictMismatch: the keys do not match the policy (names every missing/unexpected one).
+    """
+    allow_mmengine_checkpoints()
+    state = safe_load(path)
+    state = state.get('state_dict', state)
+    policy_state = {k[len('policy.'):]: v for k, v in state.items() if k.startswith('policy.')}
+    if not policy_state:
+        raise NoPolicyWeights(f'{path} holds no policy weights (keys policy.*): pass a '
+                              f'checkpoint written by tools/train.py')
+    load_state_dict_strict(policy, policy_state, source=path)
+
+
 def _atomic_write(data: bytes, path: str) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)

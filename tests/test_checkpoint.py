@@ -41,3 +41,18 @@ def test_strict_load_lists_missing_and_unexpected_keys():
     assert 'missing keys (1): 1.bias' in str(e.value)
     assert 'unexpected keys (1): extra.weight' in str(e.value)
     load_state_dict_strict(m, m.state_dict())  # a matching one loads
+
+
+def test_load_policy_from_checkpoint_takes_the_policy_keys_strictly(tmp_path):
+    from vargo.core.checkpoint import NoPolicyWeights, load_policy_from_checkpoint
+    src, dst = nn.Linear(3, 2), nn.Linear(3, 2)
+    state = {f'policy.{k}': v for k, v in src.state_dict().items()}
+    atomic_save({'state_dict': {**state, 'other.x': torch.zeros(1)}}, str(tmp_path / 'ok.pth'))
+    load_policy_from_checkpoint(dst, str(tmp_path / 'ok.pth'))
+    assert torch.equal(dst.weight, src.weight)
+    atomic_save({'state_dict': {'weight': src.weight}}, str(tmp_path / 'raw.pth'))
+    with pytest.raises(NoPolicyWeights, match='tools/train.py'):
+        load_policy_from_checkpoint(dst, str(tmp_path / 'raw.pth'))
+    atomic_save({'state_dict': {'policy.weight': src.weight}}, str(tmp_path / 'part.pth'))
+    with pytest.raises(StateDictMismatch, match='bias'):
+        load_policy_from_checkpoint(dst, str(tmp_path / 'part.pth'))

@@ -141,19 +141,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_policy_weights(model, path: str) -> None:
-    """Load the ``policy.*`` weights of a tools/train.py checkpoint strictly."""
-    from vargo.core.checkpoint import allow_mmengine_checkpoints, load_state_dict_strict, safe_load
-    allow_mmengine_checkpoints()
-    state = safe_load(path)
-    state = state.get('state_dict', state)
-    policy_state = {k[len('policy.'):]: v for k, v in state.items() if k.startswith('policy.')}
-    if not policy_state:
-        raise ValueError(f'{path} holds no policy weights (keys policy.*): pass a checkpoint '
-                         f'written by tools/train.py')
-    load_state_dict_strict(model.policy, policy_state, source=path)
-
-
 def score_heads(heads: dict, rollout, ctx) -> dict:
     """``<name>/mean`` (NaN scores left out), ``<name>/strict`` and ``<name>/<metric>`` of
     reward heads on a rollout."""
@@ -554,6 +541,7 @@ def main(argv=None) -> int:
     import torch
     from mmengine.registry import DefaultScope
 
+    from vargo.core.checkpoint import NoPolicyWeights, load_policy_from_checkpoint
     from vargo.core.config import assemble, check_files
     from vargo.core.hooks import make_grid, save_png
     from vargo.core.registry import DATASETS, MODELS, SAMPLERS, ConfigError, checked_build
@@ -614,11 +602,11 @@ def main(argv=None) -> int:
             samplers = [model.sampler] + [
                 checked_build(dict(cfg.model.sampler, cfg_scale=s), SAMPLERS) for s in scales[1:]]
         if args.checkpoint:
-            load_policy_weights(model, args.checkpoint)
+            load_policy_from_checkpoint(model.policy, args.checkpoint)
         metric_heads = build_metric_heads(eval_cfg.get('metric_heads') or {})
         if fidelity is not None:
             fidelity.prepare()
-    except (ConfigError, FileNotFoundError, UsageError) as e:
+    except (ConfigError, FileNotFoundError, UsageError, NoPolicyWeights) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
     model.eval()

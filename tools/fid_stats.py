@@ -458,16 +458,11 @@ def load_policy(config: str, checkpoint: Optional[str], cfg_options: Optional[di
         sampler = checked_build(sampler_cfg, SAMPLERS)
         dataset = DATASETS.build(dl['dataset'])
     if checkpoint:
-        from vargo.core.checkpoint import (allow_mmengine_checkpoints, load_state_dict_strict,
-                                           safe_load)
-        allow_mmengine_checkpoints()
-        state = safe_load(checkpoint)
-        state = state.get('state_dict', state)
-        ps = {k[len('policy.'):]: v for k, v in state.items() if k.startswith('policy.')}
-        if not ps:
-            raise UsageError(f'{checkpoint} holds no policy weights (keys policy.*): pass a '
-                             f'checkpoint written by tools/train.py')
-        load_state_dict_strict(policy, ps, source=checkpoint)
+        from vargo.core.checkpoint import NoPolicyWeights, load_policy_from_checkpoint
+        try:
+            load_policy_from_checkpoint(policy, checkpoint)
+        except NoPolicyWeights as e:
+            raise UsageError(str(e)) from e
     policy.eval()
     return policy, sampler, dataset
 

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from mmengine.registry import DefaultScope
     from torch.utils.data import default_collate
 
-    from vargo.core.checkpoint import allow_mmengine_checkpoints, load_state_dict_strict, safe_load
+    from vargo.core.checkpoint import NoPolicyWeights, load_policy_from_checkpoint
     from vargo.core.config import assemble, check_files
     from vargo.core.hooks import save_png, make_grid
     from vargo.core.loop import conditions_from_batch
@@ -60,15 +60,11 @@ def main(argv=None) -> int:
     with DefaultScope.overwrite_default_scope('vargo'):
         model = MODELS.build(cfg.model)
     if args.checkpoint:
-        allow_mmengine_checkpoints()
-        state = safe_load(args.checkpoint)
-        state = state.get('state_dict', state)
-        policy_state = {k[len('policy.'):]: v for k, v in state.items() if k.startswith('policy.')}
-        if not policy_state:
-            print(f'error: {args.checkpoint} holds no policy weights (keys policy.*); pass a '
-                  f'checkpoint written by tools/train.py', file=sys.stderr)
+        try:
+            load_policy_from_checkpoint(model.policy, args.checkpoint)
+        except NoPolicyWeights as e:
+            print(f'error: {e}', file=sys.stderr)
             return 2
-        load_state_dict_strict(model.policy, policy_state, source=args.checkpoint)
     if args.prompts:
         items = [{'prompt': p} for p in args.prompts]
     elif args.classes:
