@@ -206,9 +206,14 @@ class MaskedSampler(Sampler):
         """A = N K actions per sample of ``policy``'s rollouts."""
         return policy.seq_len * self.actions_per_token
 
-    def check_policy(self, policy: Policy):
-        """The policy's head chain for this sampler; raises ``ValueError`` naming the fix when
-        the policy's ``head_type`` does not match ``head_sampler``."""
+    def check_policy(self, policy: Policy) -> None:
+        """Raise ``ValueError`` naming the fix when the policy's ``head_type`` does not match
+        ``head_sampler`` (called once when the algorithm is built)."""
+        self._head_schedule(policy)
+
+    def _head_schedule(self, policy: Policy):
+        """The policy's head chain for this sampler (cached by the policy; raises as
+        :meth:`check_policy`)."""
         return policy.schedule(self.num_sampling_steps, head_sampler=self.head_sampler,
                                sde_noise_level=self.sde_noise_level)
 
@@ -228,7 +233,7 @@ class MaskedSampler(Sampler):
         Returns:
             ``x_t [m, K, D]``, ``x_prev [m, K, D]``, ``logp [m, K]``, final ``x0 [m, D]``.
         """
-        spec, sched = self._spec, self.check_policy(policy)
+        spec, sched = self._spec, self._head_schedule(policy)
         m, d, big_t = z.shape[0], policy.token_dim, self.num_sampling_steps
         dev = z.device
         x = noise[:, 0] if noise is not None else torch.randn(m, d).to(dev)
@@ -269,7 +274,7 @@ class MaskedSampler(Sampler):
         zr = z.repeat_interleave(kk, dim=0)
         zur = None if zu is None else zu.repeat_interleave(kk, dim=0)
         cfg = 1.0 if zu is None else w.repeat_interleave(kk).unsqueeze(-1)
-        out = policy.head_transition(xs.reshape(-1, d), t, zr, self.check_policy(policy),
+        out = policy.head_transition(xs.reshape(-1, d), t, zr, self._head_schedule(policy),
                                      z_uncond=zur, cfg=cfg)
         return self._score(out, xp.reshape(-1, d), zu is not None).view(m, kk)
 

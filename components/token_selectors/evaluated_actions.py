@@ -16,11 +16,16 @@ class EvaluatedActionsSelector(TokenSelector):
 
     Policies whose evaluation recomputes only a subset of a rollout's actions (MAR: the
     (AR step, diffusion step) pairs of ``extras.selection``, MAR-GRPO's 12 x 10 per update,
-    arXiv 2604.06966) return the other actions' ``logp_old`` unchanged (ratio 1, no gradient).
-    Without this selector those actions would still count in the aggregation's denominator and
-    dilute the update by the evaluated fraction; with it the policy and KL terms are means over
-    the evaluated actions, an unbiased estimate of the full-rollout loss when the subset is drawn
-    uniformly.
+    arXiv 2604.06966) return the other actions' ``logp_old`` unchanged (ratio 1, no gradient),
+    and their KL inputs (MAR: the Gaussian means) as zeros. This selector zeroes both loss
+    weights outside the subset, so nothing but the evaluated actions enters either term.
+
+    Normalisation is the aggregation's: ``sample_mean_of_token_means`` and ``token_mean`` still
+    divide by the active-action count, i.e. the terms are the evaluated actions' sum over all
+    actions (the full-rollout loss estimated from a uniform subset, times the evaluated
+    fraction, logged as ``select/evaluated/frac``); ``weighted_token_mean`` divides by the
+    weight sum and gives the mean over the evaluated actions (MAR-GRPO's official
+    normalisation).
 
     Raises ``KeyError`` naming the fix when the policy's evaluation has no ``'evaluated'`` mask.
     """
