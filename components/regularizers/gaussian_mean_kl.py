@@ -1,15 +1,16 @@
 """MAR-GRPO's KL penalty: k3 on the difference of the reference's and the policy's Gaussian means."""
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 from torch import Tensor
 
 from vargo.core.interfaces import Regularizer
-from vargo.core.objective import AGGREGATIONS, aggregate, kl_estimate, masked_mean
+from vargo.core.objective import aggregate, kl_estimate, masked_mean
 from vargo.core.registry import REGULARIZERS
 from vargo.core.types import PolicyEval, Rollout, TokenWeights
+
+from .kl import check_kl_settings
 
 __all__ = ['GaussianMeanKLRegularizer']
 
@@ -44,13 +45,7 @@ class GaussianMeanKLRegularizer(Regularizer):
     needs_reference = True
 
     def __init__(self, *, beta: float, aggregation: str) -> None:
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
-                or not math.isfinite(beta) or beta < 0:
-            raise ValueError(f'GaussianMeanKLRegularizer beta={beta!r} must be a finite float '
-                             f'>= 0 (MAR-GRPO: 0.01; remove the regularizer to disable KL)')
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f'GaussianMeanKLRegularizer aggregation={aggregation!r} is not one '
-                             f'of {sorted(AGGREGATIONS)}')
+        check_kl_settings(self, beta, aggregation, typical='0.01 as MAR-GRPO')
         self.beta, self.aggregation = float(beta), aggregation
 
     def __repr__(self) -> str:

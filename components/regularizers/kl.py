@@ -12,10 +12,23 @@ from vargo.core.objective import AGGREGATIONS, aggregate, kl_estimate, masked_me
 from vargo.core.registry import REGULARIZERS
 from vargo.core.types import PolicyEval, Rollout, TokenWeights
 
-__all__ = ['KLRegularizer', 'KL_ESTIMATORS', 'KL_LEVELS']
+__all__ = ['KLRegularizer', 'KL_ESTIMATORS', 'KL_LEVELS', 'check_kl_settings']
 
 KL_ESTIMATORS = ('k1', 'k2', 'k3')
 KL_LEVELS = ('token', 'sequence')
+
+
+def check_kl_settings(owner, beta, aggregation: str, *, typical: str) -> None:
+    """Raise ``ValueError`` naming ``owner``'s class unless ``beta`` is a finite number >= 0 and
+    ``aggregation`` a name in :data:`~vargo.core.objective.AGGREGATIONS`."""
+    name = type(owner).__name__
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
+            or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f'{name} beta={beta!r} must be a finite float >= 0 (e.g. {typical}; '
+                         f'remove the regularizer to disable KL)')
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f'{name} aggregation={aggregation!r} is not one of '
+                         f'{sorted(AGGREGATIONS)}')
 
 
 @REGULARIZERS.register_module()
@@ -54,16 +67,10 @@ class KLRegularizer(Regularizer):
 
     def __init__(self, *, beta: float, estimator: str, aggregation: str,
                  level: str = 'token') -> None:
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) \
-                or not math.isfinite(beta) or beta < 0:
-            raise ValueError(f'KLRegularizer beta={beta!r} must be a finite float >= 0 '
-                             f'(e.g. 0.04 as GRPO; remove the regularizer to disable KL)')
+        check_kl_settings(self, beta, aggregation, typical='0.04 as GRPO')
         if estimator not in KL_ESTIMATORS:
             raise ValueError(f'KLRegularizer estimator={estimator!r} is not one of '
                              f'{list(KL_ESTIMATORS)} (k3 is the GRPO choice)')
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(f'KLRegularizer aggregation={aggregation!r} is not one of '
-                             f'{sorted(AGGREGATIONS)}')
         if level not in KL_LEVELS:
             raise ValueError(f'KLRegularizer level={level!r} is not one of {list(KL_LEVELS)}')
         if level == 'sequence' and aggregation != 'sample_mean_of_token_means':
