@@ -16,14 +16,13 @@ import importlib.util
 import json
 import math
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 _spec = importlib.util.spec_from_file_location('vargo_tools_eval',
                                                os.path.join(ROOT, 'tools', 'eval.py'))
@@ -70,12 +69,7 @@ if TINY_NAME not in FEATURE_EXTRACTORS_REGISTRY:
 
 
 def _run(*args, check=True, timeout=600):
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_python(*args, check=check, timeout=timeout, env={'OMP_NUM_THREADS': '1'})
 
 
 def _images(task, n, seed, split='train'):

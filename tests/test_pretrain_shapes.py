@@ -2,20 +2,16 @@
 written, the weights reload strictly through the config, and bad arguments fail clearly."""
 import json
 import os
-import subprocess
-import sys
 
 from safetensors import safe_open
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 TOOL = os.path.join(ROOT, 'tools', 'pretrain_shapes.py')
 
 
 def _run(*args):
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
-    return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=600)
+    return run_python(TOOL, *args, check=False)
 
 
 def test_vq_and_llamagen_c2i_toy_runs_write_weights_record_and_card(tmp_path):

@@ -16,18 +16,14 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 CONFIG = os.path.join(ROOT, 'configs', 'grpo', 'llamagen_grpo_shapes.py')
 MAIN_JOB = os.path.join(ROOT, 'configs', 'stage', 'llamagen_stage_shapes.py')
 
 
 def _run(*args, timeout=900):
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_python(*args, timeout=timeout)
 
 
 def _eval(out, *extra, config=CONFIG):

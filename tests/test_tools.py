@@ -1,17 +1,14 @@
 """tools/print_config.py, tools/sample.py and tools/train.py --dry-run on the quick-start config."""
 import os
-import subprocess
-import sys
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 
 TINY = os.path.join(ROOT, 'configs', 'grpo', 'llamagen-tiny_grpo_jpeg.py')
 OFFICIAL = os.path.join(ROOT, 'configs', 'grpo', 'llamagen-b_grpo_c2i.py')
 
 
 def _run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd,
-                          env=dict(os.environ, HF_HUB_OFFLINE='1'), timeout=600)
+    return run_python(*args, check=False, cwd=cwd)
 
 
 def test_print_config_shows_assembled_model():

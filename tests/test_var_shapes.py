@@ -10,15 +10,13 @@ fixed seed): ``4 sqrt(max(p (1 - p), 0.05) (1 / n + 1 / n_card))``.
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import ROOT
+from conftest import ROOT, run_python
 from vargo.components.datasets.shapes import NUM_CLASSES, ShapesImageDataset
 from vargo.components.rewards.shapes_eval import score_images
 from vargo.core.registry import POLICIES, SAMPLERS
@@ -153,11 +151,7 @@ def test_samples_reproduce_model_card_deterministically(cfg, policy):
 
 # ---- GRPO raises ShapesEval --------------------------------------------------------------------
 def _run(*args, timeout=900):
-    env = {**os.environ, 'HF_HUB_OFFLINE': '1'}
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_python(*args, timeout=timeout)
 
 
 def _eval(out, *extra):
