@@ -6,6 +6,12 @@
   iterations, plus grids of a fixed preview set before and after training, to
   ``<work_dir>/grids/`` and to the visualizer backends.
 * :class:`CurvesHook` - plots reward (and other chosen) curves to ``<work_dir>/curves.png``.
+* :class:`AtomicCheckpointHook` - MMEngine's CheckpointHook with a crash-safe order: checkpoint
+  durable, then the ``last_checkpoint`` pointer (atomic, relative to the work dir), then the
+  deletion of checkpoints beyond ``max_keep_ckpts``.
+* :class:`PlainCheckpointHook` - registered by :class:`vargo.core.runner.VargoRunner` itself:
+  stores every checkpoint as plain data (:func:`vargo.core.checkpoint.to_plain`), so it loads
+  under ``weights_only=True`` with no extra allow-list.
 """
 from __future__ import annotations
 
@@ -16,13 +22,19 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from mmengine.hooks import Hook
+from mmengine.dist import is_main_process
+from mmengine.hooks import CheckpointHook, Hook
 
 from . import dist as vdist
+from .checkpoint import CHECKPOINT_FORMAT, atomic_write_bytes, to_plain
 from .registry import HOOKS
 from .types import Conditions
 
-__all__ = ['RLStateHook', 'ImageGridHook', 'CurvesHook', 'make_grid', 'save_png']
+__all__ = ['RLStateHook', 'ImageGridHook', 'CurvesHook', 'AtomicCheckpointHook',
+           'PlainCheckpointHook', 'POINTER_FILE', 'make_grid', 'save_png']
+
+#: the file in the work dir naming the newest checkpoint (MMEngine's name)
+POINTER_FILE = 'last_checkpoint'
 
 
 def _algo(runner):
@@ -269,3 +281,102 @@ class CurvesHook(Hook):
 
     def after_train(self, runner) -> None:
         self._draw(runner)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """MMEngine's ``CheckpointHook`` (same settings) with an order that survives a kill at any
+    moment:
+
+    1. the checkpoint is written to a temporary file, fsynced and renamed into place (the
+       ``vargo_atomic`` file backend, the default here);
+    2. only then ``last_checkpoint`` is replaced atomically, holding the checkpoint's path
+       relative to the work dir (a copied or moved work dir resumes from its own files);
+    3. only then checkpoints beyond ``max_keep_ckpts`` are deleted.
+
+    MMEngine's hook deletes the oldest checkpoint before writing the new one and writes the
+    pointer with a plain ``open()``: a kill in between left an empty pointer or, with
+    ``max_keep_ckpts=1``, no checkpoint at all. ``interval`` must be a positive integer.
+    """
+
+    def __init__(self, *, interval: int = -1, by_epoch: bool = False, max_keep_ckpts: int = -1,
+                 save_last: bool = True, backend_args: Optional[dict] = None, **kwargs):
+        if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+            from .registry import ConfigError
+            raise ConfigError(f'default_hooks.checkpoint.interval={interval!r}: must be an integer '
+                              f'>= 1 (save every N iterations); set e.g. interval=50')
+        super().__init__(interval=interval, by_epoch=by_epoch, max_keep_ckpts=max_keep_ckpts,
+                         save_last=save_last,
+                         backend_args=backend_args or dict(backend='vargo_atomic'), **kwargs)
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        # the keep-list bookkeeping is MMEngine's (so the message hub saved in the checkpoint
+        # is the same); only the file deletion moves after the pointer update
+        outdated = []
+        if self.max_keep_ckpts > 0 and not (self.keep_ckpt_ids and self.keep_ckpt_ids[-1] == step):
+            if len(self.keep_ckpt_ids) == self.max_keep_ckpts:
+                outdated.append(self.keep_ckpt_ids.popleft())
+            self.keep_ckpt_ids.append(step)
+            runner.message_hub.update_info('keep_ckpt_ids', list(self.keep_ckpt_ids))
+        filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        runner.save_checkpoint(self.out_dir, filename, self.file_client_args,
+                               save_optimizer=self.save_optimizer,
+                               save_param_scheduler=self.save_param_scheduler, meta=meta,
+                               by_epoch=self.by_epoch, backend_args=self.backend_args,
+                               **self.args)
+        if not is_main_process():
+            return
+        write_pointer(runner.work_dir, str(self.last_ckpt))
+        for old in outdated:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
+            if path != self.last_ckpt and self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+
+
+def write_pointer(work_dir: str, checkpoint: str) -> None:
+    """Atomically point ``<work_dir>/last_checkpoint`` at ``checkpoint`` (relative when inside)."""
+    work_dir = os.path.abspath(work_dir)
+    target = os.path.abspath(checkpoint)
+    if os.path.commonpath([work_dir, target]) == work_dir:
+        target = os.path.relpath(target, work_dir)
+    atomic_write_bytes(target.encode('utf-8'), os.path.join(work_dir, POINTER_FILE))
+
+
+def read_pointer(work_dir: str) -> Optional[str]:
+    """The checkpoint ``<work_dir>/last_checkpoint`` names, resolved, or None.
+
+    A relative path is relative to the work dir; an absolute one (MMEngine's hook, vargo before
+    the relative pointer) that no longer exists but whose file name exists in the work dir (a
+    copied work dir) resolves to that file.
+    """
+    path = os.path.join(work_dir, POINTER_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding='utf-8') as f:
+        name = f.read().strip()
+    if not name:
+        return None
+    if not os.path.isabs(name):
+        return os.path.join(work_dir, name)
+    local = os.path.join(work_dir, os.path.basename(name))
+    if not os.path.exists(name) and os.path.exists(local):
+        return local
+    return name
+
+
+class PlainCheckpointHook(Hook):
+    """Stores every checkpoint as plain data (:func:`vargo.core.checkpoint.to_plain`), tagged
+    ``vargo_checkpoint_format``; runs after every other hook's ``before_save_checkpoint``.
+
+    Registered by :class:`vargo.core.runner.VargoRunner` itself (not a config entry): a
+    checkpoint that would need an allow-listed class to load is never written.
+    """
+
+    priority = 'LOWEST'
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        for key in list(checkpoint):
+            checkpoint[key] = to_plain(checkpoint[key], key)
+        checkpoint['vargo_checkpoint_format'] = CHECKPOINT_FORMAT

@@ -71,7 +71,7 @@ def shrink(cfg):
     cfg.train_cfg.samples_per_rank = 2 * g
     cfg.train_cfg.minibatch_samples = None
     cfg.train_cfg.max_iters = 1
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', interval=1, by_epoch=False,
+    cfg.default_hooks.checkpoint = dict(type='AtomicCheckpointHook', interval=1, by_epoch=False,
                                         backend_args=dict(backend='vargo_atomic'))
     cfg.default_hooks.image_grid = dict(type='ImageGridHook', interval=1, preview_conditions=0)
     return cfg

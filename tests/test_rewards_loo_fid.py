@@ -341,9 +341,7 @@ def test_load_state_dict_rejects_a_different_layout(tmp_path):
 
 
 def test_ema_resumes_bit_exactly_through_an_mmengine_checkpoint(tmp_path):
-    from vargo.core.checkpoint import allow_mmengine_checkpoints
     from vargo.core.runner import build_runner, load_config, prepare_config
-    allow_mmengine_checkpoints()
     toy = os.path.join(ROOT, 'tests', 'configs', 'toy_grpo.py')
     fid = dict(type='LooFidReward', mode='ema_loo', beta_ema=0.5, feature_extractor='vargo-shapes',
                real_stats_path=DEFAULT_STATS_PATH, real_stats_prefix='c2i_train_')

@@ -7,9 +7,6 @@ import pytest
 import torch
 
 from conftest import ROOT
-from vargo.core.checkpoint import allow_mmengine_checkpoints
-
-allow_mmengine_checkpoints()
 
 TOY = os.path.join(ROOT, 'tests', 'configs', 'toy_grpo.py')
 TRAIN = os.path.join(ROOT, 'tools', 'train.py')

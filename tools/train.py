@@ -59,7 +59,11 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    runner.train()
+    try:
+        runner.train()
+    except (ConfigError, FileNotFoundError) as e:  # e.g. a checkpoint refused or not matching
+        print(f'error: {e}', file=sys.stderr)
+        return 2
     return 0
 
 

@@ -79,6 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vargo.core.checkpoint import safe_load
 from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
@@ -762,8 +763,7 @@ def _is_derived(key: str) -> bool:
 
 def _torch_load(path: str) -> dict:
     # official training checkpoints carry their argparse.Namespace under "args": allow only it
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        return torch.load(path, map_location='cpu', weights_only=True)
+    return safe_load(path, 'cpu', allow=(argparse.Namespace,))
 
 
 def missing_file_error(path: str, what: str, hint: str = '') -> FileNotFoundError:

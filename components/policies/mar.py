@@ -99,6 +99,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vargo.core.checkpoint import safe_load
 from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, Rollout
@@ -878,8 +879,7 @@ def load_mar_state_dict(path: str, key: str, *, what: str) -> dict[str, Tensor]:
     if str(path).endswith('.safetensors'):
         from safetensors.torch import load_file
         return load_file(path, device='cpu')
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    ckpt = safe_load(path, 'cpu', allow=(argparse.Namespace,))
     if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
         return ckpt[key]
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, Tensor) for v in ckpt.values()):

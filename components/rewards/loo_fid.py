@@ -128,6 +128,7 @@ import torch
 from torch import Tensor
 
 from vargo.core import dist as vdist
+from vargo.core.checkpoint import data_only_copy
 from vargo.core.interfaces import RewardHead, Stateful
 from vargo.core.registry import REWARD_HEADS
 from vargo.core.types import RewardContext, RewardOutput, Rollout
@@ -289,9 +290,12 @@ def build_feature_extractor(name: str, weights_path: Optional[str] = None,
         raise ValueError(f'feature_layer={layer!r} is not provided by {name!r}; it provides '
                          f'{provided}')
     kwargs: dict[str, Any] = {'verbose': False}
-    if weights_path is not None:
-        kwargs['feature_extractor_weights_path'] = weights_path
-    extractor = cls(name, [layer], **kwargs)
+    if weights_path is None:
+        extractor = cls(name, [layer], **kwargs)
+    else:
+        # torch-fidelity loads the file with weights_only=False: hand it a checked copy
+        with data_only_copy(weights_path) as checked:
+            extractor = cls(name, [layer], feature_extractor_weights_path=checked, **kwargs)
     extractor.requires_grad_(False).eval()
     return extractor, layer
 

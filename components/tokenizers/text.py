@@ -35,6 +35,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from vargo.core.checkpoint import safe_load
+
 __all__ = ['T5TextEncoder', 'flan_t5', 'word_t5', 'build_text_encoder', 'clean_caption',
            'T5_MAX_LENGTH', 'FLAN_T5_XL_SOURCE']
 
@@ -222,7 +224,7 @@ def word_t5(*, vocabulary: Sequence[str], d_model: int, num_layers: int, num_hea
             from safetensors.torch import load_file
             state = load_file(checkpoint, device='cpu')
         else:
-            state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+            state = safe_load(checkpoint, 'cpu')
         own = model.state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))

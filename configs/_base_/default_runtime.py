@@ -7,7 +7,7 @@ default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=1, log_metric_by_epoch=False),
     param_scheduler=dict(type='ParamSchedulerHook'),
-    checkpoint=dict(type='CheckpointHook', interval=50, by_epoch=False, max_keep_ckpts=3,
+    checkpoint=dict(type='AtomicCheckpointHook', interval=50, by_epoch=False, max_keep_ckpts=3,
                     save_last=True, backend_args=dict(backend='vargo_atomic')),
     rl_state=dict(type='RLStateHook'),
     image_grid=dict(type='ImageGridHook', interval=10, max_images=64, preview_conditions=4),
