@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -308,6 +309,22 @@ class AtomicCheckpointHook(CheckpointHook):
         super().__init__(interval=interval, by_epoch=by_epoch, max_keep_ckpts=max_keep_ckpts,
                          save_last=save_last,
                          backend_args=backend_args or dict(backend='vargo_atomic'), **kwargs)
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        # a kill between the pointer update and the deletion leaves an outdated checkpoint
+        # behind: delete the ones MMEngine's rotation would have deleted (older than the
+        # oldest kept one)
+        if self.max_keep_ckpts <= 0 or not self.keep_ckpt_ids or not is_main_process():
+            return
+        oldest = min(self.keep_ckpt_ids)
+        pattern = re.compile('^' + re.escape(self.filename_tmpl).replace(r'\{\}', r'(\d+)') + '$')
+        for name in os.listdir(self.out_dir) if os.path.isdir(self.out_dir) else ():
+            m = pattern.match(name)
+            if m and int(m.group(1)) < oldest:
+                os.remove(os.path.join(self.out_dir, name))
+                runner.logger.info(f'removed {name}, older than the {self.max_keep_ckpts} '
+                                   f'checkpoint(s) kept (max_keep_ckpts)')
 
     def _save_checkpoint_with_step(self, runner, step, meta):
         # the keep-list bookkeeping is MMEngine's (so the message hub saved in the checkpoint
