@@ -105,3 +105,87 @@ def test_a_truncated_newest_checkpoint_in_a_copied_work_dir_falls_back(reference
     assert f'resuming from {copy}/iter_5.pth' in log, log[-3000:]
     _assert_equal(_final_state(copy / 'iter_6.pth'), _final_state(ref / 'iter_6.pth'))
     assert (ref / 'iter_6.pth').stat().st_mtime_ns == before  # the original was not touched
+
+
+# -- strict loading, auto-resume edge cases (the toy family: seconds per run) ---------------
+TOY = 'tests/configs/toy_grpo.py'
+TOY_ENV = {**ENV, 'PYTHONPATH': 'tests'}
+
+
+def _toy(work_dir, *options, resume=None, check=True):
+    args = ['tools/train.py', TOY, '--work-dir', str(work_dir)]
+    if resume is not None:
+        args += ['--resume'] + ([] if resume == 'auto' else [str(resume)])
+    if options:
+        args += ['--cfg-options', *options]
+    return run_python(*args, check=check, env=TOY_ENV)
+
+
+@pytest.fixture(scope='module')
+def toy_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp('toy')
+    _toy(work, 'train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=1',
+         'default_hooks.checkpoint.max_keep_ckpts=2')
+    return work
+
+
+def _rewrite(src, dst, edit):
+    ckpt = torch.load(src, map_location='cpu', weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, dst)
+
+
+def test_resume_and_load_from_check_every_key_and_shape_before_training(toy_run, tmp_path):
+    def edit(ckpt):
+        sd = ckpt['state_dict']
+        key = sorted(sd)[0]
+        sd['policy.extra.weight'] = torch.zeros(2)
+        del sd[key]
+        shaped = sorted(sd)[-1]
+        sd[shaped] = torch.zeros(*sd[shaped].shape, 3)
+        ckpt['_edited'] = (key, shaped)
+    bad = tmp_path / 'bad.pth'
+    _rewrite(toy_run / 'iter_2.pth', bad, edit)
+    key, shaped = torch.load(bad, weights_only=True)['_edited']
+    for how in ('resume', 'load_from'):
+        work = tmp_path / how
+        proc = (_toy(work, 'train_cfg.max_iters=3', resume=bad, check=False) if how == 'resume'
+                else _toy(work, 'train_cfg.max_iters=3', f'load_from={bad}', check=False))
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith('error:') and 'Traceback' not in proc.stderr
+        assert f'missing keys (1): {key}' in line and 'unexpected keys (1): policy.extra.weight' in line
+        assert f'shape mismatches (1): {shaped}' in line, line
+        assert not list(work.glob('iter_*.pth'))  # nothing trained
+
+
+def test_a_checkpoint_of_another_family_is_refused_as_load_from(references, tmp_path):
+    var_ckpt = references['var'] / 'iter_6.pth'
+    proc = _train(CHAINS['llamagen'][0], tmp_path, f'load_from={var_ckpt}',
+                  'train_cfg.max_iters=1', check=False)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and line.startswith('error:'), proc.stderr[-2000:]
+    assert 'does not match RLAlgorithm' in line and 'policy.var.' in line and 'policy.gpt.' in line
+
+
+def test_auto_resume_with_no_checkpoint_warns_and_with_only_broken_ones_refuses(toy_run, tmp_path):
+    empty = tmp_path / 'empty'
+    proc = _toy(empty, 'train_cfg.max_iters=1', resume='auto')
+    assert 'WARNING' in proc.stdout and f'no checkpoint in {empty}; starting a new run' in proc.stdout
+    broken = tmp_path / 'broken'
+    shutil.copytree(toy_run, broken)
+    for name in ('iter_1.pth', 'iter_2.pth'):
+        (broken / name).write_bytes((broken / name).read_bytes()[:1000])
+    (broken / '.tmp_vargo_abc').write_bytes(b'half a write')
+    proc = _toy(broken, 'train_cfg.max_iters=3', resume='auto', check=False)
+    line = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and line.startswith('error:') and 'no checkpoint in' in line
+    assert 'iter_2.pth' in line and 'iter_1.pth' in line and 'Traceback' not in proc.stderr
+    # a legacy absolute pointer of a copied work dir resolves to the copy's own file
+    copy = tmp_path / 'copy'
+    shutil.copytree(toy_run, copy)
+    (copy / 'last_checkpoint').write_text(str(tmp_path / 'gone' / 'iter_2.pth'))
+    (copy / '.tmp_vargo_xyz').write_bytes(b'half a write')
+    proc = _toy(copy, 'train_cfg.max_iters=3', resume='auto')
+    assert f'resuming from {copy}/iter_2.pth' in proc.stdout
+    assert not (copy / '.tmp_vargo_xyz').exists() and 'removed 1 temporary file' in proc.stdout
