@@ -3,13 +3,18 @@ and a sample grid, for one or several CFG scales; JSON + a printed table.
 
     python tools/eval.py CONFIG [CHECKPOINT] [--splits train eval] [--samples-per-condition N]
                          [--max-conditions N] [--cfg-scale S | --cfg-scales S1 S2 ...]
-                         [--seed 0] [--out DIR] [--no-fidelity] [--cfg-options k=v ...]
+                         [--batch-conditions 16] [--seed 0] [--out DIR] [--no-fidelity]
+                         [--cfg-options k=v ...]
 
 Without CHECKPOINT the policy is the config's base model. Every split and scale is sampled with
 the same seed, so scales are compared on the same noise. Everything that can be missing (the
 checkpoint, the files of the config's components, of ``eval_cfg.metric_heads`` and of
 ``eval_cfg.fidelity``) is checked before sampling starts; a problem exits with code 2 and a
 message naming the file (and where an official file is published). Nothing is downloaded.
+``--samples-per-condition``, ``--max-conditions`` and ``--batch-conditions`` are integers >= 1,
+CFG scales finite numbers > 0 (1 = no CFG), CHECKPOINT a torch file written by
+``tools/train.py``; a bad argument is one line ``error: <argument>: ...`` (exit code 2),
+found before any model is built (``vargo.core.cli``).
 
 ``eval_cfg`` (a top-level config key, from ``configs/_base_/datasets/*.py`` or the config)
 ---------------------------------------------------------------------------------------------
@@ -108,10 +113,10 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:    # tools/fid_stats.py (appended:
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # it never shadows a module)
 
-from mmengine.config import DictAction  # noqa: E402
-
 import fid_stats  # noqa: E402
-from fid_stats import UsageError  # noqa: E402
+from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
+                            UsageError, cfg_scale, check_cfg_scale, checkpoint_file, fail,
+                            load_policy_checkpoint, positive_int)
 
 FIDELITY_METRICS = ('fid', 'isc', 'kid', 'prc')
 FIDELITY_KEYS = ('extractor', 'task', 'weights_path', 'feature_layer', 'reference_stats',
@@ -120,24 +125,32 @@ FIDELITY_KEYS = ('extractor', 'task', 'weights_path', 'feature_layer', 'referenc
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()),
-                                epilog=__doc__.split('\n\n', 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=' '.join(__doc__.split('\n\n')[0].split()),
+                       epilog=__doc__.split('\n\n', 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config', help='a vargo config with eval_cfg (see below)')
-    p.add_argument('checkpoint', nargs='?', help="a checkpoint written by tools/train.py "
-                                                 "(default: the config's base model)")
+    p.add_argument('checkpoint', nargs='?', type=checkpoint_file,
+                   help=f"{CHECKPOINT_HELP} (default: the config's base model)")
     p.add_argument('--splits', nargs='+', help='which eval_cfg.splits to evaluate (default all)')
-    p.add_argument('--samples-per-condition', type=int)
-    p.add_argument('--max-conditions', type=int)
+    p.add_argument('--samples-per-condition', type=positive_int, metavar='N',
+                   help='samples per condition, >= 1 (default: eval_cfg.samples_per_condition, '
+                        'else 4)')
+    p.add_argument('--max-conditions', type=positive_int, metavar='N',
+                   help='evaluate the first N conditions of each split, >= 1 (default: '
+                        'eval_cfg.max_conditions, else all)')
     g = p.add_mutually_exclusive_group()
-    g.add_argument('--cfg-scale', type=float, help='override the sampler CFG scale (1 = no CFG)')
-    g.add_argument('--cfg-scales', type=float, nargs='+', metavar='S',
-                   help='evaluate each of these CFG scales (results keyed <split>@cfg<S>)')
-    p.add_argument('--batch-conditions', type=int, default=16, help='conditions per rollout batch')
+    g.add_argument('--cfg-scale', type=cfg_scale, metavar='S',
+                   help="override the sampler's CFG scale, > 0 (1 = no CFG)")
+    g.add_argument('--cfg-scales', type=cfg_scale, nargs='+', metavar='S',
+                   help='evaluate each of these CFG scales, each > 0 (results keyed '
+                        '<split>@cfg<S>)')
+    p.add_argument('--batch-conditions', type=positive_int, default=16, metavar='N',
+                   help='conditions per rollout batch, >= 1 (default 16)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', help='output directory (default: <work_dirs>/<config>/eval[_CKPT])')
     p.add_argument('--no-fidelity', action='store_true', help='skip FID/KID/precision/recall/IS')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
+                   help='override config entries, e.g. sampler.top_k=100')
     return p.parse_args(argv)
 
 
@@ -541,7 +554,6 @@ def main(argv=None) -> int:
     import torch
     from mmengine.registry import DefaultScope
 
-    from vargo.core.checkpoint import NoPolicyWeights, load_policy_from_checkpoint
     from vargo.core.config import assemble, check_files
     from vargo.core.hooks import make_grid, save_png
     from vargo.core.registry import DATASETS, MODELS, SAMPLERS, ConfigError, checked_build
@@ -555,8 +567,6 @@ def main(argv=None) -> int:
             check_files(cfg)
         except FileNotFoundError as e:
             missing.append(str(e))
-        if args.checkpoint and not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError(f'checkpoint not found: {args.checkpoint}')
         eval_cfg = cfg.get('eval_cfg')
         if not eval_cfg or not eval_cfg.get('splits'):
             raise ConfigError(f'{args.config} has no eval_cfg.splits: inherit a dataset config '
@@ -564,10 +574,22 @@ def main(argv=None) -> int:
         splits = args.splits or list(eval_cfg.splits)
         unknown = [s for s in splits if s not in eval_cfg.splits]
         if unknown:
-            raise ConfigError(f'--splits {unknown} not in eval_cfg.splits ({list(eval_cfg.splits)})')
-        per_condition = args.samples_per_condition or eval_cfg.get('samples_per_condition', 4)
-        if per_condition < 1:
-            raise ConfigError(f'--samples-per-condition={per_condition} must be >= 1')
+            known = ', '.join(map(repr, eval_cfg.splits))
+            raise UsageError(f'--splits: {", ".join(map(repr, unknown))} not in eval_cfg.splits; '
+                             f'give some of {known}')
+        per_condition = args.samples_per_condition
+        if per_condition is None:
+            per_condition = eval_cfg.get('samples_per_condition', 4)
+            if not isinstance(per_condition, int) or per_condition < 1:
+                raise ConfigError(f'eval_cfg.samples_per_condition={per_condition!r} must be an '
+                                  f'integer >= 1 (or give --samples-per-condition N)')
+        max_conditions = args.max_conditions
+        if max_conditions is None:
+            max_conditions = eval_cfg.get('max_conditions')
+            if max_conditions is not None and (not isinstance(max_conditions, int)
+                                               or max_conditions < 1):
+                raise ConfigError(f'eval_cfg.max_conditions={max_conditions!r} must be an '
+                                  f'integer >= 1 or None (all conditions)')
         head_missing = check_metric_heads(eval_cfg, set(cfg.model.get('rewards') or {}))
         if head_missing:
             lines = ['eval_cfg.metric_heads names files that do not exist:']
@@ -587,14 +609,15 @@ def main(argv=None) -> int:
             raise FileNotFoundError('\n'.join(missing))
         scales = args.cfg_scales if args.cfg_scales else [args.cfg_scale]
         if len(set(scales)) != len(scales):
-            raise ConfigError(f'--cfg-scales {scales} repeats a scale')
-        if any(s is not None and not (math.isfinite(s) and s > 0) for s in scales):
-            raise ConfigError(f'CFG scales must be finite and > 0 (1 = no CFG), got {scales}')
+            raise UsageError(f'--cfg-scales: {" ".join(f"{s:g}" for s in scales)} repeats a '
+                             f'scale; give each scale once')
         if scales[0] is not None:
             cfg.model.sampler.cfg_scale = scales[0]
+        elif cfg.model.sampler.get('cfg_scale') is not None:
+            check_cfg_scale(cfg.model.sampler.cfg_scale, 'sampler.cfg_scale (config or '
+                                                         '--cfg-options)')
     except (ConfigError, FileNotFoundError, UsageError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        return fail(e)
     # -- build (models, metric heads, extractor, samplers), still before sampling ---------------
     try:
         with DefaultScope.overwrite_default_scope('vargo'):
@@ -602,13 +625,12 @@ def main(argv=None) -> int:
             samplers = [model.sampler] + [
                 checked_build(dict(cfg.model.sampler, cfg_scale=s), SAMPLERS) for s in scales[1:]]
         if args.checkpoint:
-            load_policy_from_checkpoint(model.policy, args.checkpoint)
+            load_policy_checkpoint(model.policy, args.checkpoint)
         metric_heads = build_metric_heads(eval_cfg.get('metric_heads') or {})
         if fidelity is not None:
             fidelity.prepare()
-    except (ConfigError, FileNotFoundError, UsageError, NoPolicyWeights) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+    except (ConfigError, FileNotFoundError, UsageError) as e:
+        return fail(e)
     model.eval()
     name = os.path.splitext(os.path.basename(args.config))[0]
     tag = 'base' if not args.checkpoint else os.path.splitext(os.path.basename(args.checkpoint))[0]
@@ -628,7 +650,7 @@ def main(argv=None) -> int:
             metrics, rollout = evaluate_split(
                 model, dataset, per_condition=per_condition,
                 batch_conditions=args.batch_conditions, seed=args.seed,
-                max_conditions=args.max_conditions or eval_cfg.get('max_conditions'),
+                max_conditions=max_conditions,
                 metric_heads=metric_heads)
             metrics['cfg_scale'] = float(scale)
             if fidelity is not None:

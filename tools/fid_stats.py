@@ -39,6 +39,11 @@ at the rollout CFG of its config, 1.5) from the conditions of the config's train
 order (class 0, 1, 2, ... for ImageNet), ``--per-condition`` samples each, cycling until
 ``--num`` images, with a seeded noise stream (``--seed``; the same seed gives the same images).
 
+Arguments: ``--num`` is an integer >= 2 (a covariance needs 2 images), ``--batch-size``,
+``--image-size``, ``--per-condition`` and ``--batch-conditions`` integers >= 1, ``--cfg-scale``
+a finite number > 0 (1 = no CFG), CHECKPOINT a torch file written by ``tools/train.py``; a bad
+argument is one line ``error: <argument>: ...`` (exit code 2, ``vargo.core.cli``).
+
 Output
 ------
 An ``.npz`` with ``mu [D]``, ``sigma [D, D]`` (unbiased covariance, float64), ``sigma_diagonal
@@ -69,11 +74,12 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
+from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
+                            UsageError, cfg_scale, check_cfg_scale, checkpoint_file,
+                            existing_path, fail, int_at_least, load_policy_checkpoint,
+                            positive_int)
+
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
-
-
-class UsageError(ValueError):
-    """A bad argument or configuration value (the tools exit with code 2)."""
 
 
 # ---- where extractor weights are published -------------------------------------------------------
@@ -449,7 +455,10 @@ def load_policy(config: str, checkpoint: Optional[str], cfg_options: Optional[di
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
     sampler_cfg = dict(cfg.sampler)
     if cfg_scale is not None:
+        check_cfg_scale(cfg_scale, '--cfg-scale')
         sampler_cfg['cfg_scale'] = float(cfg_scale)
+    elif sampler_cfg.get('cfg_scale') is not None:
+        check_cfg_scale(sampler_cfg['cfg_scale'], 'sampler.cfg_scale (config or --cfg-options)')
     dl = cfg.get('train_dataloader') or {}
     if not isinstance(dl.get('dataset'), dict):
         raise UsageError(f'{config} has no train_dataloader.dataset to draw conditions from')
@@ -458,19 +467,14 @@ def load_policy(config: str, checkpoint: Optional[str], cfg_options: Optional[di
         sampler = checked_build(sampler_cfg, SAMPLERS)
         dataset = DATASETS.build(dl['dataset'])
     if checkpoint:
-        from vargo.core.checkpoint import NoPolicyWeights, load_policy_from_checkpoint
-        try:
-            load_policy_from_checkpoint(policy, checkpoint)
-        except NoPolicyWeights as e:
-            raise UsageError(str(e)) from e
+        load_policy_checkpoint(policy, checkpoint)
     policy.eval()
     return policy, sampler, dataset
 
 
 # ---- command line --------------------------------------------------------------------------------
 def parse_args(argv=None):
-    from mmengine.config import DictAction
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=__doc__.splitlines()[0], epilog=__doc__.split('\n\n', 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest='mode', required=True)
@@ -482,7 +486,8 @@ def parse_args(argv=None):
         q.add_argument('--weights-path', help='local weights file of the extractor (required for '
                                               "torch-fidelity's own extractors)")
         q.add_argument('--layer', help="feature layer (default: the extractor's layer for FID)")
-        q.add_argument('--batch-size', type=int, default=64, help='images per extractor forward')
+        q.add_argument('--batch-size', type=positive_int, default=64, metavar='N',
+                       help='images per extractor forward, >= 1 (default 64)')
         q.add_argument('--out', required=True, help='the .npz to write')
         q.add_argument('--quiet', action='store_true', help='no progress bar')
 
@@ -491,39 +496,41 @@ def parse_args(argv=None):
     qi = sub.add_parser('images', help='statistics of real images (a folder or a dataset config)',
                         description='Statistics of real images: an image folder or a dataset '
                                     'config.', **details)
-    qi.add_argument('source', help='an image folder (png/jpg, recursive) or a .py config file '
-                                   'with dataset = dict(type=...)')
-    qi.add_argument('--num', type=int, help='use the first N images (default: all)')
-    qi.add_argument('--image-size', type=int,
+    qi.add_argument('source', type=lambda text: existing_path(
+                        text, 'an image folder or a .py config file with dataset = dict(...)'),
+                    help='an image folder (png/jpg, recursive) or a .py config file with '
+                         'dataset = dict(type=...)')
+    qi.add_argument('--num', type=int_at_least(2, 'statistics need a covariance'), metavar='N',
+                    help='use the first N images, >= 2 (default: all)')
+    qi.add_argument('--image-size', type=positive_int, metavar='S',
                     help='centre-crop and resize folder images to S x S (ADM protocol) first')
     common(qi)
     qs = sub.add_parser('samples', help="statistics of a policy's samples",
                         description="Statistics of a policy's samples (e.g. LooFidReward's "
                                     "init_stats_path).", **details)
     qs.add_argument('config', help='a vargo training config')
-    qs.add_argument('checkpoint', nargs='?', help='a checkpoint written by tools/train.py '
-                                                  "(default: the config's base model)")
-    qs.add_argument('--num', type=int, required=True, help='number of samples')
-    qs.add_argument('--per-condition', type=int, default=1, help='samples per condition')
-    qs.add_argument('--batch-conditions', type=int, default=16, help='conditions per batch')
-    qs.add_argument('--cfg-scale', type=float, help="override the sampler's CFG scale "
-                                                    '(1 = no CFG)')
+    qs.add_argument('checkpoint', nargs='?', type=checkpoint_file,
+                    help=f"{CHECKPOINT_HELP} (default: the config's base model)")
+    qs.add_argument('--num', type=int_at_least(2, 'statistics need a covariance'), required=True,
+                    metavar='N', help='number of samples, >= 2')
+    qs.add_argument('--per-condition', type=positive_int, default=1, metavar='N',
+                    help='samples per condition, >= 1 (default 1)')
+    qs.add_argument('--batch-conditions', type=positive_int, default=16, metavar='N',
+                    help='conditions per batch, >= 1 (default 16)')
+    qs.add_argument('--cfg-scale', type=cfg_scale, metavar='S',
+                    help="override the sampler's CFG scale, > 0 (1 = no CFG)")
     qs.add_argument('--seed', type=int, default=0)
-    qs.add_argument('--cfg-options', nargs='+', action=DictAction)
+    qs.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
+                    help='override config entries, e.g. sampler.top_k=100')
     common(qs)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from vargo.core.registry import ConfigError
     progress = not args.quiet
     try:
-        for name in ('num', 'batch_size', 'per_condition', 'batch_conditions', 'image_size'):
-            v = getattr(args, name, None)
-            if v is not None and v < 1:
-                raise UsageError(f'--{name.replace("_", "-")}={v} must be >= 1')
-        if args.mode == 'samples' and args.num < 2:
-            raise UsageError(f'--num={args.num}: statistics need at least 2 images')
         cls = check_extractor(args.extractor, args.weights_path)
         layer = args.layer or default_layer(cls, 'fid')
         if args.mode == 'images':
@@ -531,10 +538,8 @@ def main(argv=None) -> int:
         else:
             policy, sampler, dataset = load_policy(args.config, args.checkpoint, args.cfg_options,
                                                    args.cfg_scale)
-    except (UsageError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    from vargo.core.registry import ConfigError
+    except (UsageError, ConfigError, FileNotFoundError) as e:
+        return fail(e)
     try:
         extractor = build_extractor(args.extractor, args.weights_path, [layer])
         if args.mode == 'images':
@@ -557,8 +562,7 @@ def main(argv=None) -> int:
         write_statistics(args.out, feats, extractor=args.extractor, feature_layer=layer,
                          weights_path=args.weights_path, source=source)
     except (UsageError, ConfigError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
+        return fail(e)
     print(f'wrote {args.out}: {len(feats)} images, D = {feats.shape[1]} '
           f'({args.extractor}, layer {layer}); {source}')
     return 0

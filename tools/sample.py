@@ -1,12 +1,15 @@
 """Sample an image grid from a config and (optionally) a vargo training checkpoint.
 
     python tools/sample.py CONFIG [CHECKPOINT] [--classes 1 2 3 | --prompts "a red circle" ...]
-                           [--per-condition 4] [--seed 0] [--out grid.png]
-                           [--cfg-options sampler.cfg_scale=1.0 ...]
+                           [--per-condition 4] [--cfg-scale S] [--seed 0] [--out grid.png]
+                           [--cfg-options sampler.top_k=100 ...]
 
 Without CHECKPOINT the policy is the one the config builds (its official or shipped weights).
 One row per condition, ``--per-condition`` samples per row; the sampler of the config is used
-(override its settings with --cfg-options, e.g. ``sampler.cfg_scale=1.0`` for CFG-free samples).
+(``--cfg-scale S`` overrides its guidance, > 0, 1 = CFG-free; other settings with --cfg-options).
+``--classes`` takes ids in ``0..num_classes-1`` of a class-conditional policy, ``--prompts``
+non-empty texts for a text-conditional one; without either, the first 4 conditions of the
+config's training dataset. A mistake is one line ``error: ...`` and exit code 2.
 """
 from __future__ import annotations
 
@@ -16,20 +19,30 @@ import sys
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
-from mmengine.config import DictAction  # noqa: E402
+from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
+                            UsageError, cfg_scale, check_cfg_scale, check_conditions,
+                            checkpoint_file, fail, load_policy_checkpoint, non_empty_text,
+                            non_negative_int, positive_int)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__.split('\n\n', 1)[1],
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('config')
-    p.add_argument('checkpoint', nargs='?', help='a checkpoint written by tools/train.py')
+    p.add_argument('checkpoint', nargs='?', type=checkpoint_file, help=CHECKPOINT_HELP)
     g = p.add_mutually_exclusive_group()
-    g.add_argument('--classes', type=int, nargs='+', help='class ids (class-conditional models)')
-    g.add_argument('--prompts', nargs='+', help='prompts (text-conditional models)')
-    p.add_argument('--per-condition', type=int, default=4, help='samples per condition (row)')
+    g.add_argument('--classes', type=non_negative_int, nargs='+', metavar='ID',
+                   help='class ids, 0..num_classes-1 (class-conditional models)')
+    g.add_argument('--prompts', type=non_empty_text, nargs='+', metavar='TEXT',
+                   help='non-empty prompts (text-conditional models)')
+    p.add_argument('--per-condition', type=positive_int, default=4, metavar='N',
+                   help='samples per condition (row), >= 1 (default 4)')
+    p.add_argument('--cfg-scale', type=cfg_scale, metavar='S',
+                   help="override the sampler's CFG scale, > 0 (1 = no CFG)")
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='samples.png', help='output PNG')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction)
+    p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
+                   help='override config entries, e.g. sampler.top_k=100')
     return p.parse_args(argv)
 
 
@@ -39,7 +52,6 @@ def main(argv=None) -> int:
     from mmengine.registry import DefaultScope
     from torch.utils.data import default_collate
 
-    from vargo.core.checkpoint import NoPolicyWeights, load_policy_from_checkpoint
     from vargo.core.config import assemble, check_files
     from vargo.core.hooks import save_png, make_grid
     from vargo.core.loop import conditions_from_batch
@@ -50,21 +62,22 @@ def main(argv=None) -> int:
     try:
         cfg = assemble(load_config(args.config, args.cfg_options))
         check_files(cfg)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 2
-    if args.per_condition < 1:
-        print(f'error: --per-condition={args.per_condition} must be >= 1', file=sys.stderr)
-        return 2
+        if args.cfg_scale is not None:
+            cfg.model.sampler.cfg_scale = args.cfg_scale
+        elif cfg.model.sampler.get('cfg_scale') is not None:
+            check_cfg_scale(cfg.model.sampler.cfg_scale, 'sampler.cfg_scale (config or '
+                                                         '--cfg-options)')
+    except (ConfigError, FileNotFoundError, UsageError) as e:
+        return fail(e)
     cfg.model.group_size = max(2, args.per_condition)
-    with DefaultScope.overwrite_default_scope('vargo'):
-        model = MODELS.build(cfg.model)
-    if args.checkpoint:
-        try:
-            load_policy_from_checkpoint(model.policy, args.checkpoint)
-        except NoPolicyWeights as e:
-            print(f'error: {e}', file=sys.stderr)
-            return 2
+    try:
+        with DefaultScope.overwrite_default_scope('vargo'):
+            model = MODELS.build(cfg.model)
+        check_conditions(model.policy, args.classes, args.prompts)
+        if args.checkpoint:
+            load_policy_checkpoint(model.policy, args.checkpoint)
+    except (ConfigError, FileNotFoundError, UsageError) as e:
+        return fail(e)
     if args.prompts:
         items = [{'prompt': p} for p in args.prompts]
     elif args.classes:
