@@ -99,10 +99,18 @@ def test_family_and_reward_loaders_refuse_the_payload(crafted):
     from vargo.components.policies.llamagen import load_official_state_dict
     from vargo.components.policies.mar import load_mar_state_dict
     from vargo.components.rewards.loo_fid import build_feature_extractor
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('fid_stats', os.path.join(ROOT, 'tools',
+                                                                           'fid_stats.py'))
+    fid_stats = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fid_stats)
     path, marker = crafted
     loaders = [lambda: load_official_state_dict(path, what='LlamaGen GPT'),
                lambda: load_mar_state_dict(path, 'model', what='MAR'),
-               lambda: build_feature_extractor('inception-v3-compat', path)]
+               # torch-fidelity itself loads with weights_only=False: vargo checks first
+               lambda: build_feature_extractor('inception-v3-compat', path),
+               lambda: fid_stats.build_extractor('inception-v3-compat', path,
+                                                 ['2048', 'logits_unbiased'])]
     for load in loaders:
         with pytest.raises(CheckpointRefused, match='refused to load'):
             load()

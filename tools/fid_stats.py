@@ -170,10 +170,14 @@ def build_extractor(name: str, weights_path: Optional[str], layers: Sequence[str
         if bad:
             raise UsageError(f'feature layers {bad} are not provided by {name!r}; it provides '
                              f'{provided}')
-        kwargs = {'verbose': False}
-        if weights_path is not None:
-            kwargs['feature_extractor_weights_path'] = os.path.expanduser(str(weights_path))
-        extractor = type(extractor)(name, list(layers), **kwargs)
+        if weights_path is None:
+            extractor = type(extractor)(name, list(layers), verbose=False)
+        else:
+            # torch-fidelity loads the file with weights_only=False: hand it a checked copy
+            from vargo.core.checkpoint import data_only_copy
+            with data_only_copy(os.path.expanduser(str(weights_path))) as checked:
+                extractor = type(extractor)(name, list(layers), verbose=False,
+                                            feature_extractor_weights_path=checked)
         extractor.requires_grad_(False).eval()
     return extractor
 
