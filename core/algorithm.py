@@ -27,6 +27,7 @@ from mmengine.model import BaseModel
 from torch import Tensor
 
 from . import dist as vdist
+from .faults import RunAborted, StepOutcome, guarded_update
 from .interfaces import Stateful
 from .rng import BatchRNG
 from .objective import ObjectiveConfig, masked_mean, policy_loss
@@ -163,8 +164,34 @@ class RLAlgorithm(BaseModel):
 
     @torch.no_grad()
     def score(self, rollout: Rollout, iteration: int) -> dict[str, RewardOutput]:
+        """Every reward head's output, in config order (``iteration`` is 0-based).
+
+        A head that raises stops the run: :class:`~vargo.core.faults.RunAborted`
+        (``kind='reward_head_error'``) naming the head, its class, the iteration and the rows
+        it was scoring, raised from the head's exception.
+        """
         ctx = self.reward_context(iteration)
-        return {name: head(rollout, ctx) for name, head in self.reward_heads.items()}
+        out = {}
+        for name, head in self.reward_heads.items():
+            try:
+                out[name] = head(rollout, ctx)
+            except Exception as err:
+                raise RunAborted(self._head_error_message(name, head, err, rollout, iteration),
+                                 kind='reward_head_error', iteration=iteration + 1) from err
+        return out
+
+    def _head_error_message(self, name: str, head, err: Exception, rollout: Rollout,
+                            iteration: int) -> str:
+        b, g = rollout.batch_size, self.group_size
+        start = vdist.rank() * b
+        what = ' '.join(str(err).split()) or '(no message)'
+        where = (f'samples {start}-{start + b - 1} of the global batch (groups {start // g}-'
+                 f'{(start + b) // g - 1})')
+        if vdist.is_distributed():
+            where += f', the rows of rank {vdist.rank()}'
+        return (f'iteration {iteration + 1}: reward head {name!r} ({type(head).__name__}, '
+                f'rewards.{name} in the config) raised {type(err).__name__}: {what} while '
+                f'scoring {where}')
 
     @torch.no_grad()
     def compute_advantages(self, rewards: dict[str, RewardOutput], rollout: Rollout) -> Advantages:
@@ -261,12 +288,32 @@ class RLAlgorithm(BaseModel):
         log_vars.update(losses.get('log', {}))
         return loss, log_vars
 
-    def train_step(self, data, optim_wrapper):  # single process; DDP wrapper has its own
-        with optim_wrapper.optim_context(self):
-            losses = self(**data, mode='loss')
+    def train_step(self, data, optim_wrapper):
+        """MMEngine's single-process train step (loss, then a guarded optimizer step)."""
+        return self.guarded_train_step(self, data, optim_wrapper)[0]
+
+    def guarded_train_step(self, model, data, optim_wrapper) -> tuple[dict, StepOutcome]:
+        """One optimizer step on ``data`` through ``model`` (this algorithm, or its DDP
+        wrapper: the forward goes through the wrapper so gradients are synchronised).
+
+        The steps of MMEngine's ``train_step`` (``BaseModel``'s, or
+        ``MMDistributedDataParallel``'s, which also runs the data preprocessor), with
+        :func:`~vargo.core.faults.guarded_update` instead of ``optim_wrapper.update_params``:
+        a step whose loss or gradient norm is non-finite on any rank is skipped on all ranks.
+        Returns the log variables and the :class:`~vargo.core.faults.StepOutcome`.
+        """
+        wrapped = model is not self
+        with optim_wrapper.optim_context(model):
+            if wrapped:
+                data = self.data_preprocessor(data, training=True)
+            losses = model(**data, mode='loss')
         loss, log_vars = self.parse_losses(losses)
-        optim_wrapper.update_params(loss)
-        return log_vars
+        outcome = guarded_update(optim_wrapper, loss)
+        if wrapped and outcome.skipped != 'loss' and getattr(model, 'detect_anomalous_params',
+                                                             False):
+            from mmengine.model.utils import detect_anomalous_params
+            detect_anomalous_params(loss, model=model)
+        return log_vars, outcome
 
     # -- stateful components --------------------------------------------------------------
     def components(self) -> dict[str, Any]:

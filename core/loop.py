@@ -9,6 +9,10 @@ The loop is an ``IterBasedTrainLoop``, so MMEngine's optim_wrapper, param schedu
 ``default_hooks``, visualizer and checkpointing work unchanged; ``max_iters`` counts RL
 iterations and param schedulers step once per RL iteration. Everything model- or paper-specific
 lives in the components held by :class:`vargo.core.algorithm.RLAlgorithm`.
+
+Faults (a reward head that raises or scores nothing, non-finite losses, gradients, parameters or
+rollouts) are detected where they arise and either skip one optimizer step or stop the run with
+:class:`vargo.core.faults.RunAborted`; see :mod:`vargo.core.faults`.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ from mmengine.runner import IterBasedTrainLoop
 
 from . import dist as vdist
 from .algorithm import MiniBatch, RLAlgorithm
+from .faults import (FAULT_SETTINGS, RunAborted, StepOutcome, check_fault_settings,
+                     last_checkpoint, lr_hint, rollout_nonfinite, weight_stats)
 from .registry import LOOPS, ConfigError
 from .rng import BatchRNG
 from .types import Conditions, Rollout
@@ -59,16 +65,31 @@ class GRPOLoop(IterBasedTrainLoop):
             whole rollout, one optimizer step per epoch).
         shuffle_minibatches: reshuffle the group order every epoch.
         seed: base seed of the sampling noise (default: the runner's seed).
+        max_consecutive_nonfinite_steps: stop the run when this many optimizer steps in a row
+            were skipped for a non-finite loss or gradient norm (None: never stop).
+        max_all_nan_reward_iters: stop the run when a reward head returned NaN for every sample
+            in this many iterations in a row (None: never stop, only warn).
         val_begin, val_interval: MMEngine validation schedule (unused without a val loop).
     """
 
     def __init__(self, runner, dataloader, *, max_iters: int, samples_per_rank: int, mu: int = 1,
                  minibatch_samples: Optional[int] = None, shuffle_minibatches: bool = True,
-                 seed: Optional[int] = None, val_begin: int = 1, val_interval: int = 10 ** 9):
+                 seed: Optional[int] = None,
+                 max_consecutive_nonfinite_steps: Optional[int] = FAULT_SETTINGS[
+                     'max_consecutive_nonfinite_steps'],
+                 max_all_nan_reward_iters: Optional[int] = FAULT_SETTINGS[
+                     'max_all_nan_reward_iters'],
+                 val_begin: int = 1, val_interval: int = 10 ** 9):
+        check_fault_settings(max_consecutive_nonfinite_steps=max_consecutive_nonfinite_steps,
+                             max_all_nan_reward_iters=max_all_nan_reward_iters)
         super().__init__(runner, dataloader, max_iters=max_iters, val_begin=val_begin,
                          val_interval=val_interval)
         if mu < 1:
             raise ConfigError(f'mu={mu}: the number of inner epochs must be >= 1')
+        self.max_consecutive_nonfinite_steps = max_consecutive_nonfinite_steps
+        self.max_all_nan_reward_iters = max_all_nan_reward_iters
+        self._skipped_in_a_row = 0          # optimizer steps skipped in a row
+        self._all_nan_in_a_row: dict[str, int] = {}   # reward head -> all-NaN iterations in a row
         self.mu = int(mu)
         self.samples_per_rank = int(samples_per_rank)
         self.minibatch_samples = minibatch_samples
@@ -97,14 +118,20 @@ class GRPOLoop(IterBasedTrainLoop):
         algo = self.algorithm
         metrics: dict[str, float] = {}
 
-        # 1. rollout
+        # 1. rollout (a diverged policy stops the run here, see _check_rollout)
         t0 = time.perf_counter()
         cond = conditions_from_batch(data_batch)
         rng = BatchRNG(self._seed(), self._iter, len(cond) * algo.group_size, device=algo.device)
-        rollout = algo.generate(cond, rng)
+        try:
+            rollout, failure = algo.generate(cond, rng), None
+        except RunAborted:
+            raise
+        except Exception as err:   # diagnosed (and re-raised) by _check_rollout
+            rollout, failure = None, err
+        self._check_rollout(rollout, failure)
         t1 = time.perf_counter()
         # 2. rewards and advantages (statistics over all ranks)
-        rewards = algo.score(rollout, self._iter)
+        rewards = self._score(rollout)
         adv = algo.compute_advantages(rewards, rollout)
         metrics.update(adv.metrics)
         t2 = time.perf_counter()
@@ -114,7 +141,10 @@ class GRPOLoop(IterBasedTrainLoop):
         per_step = (self.minibatch_samples or rollout.batch_size) // algo.group_size
         ref_eval = algo.reference_eval(rollout, per_step)
         model = self.runner.model
+        n_steps = self.mu * len(range(0, n_groups, per_step))
         step_logs: list[dict] = []
+        applied_logs: list[dict] = []
+        skipped = 0
         for epoch in range(self.mu):
             order = torch.randperm(n_groups) if self.shuffle_minibatches else torch.arange(n_groups)
             for k, chunk in enumerate(order.split(per_step)):
@@ -126,34 +156,199 @@ class GRPOLoop(IterBasedTrainLoop):
                     ctx={'num_samples': int(idx.numel()), 'group_size': algo.group_size,
                          'progress': self._iter / max(1, self._max_iters)},
                     check_on_policy=(epoch == 0 and k == 0))
-                log_vars = model.train_step({'minibatch': mb}, optim_wrapper=self.runner.optim_wrapper)
-                step_logs.append({k2: float(v) for k2, v in log_vars.items()})
+                log_vars, outcome = algo.guarded_train_step(
+                    model, {'minibatch': mb}, self.runner.optim_wrapper)
+                logs = {k2: float(v) for k2, v in log_vars.items()}
+                step_logs.append(logs)
+                step_no = len(step_logs)
+                if outcome.skipped:
+                    skipped += 1
+                    self._step_skipped(outcome, step_no, n_steps)
+                else:
+                    applied_logs.append(logs)
+                    self._skipped_in_a_row = 0
+                    if not outcome.params_finite:
+                        self._params_nonfinite(outcome, step_no, n_steps)
         t3 = time.perf_counter()
 
         # on-policy check (first minibatch of the first epoch)
         first = step_logs[0]
         mismatch = first.get('policy/logp_mismatch_max')
         if mismatch is not None and mismatch > algo.logp_mismatch_tol:
-            msg = (f'iteration {self._iter}: teacher-forced log-probs differ from the sampler\'s '
-                   f'by up to {mismatch:.3g} (tolerance {algo.logp_mismatch_tol:g}). The update '
-                   f'is not on-policy: check that the policy evaluation uses the sampler\'s '
-                   f'logprob_cfg/temperature/top-k/top-p, that dropout is off, and the dtype.')
-            warnings.warn(msg)
-            print_log(msg, logger='current', level=30)
+            self._warn(f'{self._where()}: teacher-forced log-probs differ from the sampler\'s '
+                       f'by up to {mismatch:.3g} (tolerance {algo.logp_mismatch_tol:g}). The '
+                       f'update is not on-policy: check that the policy evaluation uses the '
+                       f'sampler\'s logprob_cfg/temperature/top-k/top-p, that dropout is off, '
+                       f'and the dtype.')
         for key in ('policy/logp_mismatch_max', 'policy/logp_mismatch_mean'):
             if key in first:
                 metrics[key] = first[key]
-        # average the per-step logs
-        keys = {k for d in step_logs for k in d if not k.startswith('policy/logp_mismatch')}
+        # average the per-step logs (of the applied steps; of all if every step was skipped)
+        averaged = applied_logs or step_logs
+        keys = {k for d in averaged for k in d if not k.startswith('policy/logp_mismatch')}
         for key in keys:
-            vals = [d[key] for d in step_logs if key in d]
+            vals = [d[key] for d in averaged if key in d]
             metrics[key] = sum(vals) / len(vals)
         metrics['time/rollout'] = t1 - t0
         metrics['time/reward'] = t2 - t1
         metrics['time/update'] = t3 - t2
-        metrics['num_optimizer_steps'] = float(len(step_logs))
+        metrics['num_optimizer_steps'] = float(len(applied_logs))
+        metrics['nonfinite/skipped_steps'] = float(skipped)
         self.last_rollout = rollout
         self.runner.call_hook('after_train_iter', batch_idx=self._iter, data_batch=data_batch,
                               outputs=metrics)
         self._iter += 1
 
+    # -- faults (see vargo.core.faults) ---------------------------------------------------
+    def _where(self) -> str:
+        return f'iteration {self._iter + 1}/{self._max_iters}'
+
+    def _abort(self, message: str, kind: str, cause: Optional[BaseException] = None,
+               then: str = ''):
+        """Log ``message`` (with the last checkpoint and ``then``, what to do next) and raise
+        :class:`RunAborted` from ``cause``."""
+        ckpt = last_checkpoint(getattr(self.runner, 'work_dir', None))
+        if then:
+            message += f'; {then}'
+        message += (f'. The run stopped; its last checkpoint, {ckpt}, is intact' if ckpt else
+                    '. The run stopped before writing any checkpoint')
+        self.runner.logger.error(message)
+        raise RunAborted(message, kind=kind, iteration=self._iter + 1,
+                         checkpoint=ckpt) from cause
+
+    def _warn(self, message: str) -> None:
+        warnings.warn(message)
+        print_log(message, logger='current', level=30)
+
+    #: what to do after lowering the learning rate
+    _RESTART = ('then start the run again (--resume would restore the checkpoint\'s optimizer '
+                'state, its learning rate included)')
+
+    def _diverged(self, stats) -> str:
+        return (f'{stats.describe()}: the policy diverged; '
+                f'{lr_hint(self.runner.optim_wrapper)}')
+
+    def _check_rollout(self, rollout: Optional[Rollout], failure: Optional[Exception]) -> None:
+        """Stop on a rollout with non-finite log-probs of sampled actions or images, or on a
+        sampler that failed on a diverged policy (one host sync; all ranks agree).
+
+        A sampler error on a policy that has not diverged is re-raised unchanged, with a note.
+        """
+        algo = self.algorithm
+        dev = algo.device
+        if rollout is not None:
+            bad = torch.cat([rollout_nonfinite(rollout).to(dev), torch.zeros(1, device=dev,
+                                                                              dtype=torch.long)])
+        else:
+            bad = torch.tensor([0, 0, 1], device=dev)
+        if vdist.is_distributed():
+            bad = vdist.all_reduce_sum(bad)
+        n_logp, n_img, n_failed = (int(v) for v in bad.tolist())
+        if not (n_logp or n_img or n_failed):
+            return
+        sampler = type(algo.sampler).__name__
+        stats = weight_stats(algo)   # the same on every rank (DDP keeps the weights equal)
+        if n_failed:
+            messages = vdist.all_gather_object(
+                None if failure is None else f'{type(failure).__name__}: '
+                + ' '.join(str(failure).split()))
+            rank, what = next((r, m) for r, m in enumerate(messages) if m is not None)
+            if stats.diverged:
+                on_rank = f' on rank {rank}' if vdist.is_distributed() else ''
+                self._abort(f'{self._where()}: the rollout failed in {sampler}{on_rank} ({what}) '
+                            f'and {self._diverged(stats)}', 'diverged_policy', failure,
+                            self._RESTART)
+            if failure is not None:
+                failure.add_note(f'vargo: the rollout of {self._where()} failed in {sampler}; '
+                                 f'{stats.describe()} (the policy has not diverged)')
+                raise failure
+            self._abort(f'{self._where()}: the rollout failed in {sampler} on rank {rank} '
+                        f'({what}); see that rank\'s error', 'rollout_failed')
+        found = ' and '.join(part for part in (
+            f'{n_logp} non-finite log-probs of sampled actions' if n_logp else '',
+            f'{n_img} non-finite image values' if n_img else '') if part)
+        if stats.diverged:
+            cause = self._diverged(stats)
+        else:
+            cause = (f'{stats.describe()}; check the sampler settings (temperature, cfg_scale, '
+                     f'top-k/top-p) and the policy dtype')
+        self._abort(f'{self._where()}: the rollout of {sampler} has {found}; {cause}',
+                    'nonfinite_rollout', then=self._RESTART if stats.diverged else '')
+
+    def _score(self, rollout: Rollout) -> dict:
+        """Reward every sample; a raising head or heads that scored no sample (all ranks agree)."""
+        algo = self.algorithm
+        try:
+            rewards, failure = algo.score(rollout, self._iter), None
+        except RunAborted as err:
+            rewards, failure = None, err
+        names = list(algo.reward_heads)
+        flags = [1.0 if failure is not None else 0.0]
+        if rewards is not None:
+            counts = [(~torch.isnan(rewards[n].scores.float())).sum().float().to(algo.device)
+                      for n in names]
+            flags_t = torch.cat([torch.tensor(flags, device=algo.device), torch.stack(counts)])
+        else:
+            flags_t = torch.tensor(flags + [0.0] * len(names), device=algo.device)
+        if vdist.is_distributed():
+            flags_t = vdist.all_reduce_sum(flags_t)
+        flags = flags_t.tolist()
+        if flags[0]:
+            prefix = f'iteration {self._iter + 1}: '    # -> 'iteration i/max_iters: '
+            messages = vdist.all_gather_object(
+                None if failure is None else str(failure).removeprefix(prefix))
+            rank, msg = next((r, m) for r, m in enumerate(messages) if m is not None)
+            on_rank = f'on rank {rank}, ' if vdist.is_distributed() else ''
+            self._abort(f'{self._where()}: {on_rank}{msg}', 'reward_head_error',
+                        None if failure is None else failure.__cause__,
+                        'fix the head, then continue the run with --resume')
+        n = rollout.batch_size * vdist.world_size()
+        for name, scored in zip(names, flags[1:]):
+            if scored:
+                self._all_nan_in_a_row[name] = 0
+                continue
+            streak = self._all_nan_in_a_row.get(name, 0) + 1
+            self._all_nan_in_a_row[name] = streak
+            head = f'reward head {name!r} ({type(algo.reward_heads[name]).__name__})'
+            limit = self.max_all_nan_reward_iters
+            if limit is not None and streak >= limit:
+                self._abort(f'{self._where()}: {head} returned NaN for every sample in {streak} '
+                            f'iterations in a row (train_cfg.max_all_nan_reward_iters={limit}); '
+                            f'NaN marks an unscorable sample, so the head gives the policy no '
+                            f'signal: check the head (its inputs and model files)',
+                            'reward_all_nan')
+            stop = (f'the run stops after {limit} such iterations in a row '
+                    f'(train_cfg.max_all_nan_reward_iters)' if limit is not None else
+                    'train_cfg.max_all_nan_reward_iters=None: the run does not stop')
+            self._warn(f'{self._where()}: {head} returned NaN for all {n} samples ({streak} '
+                       f'iteration(s) in a row); their advantage from this head is 0; {stop}')
+        return rewards
+
+    def _step_skipped(self, outcome: StepOutcome, step: int, n_steps: int) -> None:
+        self._skipped_in_a_row += 1
+        streak, limit = self._skipped_in_a_row, self.max_consecutive_nonfinite_steps
+        what = 'loss' if outcome.skipped == 'loss' else 'gradient norm'
+        what = (f'{what} on another rank (this rank\'s: {outcome.value:g})' if outcome.other_rank
+                else f'{what} ({outcome.value:g})')
+        done = ('backward and optimizer step not run' if outcome.skipped == 'loss' else
+                'gradients zeroed, optimizer step not run')
+        where = f'{self._where()}, optimizer step {step}/{n_steps}'
+        if limit is not None and streak >= limit:
+            stats = weight_stats(self.algorithm)
+            cause = (self._diverged(stats) if stats.diverged else
+                     f'{stats.describe()}; {lr_hint(self.runner.optim_wrapper)}, or check the '
+                     f'loss terms (objective, regularizers) for a division by zero or log(0)')
+            self._abort(f'{where}: non-finite {what}; {streak} optimizer '
+                        f'steps in a row were skipped (train_cfg.max_consecutive_nonfinite_steps='
+                        f'{limit}); {cause}', 'nonfinite_steps', then=self._RESTART)
+        ranks = ' on every rank' if vdist.is_distributed() else ''
+        self._warn(f'{where}: non-finite {what}; the step is skipped{ranks} ({done}; '
+                   f'parameters unchanged); {streak} skipped in a row'
+                   + (f', the run stops at {limit} (train_cfg.max_consecutive_nonfinite_steps)'
+                      if limit is not None else ''))
+
+    def _params_nonfinite(self, outcome: StepOutcome, step: int, n_steps: int) -> None:
+        self._abort(f'{self._where()}, optimizer step {step}/{n_steps}: the parameters are '
+                    f'non-finite after the optimizer step (max |w| = {outcome.param_absmax:g}); '
+                    f'a step cannot be undone; {lr_hint(self.runner.optim_wrapper)}',
+                    'nonfinite_params', then=self._RESTART)
