@@ -53,9 +53,9 @@ def all_gather_object(obj: Any) -> list[Any]:
 def init_cpu_process_group() -> bool:
     """Initialise gloo from torchrun's environment when no GPU is present.
 
-    MMEngine's ``launcher='pytorch'`` calls ``torch.cuda.set_device``, which fails on CPU
-    (ENVIRONMENT.md); on CPU vargo initialises gloo itself and tells the Runner it is already
-    distributed. Returns True if a process group was created.
+    MMEngine's ``launcher='pytorch'`` calls ``torch.cuda.set_device``, which fails on CPU; on
+    CPU vargo initialises gloo itself and tells the Runner it is already distributed. Returns
+    True if a process group was created.
     """
     if is_distributed() or 'RANK' not in os.environ or torch.cuda.is_available():
         return False

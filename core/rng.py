@@ -1,6 +1,7 @@
 """Sampling randomness that does not depend on how the batch is split across ranks.
 
-A 2-process run must equal the 1-process run with the same global batch (DESIGN.md section 7).
+A 2-process run must equal the 1-process run with the same global batch (docs/design.md,
+"Reproducibility across ranks").
 Samplers therefore draw their noise through :class:`BatchRNG`: every draw is made for the
 *global* batch from a generator seeded by ``(seed, iteration)`` and each rank keeps its own rows
 (rank-major, the layout of :class:`ContiguousInfiniteSampler`). The extra cost is drawing

@@ -372,7 +372,7 @@ class RewardContext:
 
 @dataclass(frozen=True)
 class LogprobSpec:
-    """Which distribution per-action log-probs are taken under (METHODS.md section 0).
+    """Which distribution per-action log-probs are taken under (docs/methods/grpo.md).
 
     ``mode='none'``: log-softmax of the conditional logits divided by ``temperature``, no CFG and
     no truncation (the papers' choice: cheap, off-policy when the rollout used CFG).

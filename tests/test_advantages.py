@@ -1,4 +1,4 @@
-"""GroupNormAdvantage: GRPO's group-normalised advantage and its variants (METHODS.md section 0)."""
+"""GroupNormAdvantage: GRPO's group-normalised advantage and its variants (docs/methods/grpo.md)."""
 from __future__ import annotations
 
 import math
@@ -31,7 +31,7 @@ def adv_of(scores, group_size, **kw) -> torch.Tensor:
 
 
 def reference(scores: list[float], group_size: int, std_scope: str, eps: float) -> list[float]:
-    """Loop-based re-implementation of METHODS.md section 0, from the definition."""
+    """Loop-based re-implementation of the group-normalised advantage, from the definition."""
     def stats(vals):
         n = len(vals)
         mean = sum(vals) / n

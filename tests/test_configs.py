@@ -1,5 +1,5 @@
 """Every config under configs/ builds and runs one iteration with its model swapped to a tiny
-random size (DESIGN.md section 10)."""
+random size."""
 import glob
 import os
 

@@ -1,4 +1,4 @@
-"""Properties of the GRPO objective's pure functions (core/objective.py, METHODS.md section 0).
+"""Properties of the GRPO objective's pure functions (core/objective.py, docs/methods/grpo.md).
 
 Everything runs in float64 so equalities can be asserted to ~1e-10.
 """

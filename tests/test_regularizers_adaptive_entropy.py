@@ -1,5 +1,6 @@
-"""AdaptiveEntropyRegularizer: LOO-FID's scheduled, entropy-steered entropy bonus (METHODS.md
-section 2). Expected coefficients are written out by hand, not computed by the code under test."""
+"""AdaptiveEntropyRegularizer: LOO-FID's scheduled, entropy-steered entropy bonus
+(docs/methods/loo_fid.md). Expected coefficients are written out by hand, not computed by the
+code under test."""
 import math
 
 import pytest

@@ -1,6 +1,6 @@
 """LooFidReward: leave-one-out moments, hand-computed modes, sign, permutation equivariance,
 full-covariance parity with a direct FD, state round trips (state_dict, MMEngine checkpoint) and
-2-process equality (METHODS.md section 2)."""
+2-process equality (docs/methods/loo_fid.md)."""
 import math
 import os
 import subprocess

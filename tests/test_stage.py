@@ -1,4 +1,4 @@
-"""STAGE (arXiv 2509.25027, METHODS.md section 1): the similarity token selector and the entropy
+"""STAGE (arXiv 2509.25027, docs/methods/stage.md): the similarity token selector and the entropy
 reward, by hand-derived numbers and invariants."""
 import math
 
@@ -176,7 +176,7 @@ def test_no_opposite_member_leaves_neutral_weights(case, how):
 
 
 def test_zero_advantage_counts_as_opposite_and_excludes_itself():
-    """A_i = 0: S_i is every other sample (METHODS.md; the official code would also count i)."""
+    """A_i = 0: S_i is every other sample (the paper's formula; the official code also counts i)."""
     q = torch.tensor([[[1.0, 0.0]], [[1.0, 0.0]], [[0.0, 1.0]]])
     s, count = opposite_sign_similarity(q, torch.tensor([[0.0], [1.0], [1.0]]),
                                         torch.ones(3, 1, dtype=torch.bool), 3)

@@ -1,4 +1,4 @@
-"""The Rollout's action axis fits all three families (DESIGN.md section 3)."""
+"""The Rollout's action axis fits all three families (docs/design.md, "The action axis")."""
 from dataclasses import dataclass
 from typing import ClassVar
 

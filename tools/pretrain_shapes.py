@@ -10,10 +10,10 @@
     python tools/pretrain_shapes.py mar-c2i       [--config MAR_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py eval          --config CONFIG [--cfg-scales 1 2 3]
 
-The Shapes benchmark (DESIGN.md section 8) ships its own small tokenizer and base models, since
-no pretrained weights can be downloaded. This tool makes them, reproducibly from ``--seed`` (same
-machine and thread count), in minutes on 2 CPU cores. Run it from the repository root: the paths
-in the configs are relative to it.
+The Shapes benchmark (README.md, "The Shapes benchmark") ships its own small tokenizer and base
+models, since no pretrained weights can be downloaded. This tool makes them, reproducibly from
+``--seed`` (same machine and thread count), in minutes on 2 CPU cores. Run it from the repository
+root: the paths in the configs are relative to it.
 
 Architectures come from the configs
 -----------------------------------

@@ -1,7 +1,7 @@
 """Group-normalised advantages: GRPO's baseline estimator and its Dr.GRPO / batch-std variants.
 
-METHODS.md section 0. For a group of ``G`` samples that share one condition (contiguous rows of the
-batch), the advantage of sample ``i`` is
+docs/methods/grpo.md documents the method. For a group of ``G`` samples that share one condition
+(contiguous rows of the batch), the advantage of sample ``i`` is
 
     A_i = (R_i - mean_G R) / (std_G R + eps)        std unbiased, eps = 1e-4
 
@@ -130,7 +130,7 @@ class GroupNormAdvantage(AdvantageEstimator):
     Args:
         std_scope: ``'group'`` (GRPO), ``'batch'`` or ``'none'`` (Dr.GRPO). Defines the method, so
             it has no default.
-        eps: added to the std, 1e-4 as in METHODS.md section 0 (TRL and flow_grpo use 1e-4).
+        eps: added to the std, 1e-4 by default (GRPO's; TRL and flow_grpo use 1e-4).
         stream_weights: loss weight of each head's stream, e.g. ``dict(comp=1.0, fid=2.0)``;
             heads not listed get 1.0, ``None`` gives every head 1.0. Naming a head that is not
             among the rewards is an error (it is usually a typo or a removed head).

@@ -1,8 +1,7 @@
 """LlamaGen: a Llama-style raster-order GPT over VQ-16 tokens (FoundationVision/LlamaGen).
 
-The transformer follows ``autoregressive/models/gpt.py`` of the official code (METHODS.md
-section 5) and keeps its state-dict key names, so the official ``c2i_*.pt`` / ``t2i_*.pt`` files
-load *strictly*:
+The transformer follows ``autoregressive/models/gpt.py`` of the official code and keeps its
+state-dict key names, so the official ``c2i_*.pt`` / ``t2i_*.pt`` files load *strictly*:
 
 =============================================  ============================================
 official key                                   module
@@ -1135,8 +1134,8 @@ class LlamaGenPolicy(Policy):
                           for i in range(0, tokens.shape[0], chunk)], dim=0)
 
     def embed_actions(self, rollout: Rollout) -> Tensor:
-        """``[B, T, 8]`` L2-normalised VQ codebook vectors of the sampled tokens (METHODS.md
-        section 1, STAGE's q_{i,t})."""
+        """``[B, T, 8]`` L2-normalised VQ codebook vectors of the sampled tokens (STAGE's
+        q_{i,t}, docs/methods/stage.md)."""
         with torch.no_grad():
             return self.vq.quantize.codebook()[rollout.actions.to(self.device)]
 

@@ -1,10 +1,11 @@
 """MAR: masked autoregressive generation of continuous tokens with a diffusion head (LTH14/mar).
 
 The transformer follows ``models/mar.py``, the head ``models/diffloss.py`` and the diffusion
-math ``diffusion/{gaussian_diffusion,respace}.py`` of the official code (METHODS.md sections 4
-and 5), with the official state-dict key names, so the released ``checkpoint-last.pth`` files
-(``{"model": ..., "model_ema": ..., "optimizer": ..., "args": ...}``) load *strictly* into
-:class:`MARTransformer` from either ``"model"`` or ``"model_ema"`` (``checkpoint_key``):
+math ``diffusion/{gaussian_diffusion,respace}.py`` of the official code (the RL view of its
+actions: docs/methods/mar_grpo.md), with the official state-dict key names, so the released
+``checkpoint-last.pth`` files (``{"model": ..., "model_ema": ..., "optimizer": ..., "args":
+...}``) load *strictly* into :class:`MARTransformer` from either ``"model"`` or ``"model_ema"``
+(``checkpoint_key``):
 
 ================================================  =============================================
 official key                                      module

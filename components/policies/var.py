@@ -1,7 +1,7 @@
 """VAR: next-scale prediction over a multi-scale residual VQVAE (FoundationVision/VAR).
 
 The transformer follows ``models/var.py`` and ``models/basic_var.py`` of the official code
-(METHODS.md sections 3 and 5) and keeps its state-dict key names, so the official
+and keeps its state-dict key names, so the official
 ``var_d{16,20,24,30,36}.pth`` (https://huggingface.co/FoundationVision/var) load *strictly*:
 
 =============================================  ============================================

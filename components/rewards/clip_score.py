@@ -1,6 +1,6 @@
 """CLIP score: cosine similarity of an image and its condition in OpenCLIP's embedding space.
 
-Score (LOO-FID, arXiv 2603.23086, instance reward; METHODS.md section 2)::
+Score (LOO-FID, arXiv 2603.23086, instance reward; docs/methods/loo_fid.md)::
 
     r_i = scale * < f_img(x_i) / ||f_img(x_i)||, f_txt(c_i) / ||f_txt(c_i)|| >
 

@@ -33,7 +33,7 @@ Metrics, per sub-head ``k`` (logged as ``reward/<composite>/<k>/...``): ``<k>/me
 ``<k>/std`` of the scorable raw scores, ``<k>/frac_nan``, ``<k>/strict`` when the sub-head
 reports it, and every metric of the sub-head as ``<k>/<metric>``; plus ``frac_unscorable``.
 
-Example: LOO-FID's two advantage streams (METHODS.md section 2), ``A_comp`` from CLIP + HPS
+Example: LOO-FID's two advantage streams (docs/methods/loo_fid.md), ``A_comp`` from CLIP + HPS
 (weight 1) and ``A_fid`` (weight 2). Each top-level reward head is one stream of
 ``GroupNormAdvantage``, so CLIP and HPS become one stream through a composite head::
 

@@ -8,14 +8,14 @@ preference pairs. Its score of an image ``x`` for a prompt ``p`` is the package'
 
 the diagonal of ``image_features @ text_features.T`` of the model's normalised features, with
 no logit scale (``hpsv2/img_score.py``). LOO-FID (arXiv 2603.23086) uses HPS v2.1 beside CLIP,
-both on ``"a photo of a {class}"`` (METHODS.md section 2).
+both on ``"a photo of a {class}"`` (docs/methods/loo_fid.md).
 
 The checkpoints (``HPS_v2_compressed.pt``, ``HPS_v2.1_compressed.pt``) are
 ``{'state_dict': ...}`` dicts in open_clip's key names, so this head is
 :class:`~vargo.components.rewards.clip_score.ClipScoreReward` with ``arch='ViT-H-14'``, the HPS
 file loaded strictly by open_clip and hpsv2's preprocessing. It does not import the hpsv2
 package (its metadata downgrades pytest and protobuf, its wheel lacks the BPE vocabulary, and
-``score()`` always downloads the ViT-H-14 base first; ENVIRONMENT.md).
+``score()`` always downloads the ViT-H-14 base first).
 
 hpsv2's preprocessing (``image_transform(224, is_train=False)`` of its vendored open_clip), as
 opposed to open_clip's: the PIL image is converted to a float tensor *first* and then resized

@@ -1,6 +1,6 @@
 """LOO-FID: a distribution-level reward from leave-one-out Frechet distances (arXiv 2603.23086).
 
-METHODS.md section 2. Each sample is scored by how much the Frechet distance (FD) between the
+docs/methods/loo_fid.md. Each sample is scored by how much the Frechet distance (FD) between the
 features of generated and real images would grow if the sample were left out of the batch: a
 sample whose removal *increases* FD is good (higher reward = better).
 

@@ -1,4 +1,4 @@
-"""STAGE's entropy reward (arXiv 2509.25027, METHODS.md section 1), as a wrapper around a head.
+"""STAGE's entropy reward (arXiv 2509.25027, docs/methods/stage.md), as a wrapper around a head.
 
 For every sample ``i`` of a group, with ``Hbar`` the mean over its tokens of the entropy of the
 teacher-forced *conditional* next-token distribution (full vocabulary, temperature 1, no CFG),

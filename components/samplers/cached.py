@@ -11,8 +11,7 @@ __all__ = ['KVCachedSampler']
 
 class KVCachedSampler(Sampler):
     """A sampler recording ``logp_old`` under one :class:`LogprobSpec` and decoding with a static
-    KV cache that is allocated once per batch shape and kept between rollouts (DESIGN.md
-    section 9).
+    KV cache that is allocated once per batch shape and kept between rollouts.
 
     The cache is keyed by shape, not by model, so the policy and its frozen reference (same
     architecture) share one allocation.

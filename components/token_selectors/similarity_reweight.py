@@ -1,4 +1,4 @@
-"""STAGE's similarity-aware token reweighting (arXiv 2509.25027, METHODS.md section 1).
+"""STAGE's similarity-aware token reweighting (arXiv 2509.25027, docs/methods/stage.md).
 
 A token that the samples of a group with the *opposite* advantage sign also chose at the same
 position carries a contradictory gradient: it is pushed up in one sample and down in another.
@@ -31,7 +31,7 @@ grpo_trainer.py``, ``compute_loss``, the ``reward_smooth`` and ``kl_reweight`` b
   counts a zero-advantage sample as opposite.
 * ``j != i``. Deviation: the official code keeps ``i`` itself in the denominator when
   ``A_i = 0`` (``A_i * A_i = 0 <= 0``; the diagonal of its similarity map is set to 0), which
-  shrinks ``s`` by ``(G-1)/G`` for such samples; we follow the formula (METHODS.md section 1).
+  shrinks ``s`` by ``(G-1)/G`` for such samples; we follow the paper's formula.
   It changes only the KL weights of zero-advantage samples (their policy term is 0 anyway).
 * Empty ``S_{i,t}`` (``G = 1``, or every other sample has the same strict sign, which cannot
   happen with zero-mean group advantages): ``s = 0``, i.e. the neutral ``w = 1/2``, ``m = 1``,

@@ -1,11 +1,11 @@
 """MAR's KL-16 VAE (continuous tokens), with the official state-dict key names.
 
-Faithful to ``models/vae.py`` of LTH14/mar (itself latent-diffusion's KL autoencoder;
-METHODS.md section 5). The official ``kl16.ckpt`` (``{"model": state_dict}``, published by the
-MAR code (``util/download.py``, link in :data:`KL_VAE_FILE_SOURCES`; the README also points
-to the Hugging Face mirror https://huggingface.co/jadechoghari/mar) loads unchanged and strictly
-into ``KLVAE()`` with the default arguments (official
-``AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4))``; 66,456,019 parameters, 312 entries).
+Faithful to ``models/vae.py`` of LTH14/mar (itself latent-diffusion's KL autoencoder). The official
+``kl16.ckpt`` (``{"model": state_dict}``, published by the MAR code (``util/download.py``, link in
+:data:`KL_VAE_FILE_SOURCES`; the README also points to the Hugging Face mirror
+https://huggingface.co/jadechoghari/mar) loads unchanged and strictly into ``KLVAE()`` with the
+default arguments (official ``AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4))``; 66,456,019
+parameters, 312 entries).
 
 Structure (official names):
 

@@ -1,7 +1,7 @@
 """VAR's multi-scale residual VQVAE, with the official state-dict key names.
 
 Faithful to ``models/vqvae.py``, ``models/quant.py`` and ``models/basic_vae.py`` of
-FoundationVision/VAR (METHODS.md section 5). The official ``vae_ch160v4096z32.pth`` (published at
+FoundationVision/VAR. The official ``vae_ch160v4096z32.pth`` (published at
 https://huggingface.co/FoundationVision/var) loads unchanged and strictly into
 ``MultiScaleVQVAE()`` with the default arguments (V=4096, Cvae=32, ch=160, 108,948,355
 parameters, 324 state-dict entries).

@@ -1,12 +1,12 @@
 """LlamaGen's VQ image tokenizer (VQ-16 / VQ-8), with the official state-dict key names.
 
-Faithful to ``tokenizer/tokenizer_image/vq_model.py`` of FoundationVision/LlamaGen (METHODS.md
-section 5): a taming-style convolutional encoder/decoder (GroupNorm(32, eps 1e-6), swish, residual
-blocks, one single-head attention block per block of the lowest level and in the middle, strided
-conv downsampling with (0, 1, 0, 1) padding, nearest-neighbour x2 upsampling followed by a conv), a
-1x1 ``quant_conv`` to the 8-d code space, a vector quantizer whose codebook is L2-normalised
-(``codebook_l2_norm``) and a 1x1 ``post_quant_conv`` back. VQ-16 (``ch_mult=(1, 1, 2, 2, 4)``,
-16384 codes of 8 dims) has about 72M parameters (``vq_ds16_c2i.pt`` / ``vq_ds16_t2i.pt``).
+Faithful to ``tokenizer/tokenizer_image/vq_model.py`` of FoundationVision/LlamaGen: a taming-style
+convolutional encoder/decoder (GroupNorm(32, eps 1e-6), swish, residual blocks, one single-head
+attention block per block of the lowest level and in the middle, strided conv downsampling with
+(0, 1, 0, 1) padding, nearest-neighbour x2 upsampling followed by a conv), a 1x1 ``quant_conv`` to
+the 8-d code space, a vector quantizer whose codebook is L2-normalised (``codebook_l2_norm``) and
+a 1x1 ``post_quant_conv`` back. VQ-16 (``ch_mult=(1, 1, 2, 2, 4)``, 16384 codes of 8 dims) has
+about 72M parameters (``vq_ds16_c2i.pt`` / ``vq_ds16_t2i.pt``).
 
 Key names are those of the official module, e.g. ``encoder.conv_blocks.0.res.0.norm1.weight``,
 ``encoder.mid.1.q.weight``, ``decoder.conv_blocks.0.upsample.conv.weight``,

@@ -1,4 +1,4 @@
-# An AR-GRPO-style baseline (the GRPO settings of METHODS.md section 0: token-level, BNPO mean) for
+# An AR-GRPO-style baseline (the GRPO settings of docs/methods/grpo.md: token-level, BNPO mean) for
 # the LOO-FID comparison: LlamaGen GPT-XL c2i 384, instance rewards only (CLIP ViT-L-14 +
 # HPSv2.1 summed, configs/_base_/rewards/clip_hps_imagenet.py), rollout CFG 2, G=8, token-level
 # ratio with PPO clip 0.2, token-mean aggregation over the batch, k3 KL beta 0.1, AdamW lr 1e-5.

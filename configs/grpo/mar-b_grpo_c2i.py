@@ -1,9 +1,9 @@
 # GRPO on MAR-B c2i 256 (official LTH14/mar weights, configs/_base_/policies/mar-b_c2i_256.py:
 # download mar_base.pth and kl16.ckpt yourself) with the instance rewards CLIP ViT-L-14 + HPSv2.1
-# summed into one head: the vanilla-GRPO baseline of MAR-GRPO (arXiv 2604.06966, METHODS.md
-# section 4) on the class-conditional MAR. The action is one stochastic step of a token's DDPM
-# head chain (a Gaussian with the head's learned-range variance); the transformer gets gradients
-# through the AR latent z.
+# summed into one head: the vanilla-GRPO baseline of MAR-GRPO (arXiv 2604.06966,
+# docs/methods/mar_grpo.md) on the class-conditional MAR. The action is one stochastic step of a
+# token's DDPM head chain (a Gaussian with the head's learned-range variance); the transformer gets
+# gradients through the AR latent z.
 # MAR-GRPO's settings: G=4, constant lr 1e-6, 64 AR steps x 25 head steps per rollout, each
 # update recomputing 12 AR steps x 10 diffusion steps (the sampler draws the subset,
 # EvaluatedActionsSelector restricts both loss terms to it), PPO clip 0.2, MAR-GRPO's KL: k3 of

@@ -6,7 +6,7 @@
 # 1 prompt per GPU and 2 gradient-accumulation steps).
 #
 # Reward: HPSv2.1 on the prompt. The official HPS run also adds GIT-VQA and GroundingDINO
-# rewards (--reward_funcs hps git gdino), which vargo does not ship; METHODS.md names HPS only.
+# rewards (--reward_funcs hps git gdino), which vargo does not ship (docs/methods/stage.md).
 # The entropy reward (weight 0.4) is STAGE's, kept here although the official HPS script
 # disables it: with a continuous reward the group maximum is a single sample, whose centred
 # bonus is exactly 0 (the head then skips its forwards), so it acts only on exact ties.

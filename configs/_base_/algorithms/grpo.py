@@ -1,4 +1,4 @@
-# Vanilla GRPO (arXiv 2402.03300, METHODS.md section 0): group-normalised advantage, PPO clip,
+# Vanilla GRPO (arXiv 2402.03300, docs/methods/grpo.md): group-normalised advantage, PPO clip,
 # per-sample token means, k3 KL to the frozen reference.
 advantage = dict(type='GroupNormAdvantage', std_scope='group', eps=1e-4)
 token_selectors = dict(all=dict(type='AllTokensSelector'))

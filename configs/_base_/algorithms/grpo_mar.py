@@ -1,4 +1,4 @@
-# Vanilla GRPO on MAR's Gaussian head transitions (METHODS.md sections 0 and 4): the policy update
+# Vanilla GRPO on MAR's Gaussian head transitions (docs/methods/mar_grpo.md): the policy update
 # recomputes only the subset of (AR step, diffusion step) pairs the sampler draws per rollout
 # (MaskedSampler loss_ar_steps / loss_diffusion_steps), so both loss terms are restricted to it
 # (EvaluatedActionsSelector); the KL is MAR-GRPO's k3 on the difference of the Gaussian means

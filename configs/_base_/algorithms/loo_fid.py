@@ -1,11 +1,11 @@
-# LOO-FID (arXiv 2603.23086; METHODS.md section 2; official code bugrabaran/ar-policy-tuning):
+# LOO-FID (arXiv 2603.23086; docs/methods/loo_fid.md; official code bugrabaran/ar-policy-tuning):
 # two advantage streams -- the instance rewards summed into one head (A_comp, loss weight 1) and
 # the leave-one-out FID head `fid` (A_fid, loss weight 2) -- each group-normalised; a
 # sequence-level importance ratio (mean token log-ratio) with PPO clip 0.2; a sequence-level k3
 # KL to the frozen reference with beta 3.0; and the adaptive entropy controller.
-# Not copied from the official code (METHODS.md): its inverted clip bound, its never-updated "EMA"
-# reference (ours is the frozen reference it effectively is), class dropout during log-prob
-# passes, and the (1 - beta) scaling of the EMA bootstrap.
+# Not copied from the official code (docs/methods/loo_fid.md): its inverted clip bound, its
+# never-updated "EMA" reference (ours is the frozen reference it effectively is), class dropout
+# during log-prob passes, and the (1 - beta) scaling of the EMA bootstrap.
 advantage = dict(type='GroupNormAdvantage', std_scope='group', eps=1e-4,
                  stream_weights=dict(fid=2.0))
 token_selectors = dict(all=dict(type='AllTokensSelector'))

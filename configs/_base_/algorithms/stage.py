@@ -1,4 +1,4 @@
-# STAGE (arXiv 2509.25027, METHODS.md section 1; code krennic999/STAGE): GRPO's group-normalised
+# STAGE (arXiv 2509.25027, docs/methods/stage.md; code krennic999/STAGE): GRPO's group-normalised
 # advantage; no PPO clip (mu=1: one optimizer step per rollout, ratio 1 in value); token weights
 # from codebook similarity to the opposite-advantage samples of the group (policy term: weighted
 # token mean sum(w rho A) / (sum w + 1e-6) within each group, averaged over groups); k3 KL weighted by m in [0.5, 1], token mean.

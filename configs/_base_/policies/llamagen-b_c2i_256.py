@@ -12,6 +12,6 @@ policy = dict(
     tokenizer='VQ-16',
     tokenizer_checkpoint='checkpoints/llamagen/vq_ds16_c2i.pt')
 # LlamaGen's c2i sampling defaults (sample_c2i.py: cfg 4.0, top-k 0, top-p 1.0, temperature 1.0);
-# log-probs from conditional logits, as the papers train (METHODS.md section 0).
+# log-probs from conditional logits, as the papers train (docs/methods/grpo.md).
 sampler = dict(type='ARSampler', cfg_scale=4.0, temperature=1.0, top_k=0, top_p=1.0,
                logprob_cfg='none')

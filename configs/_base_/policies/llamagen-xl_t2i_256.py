@@ -18,6 +18,6 @@ policy = dict(
     # bf16 as the official T5Embedder (sample_t2i.py --precision bf16); 'float32' on CPU
     text_encoder=dict(type='flan-t5', path='checkpoints/flan-t5-xl', dtype='bfloat16'))
 # LlamaGen's t2i sampling defaults (sample_t2i.py: cfg 7.5, top-k 1000, top-p 1.0, temperature
-# 1.0); log-probs from conditional logits, as the papers train (METHODS.md section 0).
+# 1.0); log-probs from conditional logits, as the papers train (docs/methods/grpo.md).
 sampler = dict(type='ARSampler', cfg_scale=7.5, temperature=1.0, top_k=1000, top_p=1.0,
                logprob_cfg='none')

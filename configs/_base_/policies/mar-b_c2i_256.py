@@ -17,7 +17,7 @@ policy = dict(
     tokenizer_checkpoint='checkpoints/mar/kl16.ckpt',
     fix_head=False)
 # The README's MAR-B FID setting is num_iter=256, 100 head steps, cfg 2.9 (linear); MAR-GRPO
-# samples with 64 AR steps and 25 head steps (METHODS.md section 4). Log-probs of the guided
+# samples with 64 AR steps and 25 head steps (docs/methods/mar_grpo.md). Log-probs of the guided
 # transitions actually sampled.
 sampler = dict(type='MaskedSampler', num_iter=64, num_sampling_steps=25, cfg_scale=2.9,
                cfg_schedule='linear', temperature=1.0, logprob_cfg='rollout')

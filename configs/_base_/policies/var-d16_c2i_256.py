@@ -14,6 +14,6 @@ policy = dict(
     tokenizer_checkpoint='checkpoints/var/vae_ch160v4096z32.pth')
 # VAR's FID setting (README: cfg=1.5, top_k=900, top_p=0.96); vargo's cfg_scale = 1 + cfg, the
 # guidance at the last scale of the official ramp. Log-probs from conditional logits, as the
-# papers train (METHODS.md section 0).
+# papers train (docs/methods/grpo.md).
 sampler = dict(type='NextScaleSampler', cfg_scale=2.5, temperature=1.0, top_k=900, top_p=0.96,
                logprob_cfg='none')

@@ -1,4 +1,4 @@
-# LOO-FID's instance rewards (METHODS.md section 2): CLIP (OpenCLIP ViT-L-14, OpenAI weights;
+# LOO-FID's instance rewards (docs/methods/loo_fid.md): CLIP (OpenCLIP ViT-L-14, OpenAI weights;
 # cosine of the image and "a photo of a {class}") + HPSv2.1, raw scores summed with weight 1 each
 # into one head, then group-normalised (A_comp). CLIP preprocessing as the official code: a
 # bilinear 224 x 224 squash without antialiasing.
