@@ -1,4 +1,4 @@
-"""The GRPO-family objective as small pure functions (METHODS.md section 0).
+"""The GRPO-family objective as small pure functions (docs/methods/grpo.md).
 
 Everything acts on the action axis: ``[B, A]`` tensors of per-action log-probs, advantages,
 weights and masks. Nothing here knows a model or a paper's component; papers differ only in
@@ -15,7 +15,9 @@ which of these functions and options their config selects.
 """
 from __future__ import annotations
 
+import difflib
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
@@ -215,18 +217,24 @@ class ObjectiveConfig:
     def __post_init__(self):
         eps = self.clip_eps
         if eps is not None:
-            if isinstance(eps, (int, float)):
-                eps = (float(eps), float(eps))
-            eps = tuple(float(e) for e in eps)
-            if len(eps) != 2 or any(e <= 0 or not math.isfinite(e) for e in eps):
-                raise ValueError(f'clip_eps={self.clip_eps!r} must be a positive float, a pair '
-                                 f'(eps_lo, eps_hi) of positive floats, or None to disable')
-            object.__setattr__(self, 'clip_eps', eps)
-        if self.ratio_level not in ('token', 'sequence'):
+            def real(e):
+                return isinstance(e, numbers.Real) and not isinstance(e, bool)
+            if real(eps):
+                eps = (eps, eps)
+            if not isinstance(eps, (tuple, list)) or len(eps) != 2 or not all(
+                    real(e) and math.isfinite(e) and e > 0 for e in eps):
+                raise ValueError(f'clip_eps={self.clip_eps!r} must be a positive float (PPO/GRPO '
+                                 f'0.2), a pair (eps_lo, eps_hi) of positive floats, or None to '
+                                 f'disable clipping')
+            object.__setattr__(self, 'clip_eps', tuple(float(e) for e in eps))
+        if not isinstance(self.ratio_level, str) or self.ratio_level not in ('token', 'sequence'):
             raise ValueError(f"ratio_level={self.ratio_level!r} is not one of 'token', 'sequence'")
-        if self.aggregation not in AGGREGATIONS:
+        if not isinstance(self.aggregation, str) or self.aggregation not in AGGREGATIONS:
+            hint = (difflib.get_close_matches(self.aggregation, list(AGGREGATIONS), n=1)
+                    if isinstance(self.aggregation, str) else [])
             raise ValueError(f'aggregation={self.aggregation!r} is not one of '
-                             f'{sorted(AGGREGATIONS)}')
+                             f'{sorted(AGGREGATIONS)}'
+                             + (f'; did you mean {hint[0]!r}?' if hint else ''))
 
 
 def policy_loss(cfg: ObjectiveConfig, logp: Tensor, logp_old: Tensor,

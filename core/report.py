@@ -1,4 +1,5 @@
-"""``tools/train.py --dry-run``: build the model, report sizes and rough costs, train nothing.
+"""``tools/train.py --dry-run``: build everything (model, optimizer, schedulers, dataloader, loop
+settings, hooks; :mod:`vargo.core.validation`), report sizes and rough costs, train nothing.
 
 The estimates are stated with their assumptions:
 
@@ -13,9 +14,6 @@ The estimates are stated with their assumptions:
 from __future__ import annotations
 
 from mmengine.config import Config
-from mmengine.registry import DefaultScope
-
-from .registry import MODELS
 
 __all__ = ['dry_run_report', 'count_parameters']
 
@@ -41,9 +39,27 @@ def _fmt(n: float, unit: str = '') -> str:
     return f'{n:.0f} {unit}'
 
 
-def dry_run_report(cfg: Config) -> str:
-    with DefaultScope.overwrite_default_scope('vargo'):
-        model = MODELS.build(cfg.model)
+def _describe_optimizer(validated) -> str:
+    ow = validated.optim_wrapper
+    if ow is None:
+        return '(not built)'
+    opt = ow.optimizer
+    group = opt.param_groups[0] if opt.param_groups else {}
+    lr = group.get('initial_lr', group.get('lr'))
+    return f'{type(opt).__name__}(lr={lr:g}) in {type(ow).__name__}' if lr is not None \
+        else f'{type(opt).__name__} in {type(ow).__name__}'
+
+
+def dry_run_report(cfg: Config, validated=None) -> str:
+    """The dry-run report of a prepared config. ``validated``: what
+    :func:`vargo.core.validation.validate_training_config` built (built here if None)."""
+    if validated is None:
+        from .validation import validate_training_config
+        validated = validate_training_config(cfg)
+    elif not hasattr(validated, 'model'):  # a model alone (older callers)
+        from .validation import validate_training_config
+        validated = validate_training_config(cfg, model=validated)
+    model = validated.model
     policy = model.policy
     train, frozen = count_parameters(policy)
     spec = model.sampler.logprob_spec()
@@ -74,6 +90,13 @@ def dry_run_report(cfg: Config) -> str:
         f'  token selectors   {", ".join(model.token_selectors) or "(none)"}',
         f'  regularizers      {", ".join(model.regularizers) or "(none)"}',
         f'  objective         {model.objective}',
+        f'  optimizer         {_describe_optimizer(validated)}; schedulers: '
+        f'{", ".join(type(s).__name__ for s in validated.param_schedulers) or "(none)"}',
+        f'  dataloader        {len(validated.dataloader.dataset)} conditions, '
+        f'{validated.dataloader.batch_size} per rank per iteration',
+        f'  loop              {cfg.train_cfg.get("type", "GRPOLoop")}, '
+        f'{cfg.train_cfg.max_iters} iterations',
+        f'  hooks             {", ".join(type(h).__name__ for h in validated.hooks.values())}',
         f'  memory/rank (est) {_fmt(mem, "B")} = weights + grads + AdamW moments + reference '
         f'(activations and KV cache not included)',
         f'  FLOPs/iteration   {_fmt(rollout + update + reference, "FLOP")} per rank '

@@ -1,9 +1,13 @@
 """Building MMEngine's Runner for a vargo config (used by tools/train.py and the tests)."""
 from __future__ import annotations
 
+import ast
+import copy
+import importlib
 import os
 import os.path as osp
 import re
+import warnings
 from typing import Optional
 
 import torch
@@ -14,18 +18,117 @@ from . import dist as vdist
 from .checkpoint import (CheckpointError, CheckpointRefused, StateDictMismatch,
                          check_state_dict_keys, load_state_dict_strict, load_training_checkpoint,
                          remove_stale_temp_files)
-from .config import assemble, check_files, check_work_dir
+from .config import ConfigFileNotFoundError, assemble, check_files, check_work_dir
 from .registry import ConfigError
 
 __all__ = ['load_config', 'prepare_config', 'build_runner', 'VargoRunner']
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    rel = osp.relpath(path)
+    return path if rel.startswith('..') else rel
+
+
+def _base_entries(tree: ast.Module) -> list[str]:
+    """The literal ``_base_`` entries of a parsed config file (none if it computes them)."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == '_base_' for t in node.targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                return []
+            if isinstance(value, str):
+                return [value]
+            if isinstance(value, (list, tuple)):
+                return [v for v in value if isinstance(v, str)]
+    return []
+
+
+def check_config_sources(path: str, _stack: tuple = (), _done: Optional[set] = None) -> None:
+    """Check a config file and its ``_base_`` files before MMEngine reads them: Python syntax
+    (naming the file and line), ``_base_`` entries that do not exist, and ``_base_`` cycles
+    (MMEngine would recurse until a RecursionError). Raises :class:`ConfigError`."""
+    done = set() if _done is None else _done
+    path = osp.abspath(path)
+    if path in _stack:
+        cycle = _stack[_stack.index(path):] + (path,)
+        raise ConfigError(f'_base_ cycle: {" -> ".join(_shown(p) for p in cycle)}; a config '
+                          f'cannot inherit itself: remove one of these _base_ entries')
+    if path in done or not path.endswith('.py'):
+        return
+    with open(path, encoding='utf-8') as f:
+        source = f.read()
+    try:
+        tree = ast.parse(source, filename=path)
+    except SyntaxError as err:
+        where = f'{_shown(path)}, line {err.lineno}' + (
+            f', column {err.offset}' if err.offset else '')
+        code = (err.text or '').strip()
+        raise ConfigError(f'{where}: invalid Python syntax ({err.msg})'
+                          + (f' in {code!r}' if code else '') + '; fix the config file') from None
+    for entry in _base_entries(tree):
+        if '::' in entry or '{{' in entry:
+            continue  # a package config or a predefined variable: MMEngine resolves it
+        base = osp.join(osp.dirname(path), osp.expanduser(entry))
+        if not osp.isfile(base):
+            raise ConfigFileNotFoundError(f'{_shown(path)}: _base_ entry {entry!r} does not '
+                                          f'exist ({_shown(base)}); fix the path')
+        check_config_sources(base, _stack + (path,), done)
+    done.add(path)
+
+
+def import_custom_modules(cfg: Config) -> None:
+    """Import ``cfg.custom_imports`` (what ``Config.fromfile`` would), naming a module that
+    cannot be imported."""
+    custom = cfg.get('custom_imports')
+    if not custom:
+        return
+    if not isinstance(custom, dict) or 'imports' not in custom:
+        raise ConfigError(f'custom_imports={custom!r} must be dict(imports=[\'module\', ...], '
+                          f'allow_failed_imports=False)')
+    imports = custom['imports']
+    if isinstance(imports, str):
+        imports = [imports]
+    if not isinstance(imports, (list, tuple)) or not all(isinstance(m, str) for m in imports):
+        raise ConfigError(f'custom_imports.imports={imports!r} must be a list of module names')
+    allow_failed = custom.get('allow_failed_imports', False)
+    for name in imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            if allow_failed:
+                warnings.warn(f'custom_imports: {name!r} was not imported ({err})')
+                continue
+            raise ConfigError(f'custom_imports.imports: module {name!r} cannot be imported '
+                              f'({err}); fix the name, install the module or add its directory '
+                              f'to PYTHONPATH') from err
+
+
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'config file not found: {path}')
-    cfg = Config.fromfile(path)
+    """Read a config file, merge ``--cfg-options`` and import ``custom_imports``; every problem
+    is a one-line :class:`ConfigError` naming the file (or the option, or the module)."""
+    if not isinstance(path, str) or not osp.isfile(path):
+        raise ConfigFileNotFoundError(f'config file not found: {path}')
+    check_config_sources(path)
+    try:
+        cfg = Config.fromfile(path, import_custom_modules=False)
+    except ConfigError:
+        raise
+    except Exception as err:  # the config's own code failed (NameError, ...)
+        msg = ' '.join(str(err).split())
+        raise ConfigError(f'{path}: the config could not be read: {type(err).__name__}: '
+                          f'{msg}') from err
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        try:
+            cfg.merge_from_dict(cfg_options)
+        except Exception as err:
+            msg = ' '.join(str(err).split())
+            raise ConfigError(f'--cfg-options: {msg}; options must name existing keys of the '
+                              f'config (list entries by index, e.g. param_scheduler.0.type=...)'
+                              ) from err
+    import_custom_modules(cfg)
     return cfg
 
 
@@ -43,12 +146,15 @@ def prepare_config(cfg: Config, *, config_path: str, work_dir: Optional[str] = N
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+    if not isinstance(cfg.work_dir, str) or not cfg.work_dir:
+        raise ConfigError(f'work_dir={cfg.work_dir!r} must be a directory path (or pass '
+                          f'--work-dir DIR)')
     if resume == 'auto':
         cfg.resume = True
         cfg.load_from = None
     elif resume is not None:
         if not osp.isfile(resume):
-            raise FileNotFoundError(f'--resume {resume}: no such checkpoint file')
+            raise ConfigFileNotFoundError(f'--resume {resume}: no such checkpoint file')
         cfg.resume = True
         cfg.load_from = resume
     if amp:
@@ -102,6 +208,56 @@ class VargoRunner(Runner):
     """
 
     _preloaded: Optional[tuple[str, dict]] = None
+
+    # -- building: the whole config is checked and the model built before __init__ ---------
+    @classmethod
+    def from_cfg(cls, cfg: Config) -> 'VargoRunner':
+        """Check ``cfg`` completely and build the model, then the Runner around that model.
+
+        MMEngine's ``Runner.__init__`` creates the work dir and the ``<timestamp>/`` log dir and
+        logs the environment and config before it builds anything; ``train()`` builds the loop,
+        dataloader, optimizer and schedulers. :func:`vargo.core.validation.prebuild` checks and
+        builds all of them first (so a mistake is one line, with no directory left behind),
+        seeding exactly as ``__init__`` does before it builds the model. The model is built once
+        and handed to ``__init__``; the RNG states right after its build are restored once the
+        Runner exists (``__init__`` seeds again), so training draws what it drew before.
+        """
+        from .validation import prebuild, restore_rng_states
+        cfg = copy.deepcopy(cfg)
+        validated, rng_states = prebuild(cfg)
+        model = validated.model
+        del validated  # the throw-away optimizer, schedulers, dataloader and hooks
+        runner = cls(
+            model=model,
+            work_dir=cfg['work_dir'],
+            train_dataloader=cfg.get('train_dataloader'),
+            val_dataloader=cfg.get('val_dataloader'),
+            test_dataloader=cfg.get('test_dataloader'),
+            train_cfg=cfg.get('train_cfg'),
+            val_cfg=cfg.get('val_cfg'),
+            test_cfg=cfg.get('test_cfg'),
+            auto_scale_lr=cfg.get('auto_scale_lr'),
+            optim_wrapper=cfg.get('optim_wrapper'),
+            param_scheduler=cfg.get('param_scheduler'),
+            val_evaluator=cfg.get('val_evaluator'),
+            test_evaluator=cfg.get('test_evaluator'),
+            default_hooks=cfg.get('default_hooks'),
+            custom_hooks=cfg.get('custom_hooks'),
+            data_preprocessor=cfg.get('data_preprocessor'),
+            load_from=cfg.get('load_from'),
+            resume=cfg.get('resume', False),
+            launcher=cfg.get('launcher', 'none'),
+            env_cfg=cfg.get('env_cfg', dict(dist_cfg=dict(backend='nccl'))),
+            log_processor=cfg.get('log_processor'),
+            log_level=cfg.get('log_level', 'INFO'),
+            visualizer=cfg.get('visualizer'),
+            default_scope=cfg.get('default_scope', 'mmengine'),
+            randomness=cfg.get('randomness', dict(seed=None)),
+            experiment_name=cfg.get('experiment_name'),
+            cfg=cfg,
+        )
+        restore_rng_states(rng_states)
+        return runner
 
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
         from mmengine.hooks import CheckpointHook
@@ -207,6 +363,8 @@ class VargoRunner(Runner):
 
 
 def build_runner(cfg: Config) -> VargoRunner:
-    """vargo's Runner for a prepared config (see :func:`prepare_config`)."""
+    """vargo's Runner for a prepared config (see :func:`prepare_config`); the config is checked
+    completely and the model built before the Runner exists (:meth:`VargoRunner.from_cfg`), so
+    a mistake raises :class:`ConfigError` before any directory or log is written."""
     os.environ.setdefault('HF_HUB_OFFLINE', '1')
     return VargoRunner.from_cfg(cfg)

@@ -6,6 +6,7 @@ the loop makes :class:`vargo.core.types.Conditions` of it.
 """
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Optional, Sequence
 
@@ -14,6 +15,13 @@ from torch.utils.data import Dataset
 from vargo.core.registry import DATASETS
 
 __all__ = ['ClassConditionDataset', 'PromptFileDataset']
+
+#: the most classes a ClassConditionDataset lists (its class ids are listed eagerly)
+MAX_CLASSES = 10 ** 7
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
 @DATASETS.register_module()
@@ -26,6 +34,14 @@ class ClassConditionDataset(Dataset):
     """
 
     def __init__(self, *, num_classes: int, classes: Optional[Sequence[int]] = None):
+        if not _is_int(num_classes) or not 1 <= num_classes <= MAX_CLASSES:
+            raise ValueError(f'ClassConditionDataset num_classes={num_classes!r} must be an int '
+                             f'in [1, {MAX_CLASSES}]: the number of classes of the model '
+                             f'(ImageNet 1000)')
+        if classes is not None and (isinstance(classes, (str, bytes)) or not isinstance(
+                classes, Sequence) or not classes or not all(_is_int(c) for c in classes)):
+            raise ValueError(f'ClassConditionDataset classes={classes!r} must be None (all '
+                             f'classes) or a non-empty list of int class ids')
         self.num_classes = int(num_classes)
         self.classes = list(range(self.num_classes)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < self.num_classes]
@@ -51,6 +67,9 @@ class PromptFileDataset(Dataset):
     """
 
     def __init__(self, *, path: str):
+        if not isinstance(path, (str, os.PathLike)):
+            raise ValueError(f'PromptFileDataset path={path!r} must be the path of a text file '
+                             f'(one prompt per line)')
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f'prompt file not found: {path} (one prompt per line; '

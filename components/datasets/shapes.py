@@ -1,9 +1,9 @@
 """The Shapes benchmark world: a deterministic procedural dataset of coloured shapes.
 
-No pretrained weights can be downloaded, so vargo ships a small world in which every method
-runs end to end on a CPU in minutes (DESIGN.md section 8). This module is its data: images,
-class labels, compositional prompts, the prompt grammar and the train/eval splits. The reward
-that checks a generated image against a prompt is
+No pretrained weights can be downloaded, so vargo ships a small world in which every method runs
+end to end on a CPU in minutes (README.md, "The Shapes benchmark"). This module is its data:
+images, class labels, compositional prompts, the prompt grammar and the train/eval splits. The
+reward that checks a generated image against a prompt is
 :class:`vargo.components.rewards.shapes_eval.ShapesEvalReward`.
 
 Image
@@ -513,10 +513,28 @@ def _check_common(split: str, seed: int) -> None:
         raise ValueError(f'seed={seed!r} must be an int >= 0')
 
 
+#: the most items a Shapes dataset holds (its specs are listed eagerly)
+MAX_ITEMS = 10 ** 7
+
+
 def _check_count(name: str, value) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-                              or value < 1):
-        raise ValueError(f'{name}={value!r} must be None or an int >= 1')
+                              or not 1 <= value <= MAX_ITEMS):
+        raise ValueError(f'{name}={value!r} must be None or an int in [1, {MAX_ITEMS}]')
+
+
+def _check_kinds(kinds) -> tuple:
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    if not isinstance(kinds, (list, tuple)) or not all(isinstance(k, str) for k in kinds):
+        raise ValueError(f'kinds={kinds!r} must be a non-empty list of prompt kinds from {KINDS}')
+    kinds = tuple(kinds)
+    if not kinds or len(set(kinds)) != len(kinds):
+        raise ValueError(f'kinds={kinds!r} must be a non-empty subset of {KINDS} without '
+                         f'repeats')
+    for k in kinds:
+        _check_choice('kind', k, KINDS)
+    return kinds
 
 
 @DATASETS.register_module()
@@ -581,14 +599,7 @@ class ShapesPromptDataset(Dataset):
                  num_prompts: Optional[int] = None, seed: int = 0):
         _check_common(split, seed)
         _check_count('num_prompts', num_prompts)
-        if isinstance(kinds, str):
-            kinds = (kinds,)
-        kinds = tuple(kinds)
-        if not kinds or len(set(kinds)) != len(kinds):
-            raise ValueError(f'kinds={kinds!r} must be a non-empty subset of {KINDS} without '
-                             f'repeats')
-        for k in kinds:
-            _check_choice('kind', k, KINDS)
+        kinds = _check_kinds(kinds)
         self.split, self.kinds, self.seed = split, kinds, int(seed)
         rng = np.random.default_rng((int(seed), _SPLIT_CODE[split], 1 << 20))
         per_kind = {k: [_split_specs(k, split)[j]

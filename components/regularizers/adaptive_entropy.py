@@ -1,6 +1,6 @@
 """LOO-FID's adaptive entropy bonus: a scheduled coefficient steered to a target entropy.
 
-METHODS.md section 2 (arXiv 2603.23086; official code bugrabaran/ar-policy-tuning, ``grpo.py``,
+docs/methods/loo_fid.md (arXiv 2603.23086; official code bugrabaran/ar-policy-tuning, ``grpo.py``,
 ``grpo_train_step``). A stateless controller: the coefficient is a function of the training
 progress ``p`` and of the current minibatch's normalised entropy only.
 """
@@ -108,7 +108,7 @@ class AdaptiveEntropyRegularizer(Regularizer):
             raise ValueError(f'AdaptiveEntropyRegularizer vocab_size={vocab_size!r} must be an '
                              f'int >= 2 (the full codebook size V, e.g. 16384 for LlamaGen '
                              f'VQ-16): H_norm = Hbar / ln V')
-        if aggregation not in AGGREGATIONS:
+        if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
             raise ValueError(f'AdaptiveEntropyRegularizer aggregation={aggregation!r} is not one '
                              f'of {sorted(AGGREGATIONS)} (the paper: '
                              f"'sample_mean_of_token_means')")

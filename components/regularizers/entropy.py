@@ -41,7 +41,7 @@ class EntropyRegularizer(Regularizer):
         if isinstance(coef, bool) or not isinstance(coef, (int, float)) or not math.isfinite(coef):
             raise ValueError(f'EntropyRegularizer coef={coef!r} must be a finite float '
                              f'(> 0 rewards entropy, < 0 penalises it)')
-        if aggregation not in AGGREGATIONS:
+        if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
             raise ValueError(f'EntropyRegularizer aggregation={aggregation!r} is not one of '
                              f'{sorted(AGGREGATIONS)}')
         self.coef = float(coef)

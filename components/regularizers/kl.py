@@ -1,4 +1,4 @@
-"""KL penalty to the frozen reference policy, per action (METHODS.md section 0)."""
+"""KL penalty to the frozen reference policy, per action (docs/methods/grpo.md)."""
 from __future__ import annotations
 
 import math
@@ -26,7 +26,7 @@ def check_kl_settings(owner, beta, aggregation: str, *, typical: str) -> None:
             or not math.isfinite(beta) or beta < 0:
         raise ValueError(f'{name} beta={beta!r} must be a finite float >= 0 (e.g. {typical}; '
                          f'remove the regularizer to disable KL)')
-    if aggregation not in AGGREGATIONS:
+    if not isinstance(aggregation, str) or aggregation not in AGGREGATIONS:
         raise ValueError(f'{name} aggregation={aggregation!r} is not one of '
                          f'{sorted(AGGREGATIONS)}')
 
@@ -68,10 +68,10 @@ class KLRegularizer(Regularizer):
     def __init__(self, *, beta: float, estimator: str, aggregation: str,
                  level: str = 'token') -> None:
         check_kl_settings(self, beta, aggregation, typical='0.04 as GRPO')
-        if estimator not in KL_ESTIMATORS:
+        if not isinstance(estimator, str) or estimator not in KL_ESTIMATORS:
             raise ValueError(f'KLRegularizer estimator={estimator!r} is not one of '
                              f'{list(KL_ESTIMATORS)} (k3 is the GRPO choice)')
-        if level not in KL_LEVELS:
+        if not isinstance(level, str) or level not in KL_LEVELS:
             raise ValueError(f'KLRegularizer level={level!r} is not one of {list(KL_LEVELS)}')
         if level == 'sequence' and aggregation != 'sample_mean_of_token_means':
             raise ValueError(f"KLRegularizer level='sequence' gives one KL per sample, averaged "

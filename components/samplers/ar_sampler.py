@@ -1,10 +1,11 @@
 """Raster-order autoregressive sampling with a static KV cache (LlamaGen family).
 
-Faithful to ``autoregressive/models/generate.py`` of FoundationVision/LlamaGen (METHODS.md
-sections 0 and 5): prefill the condition positions, then one token per step; CFG as ONE doubled
-batch ``[cond; null]`` with ``logits = uncond + (cond - uncond) * cfg_scale``; ``/ temperature``;
-top-k then top-p filtering; ``softmax``; ``torch.multinomial``. With the same seed, weights and
-settings the tokens equal the official ``generate()``'s up to float rounding of the logits.
+Faithful to ``autoregressive/models/generate.py`` of FoundationVision/LlamaGen
+(docs/methods/grpo.md): prefill the condition positions, then one token per step; CFG as ONE
+doubled batch ``[cond; null]`` with ``logits = uncond + (cond - uncond) * cfg_scale``;
+``/ temperature``; top-k then top-p filtering; ``softmax``; ``torch.multinomial``. With the same
+seed, weights and settings the tokens equal the official ``generate()``'s up to float rounding of
+the logits.
 
 Noise: with ``rng`` (a :class:`vargo.core.rng.BatchRNG`, the runner's) one uniform per sample and
 token is drawn for the *global* batch before the loop and turned into a token by inverse-CDF
@@ -39,6 +40,7 @@ from vargo.core.types import Conditions, LogprobSpec, Rollout
 from ..policies.llamagen import (KVCache, categorical_logp_entropy, cfg_active_steps, cfg_mix,
                                  truncation_keep_mask)
 from .cached import KVCachedSampler
+from .checks import check_bool, check_real, check_sampling
 
 __all__ = ['ARSampler']
 
@@ -52,7 +54,7 @@ class ARSampler(KVCachedSampler):
         temperature: softmax temperature (> 0).
         top_k: keep the k most likely tokens (0 = off).
         top_p: nucleus threshold (1 = off).
-        logprob_cfg: which distribution ``logp_old`` is recorded under (METHODS.md section 0):
+        logprob_cfg: which distribution ``logp_old`` is recorded under (docs/methods/grpo.md):
             ``'none'`` = ``log_softmax(cond_logits / temperature)`` (the papers' choice),
             ``'rollout'`` = exactly the distribution sampled from.
         cfg_interval: ``(lo, hi)`` fractions of the token sequence where CFG is applied (see
@@ -69,7 +71,16 @@ class ARSampler(KVCachedSampler):
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
                  logprob_cfg: str, cfg_interval: Optional[Sequence[float]] = None,
                  decode_images: bool = True):
+        check_sampling('ARSampler', cfg_scale=cfg_scale, temperature=temperature,
+                       logprob_cfg=logprob_cfg, top_k=top_k, top_p=top_p)
+        check_bool('ARSampler', 'decode_images', decode_images)
         if cfg_interval is not None:
+            if isinstance(cfg_interval, (str, bytes)) or not hasattr(cfg_interval, '__len__') \
+                    or len(cfg_interval) != 2:
+                raise ValueError(f'ARSampler cfg_interval={cfg_interval!r} must be (lo, hi) with '
+                                 f'0 <= lo <= hi <= 1 (fractions of the token sequence), or None')
+            for x in cfg_interval:
+                check_real('ARSampler', 'cfg_interval', x, lo=0.0, hi=1.0)
             cfg_interval = tuple(float(x) for x in cfg_interval)
             if len(cfg_interval) != 2 or not 0 <= cfg_interval[0] <= cfg_interval[1] <= 1:
                 raise ValueError(f'cfg_interval={cfg_interval} must be (lo, hi) with '

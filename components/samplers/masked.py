@@ -1,7 +1,7 @@
 """Masked autoregressive sampling with a diffusion head (MAR family).
 
 Faithful to ``MAR.sample_tokens`` + ``DiffLoss.sample`` + ``GaussianDiffusion.p_sample_loop`` of
-LTH14/mar (METHODS.md sections 4 and 5):
+LTH14/mar (docs/methods/mar_grpo.md):
 
 * a random generation order per sample; the cosine schedule
   (:func:`~vargo.components.policies.mar.mask_schedule`) keeps
@@ -71,6 +71,7 @@ from vargo.core.types import Conditions, LogprobSpec, Rollout
 
 from ..policies.mar import (MARExtras, MARSelection, cfg_scales, gaussian_transition_logp,
                             mask_schedule)
+from .checks import check_bool, check_int, check_real, check_sampling
 
 __all__ = ['MaskedSampler', 'MARChains']
 
@@ -147,14 +148,21 @@ class MaskedSampler(Sampler):
                  record_predictions: bool = False, decode_images: bool = True,
                  head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None,
                  loss_ar_steps: Optional[int] = None, loss_diffusion_steps: Optional[int] = None):
+        check_int('MaskedSampler', 'num_iter', num_iter, lo=1, hint='AR steps (official 64)')
+        check_int('MaskedSampler', 'num_sampling_steps', num_sampling_steps, lo=2,
+                  hint='head steps T (official 100; MAR-GRPO 25)')
+        check_sampling('MaskedSampler', cfg_scale=cfg_scale, temperature=temperature,
+                       logprob_cfg=logprob_cfg)
+        check_bool('MaskedSampler', 'record_predictions', record_predictions)
+        check_bool('MaskedSampler', 'decode_images', decode_images)
         if int(num_iter) < 1:
             raise ValueError(f'num_iter={num_iter} must be >= 1 AR steps')
         if int(num_sampling_steps) < 2:
             raise ValueError(f'num_sampling_steps={num_sampling_steps} must be >= 2 (the last '
                              f'head step is deterministic; the others are the actions)')
-        if cfg_schedule not in ('linear', 'constant'):
+        if not isinstance(cfg_schedule, str) or cfg_schedule not in ('linear', 'constant'):
             raise ValueError(f"cfg_schedule={cfg_schedule!r} is not one of 'linear', 'constant'")
-        if head_sampler not in ('ddpm', 'flow_sde'):
+        if not isinstance(head_sampler, str) or head_sampler not in ('ddpm', 'flow_sde'):
             raise ValueError(f"head_sampler={head_sampler!r} is not one of 'ddpm' (DDPM head) or "
                              f"'flow_sde' (flow head, Flow-GRPO SDE)")
         if head_sampler == 'ddpm' and sde_noise_level is not None:
@@ -162,6 +170,9 @@ class MaskedSampler(Sampler):
                              f"setting; the DDPM chain's noise is its posterior variance: drop "
                              f"sde_noise_level or use head_sampler='flow_sde' with a flow head")
         if head_sampler == 'flow_sde':
+            if sde_noise_level is not None:
+                check_real('MaskedSampler', 'sde_noise_level', sde_noise_level,
+                           hint="Flow-GRPO's noise level a (0.7), or None for the default")
             sde_noise_level = 0.7 if sde_noise_level is None else float(sde_noise_level)
             if not sde_noise_level > 0:
                 raise ValueError(f'sde_noise_level={sde_noise_level} must be > 0 (Flow-GRPO: '

@@ -1,7 +1,7 @@
 """Next-scale sampling with a static KV cache (VAR family).
 
-Faithful to ``VAR.autoregressive_infer_cfg`` of FoundationVision/VAR (METHODS.md sections 3 and
-5): the start tokens (class embedding + ``pos_start`` + level/position embeddings) predict scale
+Faithful to ``VAR.autoregressive_infer_cfg`` of FoundationVision/VAR (docs/methods/var_rl.md):
+the start tokens (class embedding + ``pos_start`` + level/position embeddings) predict scale
 0; each scale's tokens are sampled at once (conditionally independent given coarser scales);
 their code vectors are added to ``f_hat`` through the scale's Phi
 (``get_next_autoregressive_input``) and the area-downsampled ``f_hat`` is the next scale's input.
@@ -42,6 +42,7 @@ from ..policies.llamagen import categorical_logp_entropy
 from ..policies.var import VARExtras, VARKVCache, var_truncation_keep_mask
 from .ar_sampler import _inverse_cdf
 from .cached import KVCachedSampler
+from .checks import check_bool, check_sampling
 
 __all__ = ['NextScaleSampler']
 
@@ -61,7 +62,7 @@ class NextScaleSampler(KVCachedSampler):
         temperature: softmax temperature (> 0; 1 = official).
         top_k: keep the k most likely tokens (0 = off).
         top_p: nucleus threshold (1 = off; the official ``top_p=0`` "off" is 1 here).
-        logprob_cfg: which distribution ``logp_old`` is recorded under (METHODS.md section 0):
+        logprob_cfg: which distribution ``logp_old`` is recorded under (docs/methods/grpo.md):
             ``'none'`` = ``log_softmax(cond_logits / temperature)`` (the papers' choice),
             ``'rollout'`` = exactly the distribution sampled from.
         decode_images: decode ``rollout.images`` with the policy's VQVAE.
@@ -75,6 +76,9 @@ class NextScaleSampler(KVCachedSampler):
 
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
                  logprob_cfg: str, decode_images: bool = True):
+        check_sampling('NextScaleSampler', cfg_scale=cfg_scale, temperature=temperature,
+                       logprob_cfg=logprob_cfg, top_k=top_k, top_p=top_p)
+        check_bool('NextScaleSampler', 'decode_images', decode_images)
         super().__init__(LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale),
                                      cfg_interval=None, temperature=float(temperature),
                                      top_k=int(top_k), top_p=float(top_p)),
