@@ -21,7 +21,8 @@ from .checkpoint import (CheckpointError, CheckpointRefused, StateDictMismatch,
 from .config import ConfigFileNotFoundError, assemble, check_files, check_work_dir
 from .registry import ConfigError
 
-__all__ = ['load_config', 'prepare_config', 'build_runner', 'VargoRunner']
+__all__ = ['load_config', 'prepare_config', 'build_runner', 'VargoRunner', 'read_checked',
+           'find_resumable', 'CheckpointMismatch', 'checkpoints_newest_first']
 
 
 def _shown(path: str) -> str:
@@ -194,6 +195,56 @@ def checkpoints_newest_first(work_dir: str) -> list[str]:
     return paths
 
 
+class CheckpointMismatch(CheckpointError):
+    """A readable checkpoint whose keys or shapes do not match the model."""
+
+
+def read_checked(filename: str, model, map_location='cpu') -> dict:
+    """Load a training checkpoint data-only and check its keys and shapes against ``model``
+    (an ``RLAlgorithm``, unwrapped), without changing anything.
+
+    Raises:
+        CheckpointRefused / CheckpointError: not plain data / unreadable (see
+            :func:`vargo.core.checkpoint.load_training_checkpoint`).
+        CheckpointMismatch: every missing, unexpected and mis-shaped key, one line.
+    """
+    ckpt = load_training_checkpoint(filename, map_location)
+    state = {re.sub(r'^module\.', '', k): v for k, v in ckpt['state_dict'].items()}
+    ckpt['state_dict'] = state
+    try:
+        check_state_dict_keys(model.state_dict(), state, source=filename,
+                              owner=type(model).__name__)
+    except StateDictMismatch as err:
+        raise CheckpointMismatch(str(err)) from None
+    return ckpt
+
+
+def find_resumable(work_dir: str, model) -> tuple[Optional[tuple[str, dict]], list[str]]:
+    """``((path, checkpoint), skipped)``: the newest checkpoint of ``work_dir`` that loads and
+    matches ``model``, and a note per newer one that could not be read; ``(None, [])`` when the
+    work dir holds no checkpoint.
+
+    Raises:
+        CheckpointRefused: a candidate holds non-data objects (never skipped silently).
+        CheckpointMismatch: the newest readable checkpoint does not match the model.
+        CheckpointError: checkpoints exist but none can be read.
+    """
+    skipped = []
+    for path in checkpoints_newest_first(work_dir):
+        try:
+            return (path, read_checked(path, model)), skipped
+        except (CheckpointRefused, CheckpointMismatch):
+            raise
+        except FileNotFoundError:
+            skipped.append(f'{osp.basename(path)} (named by last_checkpoint, missing)')
+        except CheckpointError as err:
+            skipped.append(f'{osp.basename(path)} ({str(err).split(": ", 1)[-1][:160]})')
+    if skipped:
+        raise CheckpointError(f'--resume auto: no checkpoint in {work_dir} loads: '
+                              f'{"; ".join(skipped)}. Remove or repair them, or pass --resume PATH')
+    return None, []
+
+
 class VargoRunner(Runner):
     """MMEngine's Runner with vargo's checkpoint handling.
 
@@ -207,7 +258,8 @@ class VargoRunner(Runner):
       registered here); temporary files of killed saves are removed when training starts.
     """
 
-    _preloaded: Optional[tuple[str, dict]] = None
+    _preloaded: Optional[tuple[str, dict]] = None   # (path, checkpoint) read by from_cfg
+    _resume_skipped: tuple[str, ...] = ()           # unreadable checkpoints auto-resume skipped
 
     # -- building: the whole config is checked and the model built before __init__ ---------
     @classmethod
@@ -227,6 +279,13 @@ class VargoRunner(Runner):
         validated, rng_states = prebuild(cfg)
         model = validated.model
         del validated  # the throw-away optimizer, schedulers, dataloader and hooks
+        # the checkpoint to resume or load from is read and checked now, before the Runner
+        # creates any directory: a refused or mismatching file is one error line
+        preloaded, skipped = None, []
+        if cfg.get('resume') and cfg.get('load_from') is None:
+            preloaded, skipped = find_resumable(cfg['work_dir'], model)
+        elif cfg.get('load_from'):
+            preloaded = (cfg['load_from'], read_checked(cfg['load_from'], model))
         runner = cls(
             model=model,
             work_dir=cfg['work_dir'],
@@ -257,6 +316,7 @@ class VargoRunner(Runner):
             cfg=cfg,
         )
         restore_rng_states(rng_states)
+        runner._preloaded, runner._resume_skipped = preloaded, tuple(skipped)
         return runner
 
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
@@ -277,77 +337,38 @@ class VargoRunner(Runner):
         model = self.model
         return model.module if hasattr(model, 'module') else model
 
-    def _read_checked(self, filename: str, map_location='cpu') -> dict:
-        """Load ``filename`` data-only and check its keys and shapes against the model."""
-        ckpt = load_training_checkpoint(filename, map_location)
-        state = {re.sub(r'^module\.', '', k): v for k, v in ckpt['state_dict'].items()}
-        ckpt['state_dict'] = state
-        model = self._model_for_loading()
-        try:
-            check_state_dict_keys(model.state_dict(), state, source=filename,
-                                  owner=type(model).__name__)
-        except StateDictMismatch as err:
-            raise CheckpointError(str(err)) from None
-        return ckpt
-
     def load_checkpoint(self, filename: str, map_location='cpu', strict: bool = True,
                         revise_keys=None):
         """Load a vargo checkpoint's weights (strictly) and its hook state; returns it.
 
         ``strict`` and ``revise_keys`` are MMEngine's arguments and are ignored: keys are always
-        checked strictly, and a DDP ``module.`` prefix is always stripped.
+        checked strictly, and a DDP ``module.`` prefix is always stripped. A checkpoint
+        :meth:`from_cfg` already read and checked is not read again.
         """
+        model = self._model_for_loading()
         if self._preloaded is not None and self._preloaded[0] == filename:
             ckpt = self._preloaded[1]
             self._preloaded = None
         else:
-            ckpt = self._read_checked(filename, map_location)
+            ckpt = read_checked(filename, model, map_location)
         self.call_hook('after_load_checkpoint', checkpoint=ckpt)
-        load_state_dict_strict(self._model_for_loading(), ckpt['state_dict'], source=filename)
+        load_state_dict_strict(model, ckpt['state_dict'], source=filename)
         self._has_loaded = True
         self.logger.info(f'Loaded checkpoint {filename}')
         return ckpt
-
-    def _find_resumable(self) -> Optional[str]:
-        """The newest checkpoint of the work dir that loads and matches the model (kept
-        preloaded for :meth:`load_checkpoint`), or None if the work dir has none."""
-        candidates = checkpoints_newest_first(self.work_dir)
-        skipped = []
-        for path in candidates:
-            try:
-                ckpt = self._read_checked(path)
-            except CheckpointRefused:
-                raise
-            except FileNotFoundError:
-                skipped.append(f'{osp.basename(path)} (named by last_checkpoint, missing)')
-                continue
-            except CheckpointError as err:
-                if 'does not match' in str(err):
-                    raise
-                skipped.append(f'{osp.basename(path)} ({str(err).split(": ", 1)[-1][:160]})')
-                continue
-            for note in skipped:
-                self.logger.warning(f'--resume auto: skipped {note}')
-            self._preloaded = (path, ckpt)
-            return path
-        if skipped:
-            raise CheckpointError(
-                f'--resume auto: no checkpoint in {self.work_dir} loads: {"; ".join(skipped)}. '
-                f'Remove or repair them, or pass --resume PATH')
-        return None
 
     def load_or_resume(self) -> None:
         if self._has_loaded:
             return None
         if self._resume and self._load_from is None:
-            path = self._find_resumable()
-            if path is None:
-                msg = (f'--resume auto: no checkpoint in {self.work_dir}; starting a new run from '
-                       f'the initial weights')
-                self.logger.warning(msg)
+            for note in self._resume_skipped:
+                self.logger.warning(f'--resume auto: skipped {note}')
+            if self._preloaded is None:
+                self.logger.warning(f'--resume auto: no checkpoint in {self.work_dir}; starting '
+                                    f'a new run from the initial weights')
                 return None
-            self.logger.info(f'--resume auto: resuming from {path}')
-            self.resume(path)
+            self.logger.info(f'--resume auto: resuming from {self._preloaded[0]}')
+            self.resume(self._preloaded[0])
         elif self._resume:
             self.resume(self._load_from)
         elif self._load_from is not None:

@@ -87,16 +87,7 @@ _OUTSIDE = re.compile(r'\b(?:' + '|'.join(('METHODS', 'DESIGN', 'ENVIRONMENT', '
                       + r')\.md\b|\.\./' + 'shared' + r'\b')
 #: files that still hold such pointers, pending edits of files other work has open (issue 13,
 #: item 5); the replacements are proposed in that issue. Empty it as they are applied.
-_PENDING_POINTERS = {
-    'components/datasets/shapes.py',
-    'components/regularizers/adaptive_entropy.py',
-    'components/regularizers/kl.py',
-    'components/samplers/ar_sampler.py',
-    'components/samplers/masked.py',
-    'components/samplers/next_scale.py',
-    'core/config.py',
-    'core/objective.py',
-}
+_PENDING_POINTERS: set[str] = set()  # files allowed to keep a pointer (none)
 _INLINE_LINK = re.compile(r'\[(?:[^\[\]]|\[[^\[\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
 _REF_LINK = re.compile(r'^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)', flags=re.M)
 _SCHEME = re.compile(r'^[A-Za-z][A-Za-z0-9+.-]*:')

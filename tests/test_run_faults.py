@@ -299,3 +299,22 @@ def test_ranks_agree_to_skip_a_step_whose_loss_is_nan_on_one_rank(tmp_path):
     a, b = _weights(one / 'iter_4.pth'), _weights(two / 'iter_4.pth')
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=2e-6, rtol=1e-5, msg=k)
+
+
+def test_train_py_reports_a_run_fault_as_one_error_line(tmp_path):
+    # the command line: exit 1 (not a config error), one line naming the head, no traceback
+    from conftest import run_python
+    child = tmp_path / 'faulty.py'
+    child.write_text(f"_base_ = [{TOY!r}]\n"
+                     "custom_imports = dict(imports=['toy_components', 'fault_components'])\n"
+                     "rewards = dict(jpeg=dict(_delete_=True, type='FaultyReward', "
+                     "fail_at_iter=1))\n")
+    work = tmp_path / 'work'
+    proc = run_python('tools/train.py', str(child), '--work-dir', str(work), '--cfg-options',
+                      'default_hooks.checkpoint.interval=1', check=False,
+                      env={'PYTHONPATH': os.path.join(ROOT, 'tests'), 'OMP_NUM_THREADS': '1'})
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith('error: iteration 2/') and "reward head 'jpeg' (FaultyReward" in line
+    assert (work / 'iter_1.pth').exists() and not (work / 'iter_2.pth').exists()

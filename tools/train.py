@@ -25,6 +25,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from mmengine.config import DictAction  # noqa: E402
 
 EXIT_CONFIG_ERROR = 2
+EXIT_RUN_ABORTED = 1  # a fault during training (reward head, non-finite steps); resume after the fix
 
 
 def parse_args(argv=None):
@@ -138,8 +139,14 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(report)
         return 0
+    from vargo.core.faults import RunAborted
     try:
         runner.train()
+    except RunAborted as err:  # a fault during the run; its last checkpoint is intact
+        if args.debug:
+            raise
+        print(f'error: {err}', file=sys.stderr)
+        return EXIT_RUN_ABORTED
     except Exception as err:  # noqa: BLE001
         if _in_an_iteration(runner, err):
             raise
