@@ -495,6 +495,58 @@ def test_tokenizer_checkpoint_loads_strictly(tmp_path):
     assert torch.equal(dst.vq.quantize.embedding.weight, src.vq.quantize.embedding.weight)
 
 
+
+def test_t2i_null_caption_has_the_official_120_rows_and_cfg_uses_the_first_c(tmp_path):
+    """Official gpt.py builds ``CaptionEmbedder(caption_dim, dim, class_dropout_prob)`` with its
+    default ``token_num=120`` whatever ``cls_token_num`` is; generate.py feeds the whole buffer as
+    the null caption (``cond_null = torch.zeros_like(cond) + model.cls_embedding.
+    uncond_embedding``) and ``Transformer.forward`` keeps ``self.cls_embedding(cond_idx,
+    train=self.training)[:, :self.cls_token_num]``: CFG uses rows 0 .. C - 1."""
+    src = make_policy('t2i')                          # TEXT_TINY: C = 8 caption positions
+    c, cd = src.cls_token_num, src.cfg.caption_dim
+    assert c == 8 and src.cfg.uncond_rows == 120
+    assert tuple(src.gpt.cls_embedding.uncond_embedding.shape) == (120, cd)
+    sd = dict(src.gpt.state_dict())                   # official layout: a [120, cd] null caption
+    null = torch.randn(120, cd, generator=torch.Generator().manual_seed(5))
+    sd['cls_embedding.uncond_embedding'] = null
+    torch.save({'model': sd}, tmp_path / 't2i_official.pt')
+    dst = make_policy('t2i', checkpoint=str(tmp_path / 't2i_official.pt')).eval()   # strict
+    assert torch.equal(dst.gpt.cls_embedding.uncond_embedding, null)
+    cond = dst.encode_conditions(conditions('t2i'))
+    emb, mask = dst.condition_inputs(cond, with_null=True)
+    b = len(cond)
+    with torch.no_grad():    # the official computation: project all 120 rows, keep the first C
+        official = dst.gpt.cls_embedding.cap_proj(null.unsqueeze(0))[:, :c]
+        last_rows = dst.gpt.cls_embedding.cap_proj(null[-c:])
+    torch.testing.assert_close(emb[b:], official.expand(b, -1, -1), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(emb[b], last_rows)
+    assert torch.equal(mask[b:], mask[:b])            # the null caption keeps its caption's mask
+    # the pre-fix layout (C rows, as the shipped Shapes t2i file) needs uncond_rows=C
+    with pytest.raises(CheckpointKeyError, match='uncond_embedding'):
+        make_policy('t2i', checkpoint=str(tmp_path / 't2i_official.pt'), uncond_rows=c)
+    torch.save({'model': {**sd, 'cls_embedding.uncond_embedding': null[:c]}},
+               tmp_path / 't2i_c_rows.pt')
+    with pytest.raises(CheckpointKeyError, match='uncond_embedding'):
+        make_policy('t2i', checkpoint=str(tmp_path / 't2i_c_rows.pt'))
+    old = make_policy('t2i', checkpoint=str(tmp_path / 't2i_c_rows.pt'), uncond_rows=c).eval()
+    torch.testing.assert_close(old.condition_inputs(cond, with_null=True)[0], emb)
+    with pytest.raises(ValueError, match='uncond_rows'):
+        make_policy('t2i', uncond_rows=c - 1)
+
+
+def test_shapes_t2i_config_keeps_the_null_caption_rows_its_shipped_file_has():
+    import os
+
+    from mmengine.config import Config
+    from safetensors import safe_open
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pcfg = Config.fromfile(os.path.join(root, 'configs/_base_/policies/llamagen_shapes_t2i.py')
+                           ).policy
+    with safe_open(os.path.join(root, pcfg.checkpoint), 'pt') as f:
+        rows = f.get_slice('cls_embedding.uncond_embedding').get_shape()[0]
+    assert rows == pcfg.uncond_rows == pcfg.text_encoder.max_length == 12
+
+
 def test_policy_state_dict_holds_only_the_transformer():
     policy = make_policy('t2i')
     sd = policy.state_dict()

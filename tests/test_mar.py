@@ -282,6 +282,152 @@ def test_gradients_reach_the_transformer_through_z(fix_head):
                        r.logp_old[~ev.extras['evaluated']])
 
 
+
+# ---- the log-prob's variance: recomputed (default) or the rollout's (official MAR-GRPO) ----------
+
+def _move_variance_output(pol):
+    """Change only the head's variance output ``v`` (rows ``D:`` of its output layer): the means
+    stay, the recomputed learned-range variances do not (an off-policy update of the variance)."""
+    lin = pol.mar.head.final_layer.linear
+    with torch.no_grad():
+        lin.weight[D_TOK:] += torch.randn_like(lin.weight[D_TOK:]) * 0.5
+        lin.bias[D_TOK:] += 0.3
+
+
+def _by_hand(x, mu, log_variance, tau):
+    """sum_d log N(x; mu, (exp(log_variance / 2) tau)^2), written out."""
+    s = torch.exp(0.5 * log_variance) * tau
+    return (-(x - mu) ** 2 / (2 * s ** 2) - torch.log(s) - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def test_logprob_sigma_setting():
+    assert _policy().logprob_sigma == 'recomputed'          # vargo's numbers by default
+    with pytest.raises(ValueError, match='logprob_sigma'):
+        _policy(logprob_sigma='rollout')
+    pol = _policy(logprob_sigma='stored')
+    sampler = _sampler()
+    r = _rollout(pol, sampler)
+    assert r.extras.log_variance.shape == (4, pol.seq_len * 4, D_TOK)
+    r.extras.log_variance = None
+    with pytest.raises(ValueError, match='log_variance'):
+        pol.evaluate(r, spec=sampler.logprob_spec())
+
+
+@pytest.mark.parametrize('cfg,mode', [(1.0, 'rollout'), (2.5, 'rollout'), (2.5, 'none')])
+def test_stored_sigma_logp_is_the_gaussian_under_the_rollouts_variance(cfg, mode):
+    """Official MAR-GRPO (Harmon port, ``harmon_single_denoise_with_logp`` ->
+    ``gaussdiffusion_training``): ``log N(x_prev; mean_theta, std_dev_t^2)`` with the rollout's
+    ``std_dev_t`` (``samples["out_std_dev_t"]``, the sampler's ``exp(log_variance / 2) * tau``)."""
+    pol = _policy(logprob_sigma='stored')
+    sampler = _sampler(cfg, mode)
+    spec = sampler.logprob_spec()
+    r = _rollout(pol, sampler)
+    with torch.no_grad():                                     # on-policy: the sampler's logp
+        torch.testing.assert_close(pol.evaluate(r, spec=spec).logp, r.logp_old,
+                                   atol=LOGP_ATOL, rtol=1e-4)
+    _move_variance_output(pol)
+    with torch.no_grad():
+        stored = pol.evaluate(r, spec=spec)
+        pol.logprob_sigma = 'recomputed'
+        recomputed = pol.evaluate(r, spec=spec)
+    assert stored.extras['evaluated'].all()
+    assert torch.equal(stored.extras['mean'], recomputed.extras['mean'])
+    want = _by_hand(r.actions, stored.extras['mean'], r.extras.log_variance, spec.temperature)
+    torch.testing.assert_close(stored.logp, want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(stored.logp, r.logp_old, atol=LOGP_ATOL, rtol=1e-4)
+    assert (recomputed.logp - stored.logp).abs().max() > 1.0  # the moved variance counts there
+    log_s = 0.5 * r.extras.log_variance + math.log(spec.temperature)
+    torch.testing.assert_close(stored.entropy,
+                               (log_s + 0.5 * (1 + math.log(2 * math.pi))).sum(-1))
+
+
+@pytest.mark.parametrize('cfg,mode', [(1.0, 'rollout'), (2.5, 'rollout'), (2.5, 'none')])
+def test_stored_sigma_gives_no_gradient_through_the_variance(cfg, mode):
+    pol = _policy(logprob_sigma='stored')
+    sampler = _sampler(cfg, mode)
+    spec = sampler.logprob_spec()
+    r = _rollout(pol, sampler)
+    _move_variance_output(pol)             # off-policy: recomputed and stored variances differ
+    pol.train()
+    names, params = zip(*[(n, p) for n, p in pol.mar.named_parameters() if p.requires_grad])
+    sel = MARSelection(ar_steps=[0, 1, 3], diffusion_steps=[0, 2, 3])
+
+    def grads(loss):
+        return dict(zip(names, torch.autograd.grad(loss, params, allow_unused=True)))
+
+    ev = pol.evaluate(r, spec=spec, select=sel)
+    stored = grads(ev.logp.sum())
+    w, b = 'diffloss.net.final_layer.linear.weight', 'diffloss.net.final_layer.linear.bias'
+    assert torch.equal(stored[w][D_TOK:], torch.zeros_like(stored[w][D_TOK:]))   # v rows: 0
+    assert torch.equal(stored[b][D_TOK:], torch.zeros_like(stored[b][D_TOK:]))
+    assert stored[w][:D_TOK].abs().sum() > 0 and stored['z_proj.weight'].abs().sum() > 0
+    # only the mean gets gradients: the same as the hand-written density of the evaluated
+    # actions with the graph's mean and the stored (constant) variance
+    ev2 = pol.evaluate(r, spec=spec, select=sel)
+    m = ev2.extras['evaluated']
+    hand = _by_hand(r.actions, ev2.extras['mean'], r.extras.log_variance, spec.temperature)
+    by_hand = grads(hand[m].sum())
+    for n in names:
+        if stored[n] is None:
+            assert by_hand[n] is None, n
+        else:
+            scale = stored[n].abs().max().item() + 1e-12
+            torch.testing.assert_close(stored[n] / scale, by_hand[n] / scale, rtol=1e-4,
+                                       atol=1e-5, msg=n)
+    pol.logprob_sigma = 'recomputed'       # today's behaviour: the variance gets gradients
+    recomputed = grads(pol.evaluate(r, spec=spec, select=sel).logp.sum())
+    assert recomputed[w][D_TOK:].abs().sum() > 0 and recomputed[b][D_TOK:].abs().sum() > 0
+
+
+def test_stored_sigma_of_prefix_completions_and_extra_chains():
+    pol = _policy(logprob_sigma='stored')
+    sampler = _sampler(2.0, 'rollout')
+    spec = sampler.logprob_spec()
+    r = _rollout(pol, sampler)
+    _move_variance_output(pol)
+    # a completion keeps the prefix's first AR steps: their logp_old and variances are
+    # recomputed under the current policy, the other tokens are drawn by it
+    r2 = sampler.rollout(pol, r.cond, group_size=1, prefix=r, stop_at_step=2)
+    chains = sampler.extra_chains(pol, r, num_chains=2,
+                                  rng=BatchRNG(1, 9, 4, rank=0, world_size=1))
+    assert chains.log_variance.shape == (4, 2, pol.seq_len * 4, D_TOK)
+    with torch.no_grad():
+        for ro in (r2, chains.as_rollout(r, 1)):
+            torch.testing.assert_close(pol.evaluate(ro, spec=spec).logp, ro.logp_old,
+                                       atol=LOGP_ATOL, rtol=1e-4)
+    assert torch.equal(chains.as_rollout(r, 1).extras.log_variance, chains.log_variance[:, 1])
+
+
+def test_flow_head_variance_is_a_constant_so_both_settings_agree():
+    pol = _policy(head_type='flow')
+    sampler = _sampler(2.0, 'rollout', head_sampler='flow_sde')
+    r = _rollout(pol, sampler)
+    out = {}
+    for how in ('recomputed', 'stored'):
+        pol.logprob_sigma = how
+        pol.zero_grad()
+        ev = pol.evaluate(r, spec=sampler.logprob_spec(),
+                          select=MARSelection(ar_steps=[1, 2], diffusion_steps=[0, 3]))
+        ev.logp.sum().backward()
+        out[how] = (ev.logp.detach(), ev.entropy,
+                    [p.grad.clone() for p in pol.trainable_parameters() if p.grad is not None])
+    assert torch.equal(out['recomputed'][0], out['stored'][0])
+    assert torch.equal(out['recomputed'][1], out['stored'][1])
+    assert all(torch.equal(a, b) for a, b in zip(out['recomputed'][2], out['stored'][2]))
+
+
+def test_paper_config_scores_with_the_stored_sigma():
+    import os
+
+    from mmengine.config import Config
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    got = {name: Config.fromfile(os.path.join(root, 'configs', 'grpo', name)).policy.get(
+        'logprob_sigma', 'recomputed')
+        for name in ('mar-b_grpo_c2i.py', 'mar_grpo_shapes.py', 'mar-tiny_grpo_jpeg.py')}
+    assert got == {'mar-b_grpo_c2i.py': 'stored', 'mar_grpo_shapes.py': 'recomputed',
+                   'mar-tiny_grpo_jpeg.py': 'recomputed'}
+
+
 # ---- noise, ranks, extra chains -------------------------------------------------------------
 
 def test_sampling_noise_is_rank_invariant(policy):

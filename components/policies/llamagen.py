@@ -9,7 +9,8 @@ official key                                   module
 ``cls_embedding.embedding_table.weight``       class embedding, ``num_classes + 1`` rows
                                                (row ``num_classes`` is the CFG null class)
 ``cls_embedding.cap_proj.fc{1,2}.weight``      caption MLP (t2i): Linear-GELU(tanh)-Linear
-``cls_embedding.uncond_embedding``             t2i null caption ``[120, 2048]`` (a buffer)
+``cls_embedding.uncond_embedding``             t2i null caption ``[120, 2048]`` (a buffer;
+                                               ``uncond_rows`` rows, official 120)
 ``tok_embeddings.weight``                      image-token embedding ``[V, dim]``
 ``layers.N.attention.wqkv.weight``             fused q, k, v projection (no biases anywhere)
 ``layers.N.attention.wo.weight``               attention output projection
@@ -38,7 +39,11 @@ Faithful details (all from ``gpt.py`` / ``generate.py`` / ``sample_t2i.py``):
   ``dataset/t2i.py`` at training time); padding keys are masked for every query except the
   padding position itself (the ``eye`` fix of ``generate``); the CFG null caption
   (``uncond_embedding``) uses the *same* mask as its caption (``generate`` concatenates
-  ``[emb_masks, emb_masks]``).
+  ``[emb_masks, emb_masks]``). The null caption buffer has 120 rows whatever ``cls_token_num``
+  is (``CaptionEmbedder(..., token_num=120)``; ``uncond_rows`` here); the model keeps the first
+  ``cls_token_num`` positions of the projected condition (``Transformer.forward``:
+  ``self.cls_embedding(cond_idx, ...)[:, :self.cls_token_num]``), so CFG uses rows
+  ``0 .. cls_token_num - 1`` of ``uncond_embedding``.
 * CFG (``generate.py``): one doubled batch ``[cond; uncond]``, ``logits = uncond + (cond -
   uncond) * cfg_scale``, then ``/ temperature``, then top-k, then top-p, softmax, multinomial.
 
@@ -146,6 +151,9 @@ class GPTConfig:
         task: ``'c2i'`` or ``'t2i'``.
         num_classes: classes (c2i); the embedding has one more row, the null class.
         caption_dim: text feature width (t2i, FLAN-T5-XL: 2048).
+        uncond_rows: rows of the t2i null caption ``uncond_embedding`` (official 120 for every
+            ``cls_token_num``; must be >= ``cls_token_num``, the first ``cls_token_num`` rows are
+            used).
         initializer_range: std of the normal init of linears and embeddings (0.02).
     """
 
@@ -166,6 +174,7 @@ class GPTConfig:
     task: str = 'c2i'
     num_classes: int = 1000
     caption_dim: int = 2048
+    uncond_rows: int = 120
     initializer_range: float = 0.02
 
     #: fields an ``arch`` dict may set
@@ -186,6 +195,14 @@ class GPTConfig:
         grid = math.isqrt(self.block_size)
         if grid * grid != self.block_size:
             raise ValueError(f'block_size={self.block_size} is not a square number of tokens')
+        if isinstance(self.uncond_rows, bool) or not isinstance(self.uncond_rows, int) \
+                or self.uncond_rows < 1:
+            raise ValueError(f'uncond_rows={self.uncond_rows!r} must be a positive int (rows of '
+                             f'the t2i null caption; official 120)')
+        if self.task == 't2i' and not self.cls_token_num <= self.uncond_rows:
+            raise ValueError(f'uncond_rows={self.uncond_rows} is smaller than cls_token_num='
+                             f'{self.cls_token_num}: the null caption needs a row per caption '
+                             f'position (official 120 rows, the first cls_token_num used)')
 
     @property
     def head_dim(self) -> int:
@@ -420,7 +437,8 @@ class CaptionMLP(nn.Module):
 
 class CaptionEmbedder(nn.Module):
     """Caption features ``[B, C, caption_dim]`` -> ``[B, C, dim]``; ``uncond_embedding``
-    ``[C, caption_dim]`` (a buffer, ``randn / sqrt(caption_dim)`` at init) is the null caption."""
+    ``[token_num, caption_dim]`` (a buffer, ``randn / sqrt(caption_dim)`` at init; official
+    ``token_num=120`` whatever ``C`` is) is the null caption, its first ``C`` rows used."""
 
     def __init__(self, caption_dim: int, dim: int, token_num: int):
         super().__init__()
@@ -444,7 +462,7 @@ class LlamaGenGPT(nn.Module):
         if cfg.task == 'c2i':
             self.cls_embedding = LabelEmbedder(cfg.num_classes, cfg.dim)
         else:
-            self.cls_embedding = CaptionEmbedder(cfg.caption_dim, cfg.dim, cfg.cls_token_num)
+            self.cls_embedding = CaptionEmbedder(cfg.caption_dim, cfg.dim, cfg.uncond_rows)
         self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.tok_dropout = nn.Dropout(cfg.token_dropout_p)
         self.layers = nn.ModuleList([TransformerBlock(cfg) for _ in range(cfg.n_layer)])
@@ -480,7 +498,11 @@ class LlamaGenGPT(nn.Module):
             return table(class_ids).unsqueeze(1)
         proj = self.cls_embedding.cap_proj
         if null:
-            return proj(self.cls_embedding.uncond_embedding).unsqueeze(0).expand(batch, -1, -1)
+            # the first C rows: official generate.py feeds the whole 120-row buffer as the null
+            # caption and gpt.py Transformer.forward keeps `cls_embedding(...)[:, :cls_token_num]`
+            # (cap_proj is row-wise, so projecting the C rows alone gives the same numbers)
+            null_rows = self.cls_embedding.uncond_embedding[: self.cfg.cls_token_num]
+            return proj(null_rows).unsqueeze(0).expand(batch, -1, -1)
         return proj(text_emb[:, : self.cfg.cls_token_num])
 
     def attention_mask(self, cond_mask: Tensor, seq_len: int) -> Tensor:
@@ -864,6 +886,10 @@ class LlamaGenPolicy(Policy):
         cls_token_num: condition positions C; None = 1 (c2i) or the text encoder's length /
             120 (t2i).
         caption_dim: text feature width (t2i); None = the text encoder's width / 2048.
+        uncond_rows: rows of the t2i null caption buffer ``cls_embedding.uncond_embedding``
+            (official 120 for every ``cls_token_num``; CFG uses its first ``cls_token_num``
+            rows). The Shapes t2i base model was saved with 12 (its ``cls_token_num``): its
+            config sets ``uncond_rows=12``.
         checkpoint: official ``c2i_*.pt`` / ``t2i_*.pt`` (or any file with this transformer's
             keys), loaded strictly; None keeps the official random init.
         tokenizer: VQ preset name (``'VQ-16'``, ``'VQ-8'``) or a dict of
@@ -893,7 +919,7 @@ class LlamaGenPolicy(Policy):
                  caption_dim: Optional[int] = None, checkpoint: Optional[str] = None,
                  tokenizer: Union[str, dict] = 'VQ-16', tokenizer_checkpoint: Optional[str] = None,
                  text_encoder: Optional[dict] = None, class_dropout_prob: float = 0.1,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, uncond_rows: int = 120):
         super().__init__()
         if task not in ('c2i', 't2i'):
             raise ValueError(f"task={task!r} is not one of 'c2i', 't2i'")
@@ -944,7 +970,7 @@ class LlamaGenPolicy(Policy):
                                ffn_dropout_p=dropout)
         self.cfg = GPTConfig(**arch_fields, vocab_size=vocab_size, block_size=grid * grid,
                              cls_token_num=cls_token_num, task=task, num_classes=num_classes,
-                             caption_dim=caption_dim)
+                             caption_dim=caption_dim, uncond_rows=uncond_rows)
         self.gpt = LlamaGenGPT(self.cfg)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)

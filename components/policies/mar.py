@@ -61,6 +61,13 @@ The policy (MAR-GRPO, arXiv 2604.06966): an *action* is one stochastic transitio
 ``t = K - k``) of the token at raster position ``j``. ``action_step [B, A]`` is the AR step that
 committed the token (random orders: per sample); ``action_pos [A, 2]`` its (row, col). The
 transformer gets gradients through ``z``; the mask order and schedule carry no log-prob.
+The variance ``s_t`` of that density is, with ``MARPolicy(logprob_sigma='recomputed')`` (the
+default), the learned-range variance recomputed from the head's ``v`` output at evaluation time,
+so gradients flow through it too; with ``'stored'`` it is the one the sampler drew the action
+with (``MARExtras.log_variance``, detached), so only the mean ``mu_theta`` gets gradients, as in
+the official MAR-GRPO code (``gaussdiffusion_training`` / ``harmon_single_denoise_with_logp`` of
+its Harmon port take the rollout's ``std_dev_t``). A flow head's variance is a schedule constant:
+both settings give the same numbers.
 
 Deviations from the official code and why:
 
@@ -112,7 +119,10 @@ from .llamagen import CheckpointKeyError, strict_load
 __all__ = ['MAR_ARCHS', 'MAR_FILE_SOURCES', 'MARConfig', 'MARTransformer', 'SimpleMLPAdaLN',
            'DiffusionSchedule', 'FlowSDESchedule', 'HEAD_TYPES', 'space_timesteps', 'cosine_betas',
            'gaussian_transition_logp', 'mask_schedule', 'cfg_scales', 'MARExtras', 'MARSelection',
-           'MARPolicy', 'load_mar_state_dict', 'CheckpointKeyError']
+           'MARPolicy', 'LOGPROB_SIGMAS', 'load_mar_state_dict', 'CheckpointKeyError']
+
+#: variances :meth:`MARPolicy.evaluate` can score with (``MARPolicy.logprob_sigma``)
+LOGPROB_SIGMAS = ('recomputed', 'stored')
 
 #: head parametrisations (:attr:`MARConfig.head_type`) and the head samplers each accepts
 HEAD_TYPES = ('ddpm', 'flow')
@@ -830,6 +840,10 @@ class MARExtras(FamilyExtras):
         x0_pred: ``[B, S, N, D]`` each AR step's ``t = 0`` head sample for every token (still
             masked tokens: a fresh full chain from that step's latent; committed tokens: their
             value), or None when the sampler does not record predictions.
+        log_variance: ``[B, A, D]`` the log-variance ``log s_t^2`` (before the temperature) each
+            transition was sampled and scored with (DDPM: the head's learned range at rollout
+            time; flow: the schedule's), for ``MARPolicy(logprob_sigma='stored')``; None when
+            not recorded.
         num_iter, num_sampling_steps, seq_len: the schedule (shared).
         cfg_schedule, cfg_scale: guidance of the rollout (shared).
         head_sampler, sde_noise_level: the head's chain (``'ddpm'``, or ``'flow_sde'`` with
@@ -845,6 +859,7 @@ class MARExtras(FamilyExtras):
     z_uncond: Optional[Tensor] = None
     x_t: Optional[Tensor] = None
     x0_pred: Optional[Tensor] = None
+    log_variance: Optional[Tensor] = None
     num_iter: int = 64
     num_sampling_steps: int = 100
     seq_len: int = 256
@@ -855,7 +870,7 @@ class MARExtras(FamilyExtras):
     selection: Optional[MARSelection] = None
 
     batch_fields: ClassVar[tuple[str, ...]] = ('orders', 'commit_step', 'tokens', 'z', 'z_uncond',
-                                               'x_t', 'x0_pred')
+                                               'x_t', 'x0_pred', 'log_variance')
 
     @property
     def num_transitions(self) -> int:
@@ -921,6 +936,14 @@ class MARPolicy(Policy):
             ``head_sampler='flow_sde'``; no official checkpoint), see :class:`MARConfig`.
         label_drop_prob, mask_ratio_min, diffusion_batch_mul, attn_dropout, proj_dropout:
             pretraining settings of :meth:`pretrain_loss` (official 0.1, 0.7, 4, 0.1, 0.1).
+        logprob_sigma: the variance :meth:`evaluate` scores a transition with.
+            ``'recomputed'`` (default, vargo's original behaviour): the DDPM head's learned-range
+            ``log s_t^2`` recomputed from its ``v`` output, so the log-prob has gradients through
+            the variance too (the ``v`` rows of the head's output layer, the head's shared layers
+            and, via ``z``, the transformer). ``'stored'`` (official MAR-GRPO): the rollout's recorded
+            ``extras.log_variance`` (what the sampler drew the action with), no gradient through
+            the variance; only the mean is trained by the log-prob. The entropy follows the same
+            variance. Flow heads: the same numbers either way (the variance is a constant).
     """
 
     file_sources: dict[str, str] = MAR_FILE_SOURCES
@@ -931,8 +954,14 @@ class MARPolicy(Policy):
                  tokenizer: Union[str, dict] = 'kl16', tokenizer_checkpoint: Optional[str] = None,
                  fix_head: bool = False, label_drop_prob: float = 0.1,
                  mask_ratio_min: float = 0.7, diffusion_batch_mul: int = 4,
-                 attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_type: str = 'ddpm'):
+                 attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_type: str = 'ddpm',
+                 logprob_sigma: str = 'recomputed'):
         super().__init__()
+        if not isinstance(logprob_sigma, str) or logprob_sigma not in LOGPROB_SIGMAS:
+            raise ValueError(f'logprob_sigma={logprob_sigma!r} is not one of {LOGPROB_SIGMAS}: '
+                             f"'stored' scores with the rollout's variance (official MAR-GRPO), "
+                             f"'recomputed' with the head's current one")
+        self.logprob_sigma = logprob_sigma
         if checkpoint_key not in ('model', 'model_ema'):
             raise ValueError(f"checkpoint_key={checkpoint_key!r} is not one of 'model', "
                              f"'model_ema' (the two weight sets of an official MAR file)")
@@ -1112,9 +1141,10 @@ class MARPolicy(Policy):
         step ``i`` (``commit_step >= i``), giving ``z_i`` *with gradients*; the head then
         evaluates the selected transitions ``k`` of the tokens committed at ``i``:
         ``log N(x_{t-1}; mu_theta(x_t, t, z_i), (s_t tau)^2)`` (:func:`gaussian_transition_logp`;
-        ``tau = spec.temperature``). ``spec.mode='none'``: conditional mean; ``'rollout'``: the
-        guided mean of the sampling distribution (weight of step ``i`` from
-        :func:`cfg_scales` with the rollout's schedule), variance from the conditional half.
+        ``tau = spec.temperature``; ``s_t`` recomputed or the rollout's, :attr:`logprob_sigma`).
+        ``spec.mode='none'``: conditional mean; ``'rollout'``: the guided mean of the sampling
+        distribution (weight of step ``i`` from :func:`cfg_scales` with the rollout's schedule),
+        variance from the conditional half.
 
         Args:
             rollout: a :class:`MaskedSampler` rollout (or a minibatch of one).
@@ -1156,6 +1186,13 @@ class MARPolicy(Policy):
         use_cfg = spec.uses_cfg
         weights = cfg_scales(spec.cfg_scale, ex.cfg_schedule, n, ex.num_iter) if use_cfg else None
         logp = rollout.logp_old.to(dev).detach().view(b, n, kk)
+        stored_lv = None
+        if self.logprob_sigma == 'stored':
+            if ex.log_variance is None:
+                raise ValueError("logprob_sigma='stored' scores with the rollout's recorded "
+                                 "variances but extras.log_variance is None: draw the rollout "
+                                 "with MaskedSampler, or use logprob_sigma='recomputed'")
+            stored_lv = ex.log_variance.to(dev).detach().view(b, n, kk, d)
         mean_all = torch.zeros(b, n, kk, d, device=dev)
         ent = torch.zeros(b, n, kk, device=dev) if with_entropy else None
         evaluated = torch.zeros(b, n, kk, dtype=torch.bool, device=dev)
@@ -1184,7 +1221,10 @@ class MARPolicy(Policy):
             out = self.head_transition(xs, t, zc, sched, z_uncond=zu,
                                        cfg=weights[i] if use_cfg else 1.0)
             mu = out['mean']
-            lp = gaussian_transition_logp(xp, mu, out['log_variance'], spec.temperature)
+            # 'stored' (official MAR-GRPO): the sampler's std_dev_t, no gradient via the variance
+            lv = (out['log_variance'] if stored_lv is None
+                  else stored_lv[sel][:, ks].reshape(-1, d))
+            lp = gaussian_transition_logp(xp, mu, lv, spec.temperature)
             bi, ji = sel.nonzero(as_tuple=True)
             bi = bi.repeat_interleave(nk)
             ji = ji.repeat_interleave(nk)
@@ -1193,7 +1233,7 @@ class MARPolicy(Policy):
             mean_all = mean_all.index_put((bi, ji, ki), mu)
             evaluated[bi, ji, ki] = True
             if ent is not None:
-                log_s = 0.5 * out['log_variance'] + math.log(spec.temperature)
+                log_s = 0.5 * lv + math.log(spec.temperature)
                 ent = ent.index_put((bi, ji, ki),
                                     (log_s + 0.5 * (1 + math.log(2 * math.pi))).sum(-1))
         return PolicyEval(logp=logp.view(b, n * kk),

@@ -85,12 +85,15 @@ class MARChains:
         actions: ``[B, S, A, D]`` states after each transition.
         logp_old: ``[B, S, A]`` transition log-probs under the sampler's spec.
         x0: ``[B, S, N, D]`` final sample of each chain.
+        log_variance: ``[B, S, A, D]`` the variance each transition was drawn with
+            (``MARExtras.log_variance``).
     """
 
     x_t: Tensor
     actions: Tensor
     logp_old: Tensor
     x0: Tensor
+    log_variance: Optional[Tensor] = None
 
     @property
     def num_chains(self) -> int:
@@ -101,7 +104,8 @@ class MARChains:
         latents), for :meth:`MARPolicy.evaluate` of the extra chain."""
         if not 0 <= s < self.num_chains:
             raise ValueError(f'chain index {s} is not in [0, {self.num_chains})')
-        extras = dataclasses.replace(rollout.extras, x_t=self.x_t[:, s])
+        extras = dataclasses.replace(rollout.extras, x_t=self.x_t[:, s], log_variance=None
+                                     if self.log_variance is None else self.log_variance[:, s])
         return dataclasses.replace(rollout, actions=self.actions[:, s],
                                    logp_old=self.logp_old[:, s], extras=extras)
 
@@ -231,7 +235,7 @@ class MaskedSampler(Sampler):
     # ---- helpers --------------------------------------------------------------------------------
     def _chain(self, policy: Policy, z: Tensor, zu: Optional[Tensor],
                w: Union[float, Tensor], noise: Optional[Tensor], extra_draw: int
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """One batch of reverse chains (official ``p_sample_loop``).
 
         Args:
@@ -242,13 +246,14 @@ class MaskedSampler(Sampler):
                 the CFG-doubled batch).
 
         Returns:
-            ``x_t [m, K, D]``, ``x_prev [m, K, D]``, ``logp [m, K]``, final ``x0 [m, D]``.
+            ``x_t [m, K, D]``, ``x_prev [m, K, D]``, ``logp [m, K]``, final ``x0 [m, D]``,
+            ``log_variance [m, K, D]`` of each transition.
         """
         spec, sched = self._spec, self._head_schedule(policy)
         m, d, big_t = z.shape[0], policy.token_dim, self.num_sampling_steps
         dev = z.device
         x = noise[:, 0] if noise is not None else torch.randn(m, d).to(dev)
-        xs, xp, lps = [], [], []
+        xs, xp, lps, lvs = [], [], [], []
         tau = spec.temperature
         for k in range(big_t):
             t = big_t - 1 - k
@@ -261,10 +266,12 @@ class MaskedSampler(Sampler):
                 xs.append(x)
                 xp.append(x_new)
                 lps.append(self._score(out, x_new, zu is not None))
+                lvs.append(out['log_variance'])
                 x = x_new
             else:
                 x = out['mean']
-        return torch.stack(xs, 1), torch.stack(xp, 1), torch.stack(lps, 1), x
+        return (torch.stack(xs, 1), torch.stack(xp, 1), torch.stack(lps, 1), x,
+                torch.stack(lvs, 1))
 
     def _score(self, out: dict[str, Tensor], x_new: Tensor, guided: bool) -> Tensor:
         """Log-density of ``x_new`` under :meth:`logprob_spec` given the head's transition
@@ -274,20 +281,22 @@ class MaskedSampler(Sampler):
         return gaussian_transition_logp(x_new, mu, out['log_variance'], spec.temperature)
 
     def _given_logp(self, policy: Policy, xs: Tensor, xp: Tensor, z: Tensor,
-                    zu: Optional[Tensor], w: Optional[Tensor]) -> Tensor:
-        """Log-probs ``[M, K]`` of given transitions ``xs -> xp [M, K, D]`` (kept prefix
-        tokens) conditioned on their commit-step latents ``z``/``zu [M, C]`` with per-token
-        guidance weights ``w [M]`` (the computation :meth:`MARPolicy.evaluate` repeats)."""
+                    zu: Optional[Tensor], w: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """Log-probs ``[M, K]`` and log-variances ``[M, K, D]`` of given transitions ``xs -> xp
+        [M, K, D]`` (kept prefix tokens) conditioned on their commit-step latents ``z``/``zu
+        [M, C]`` with per-token guidance weights ``w [M]`` (the computation
+        :meth:`MARPolicy.evaluate` repeats)."""
         m, kk, d = xs.shape
         if m == 0:
-            return xs.new_zeros(0, kk)
+            return xs.new_zeros(0, kk), xs.new_zeros(0, kk, d)
         t = (kk - torch.arange(kk, device=xs.device)).repeat(m)           # k -> respaced K - k
         zr = z.repeat_interleave(kk, dim=0)
         zur = None if zu is None else zu.repeat_interleave(kk, dim=0)
         cfg = 1.0 if zu is None else w.repeat_interleave(kk).unsqueeze(-1)
         out = policy.head_transition(xs.reshape(-1, d), t, zr, self._head_schedule(policy),
                                      z_uncond=zur, cfg=cfg)
-        return self._score(out, xp.reshape(-1, d), zu is not None).view(m, kk)
+        return (self._score(out, xp.reshape(-1, d), zu is not None).view(m, kk),
+                out['log_variance'].view(m, kk, d))
 
     def _orders(self, b: int, n: int, rng: Optional[BatchRNG], dev) -> Tensor:
         if rng is not None:
@@ -407,6 +416,7 @@ class MaskedSampler(Sampler):
         x_t_all = torch.zeros(b, n, kk, d, device=dev)
         act_all = torch.zeros(b, n, kk, d, device=dev)
         logp_all = torch.zeros(b, n, kk, device=dev)
+        lv_all = torch.zeros(b, n, kk, d, device=dev)
         cd = mar.cfg.decoder_embed_dim
         z_rec = torch.zeros(b, n, cd, device=dev)
         zu_rec = torch.zeros(b, n, cd, device=dev) if use_cfg else None
@@ -458,8 +468,8 @@ class MaskedSampler(Sampler):
             else:
                 noise = noise_all[rows]
             if zc.shape[0]:
-                xs, xp, lp, x0 = self._chain(policy, zc, zu, weights[i], noise,
-                                             2 if use_cfg else 1)
+                xs, xp, lp, x0, lv = self._chain(policy, zc, zu, weights[i], noise,
+                                                 2 if use_cfg else 1)
             if self.record_predictions:
                 preds[:, i] = tokens
                 if zc.shape[0]:
@@ -468,23 +478,24 @@ class MaskedSampler(Sampler):
                     preds[:, i][sel] = tokens[sel]
                     continue
                 sub = sel[rows]
-                xs, xp, lp, x0, zc = xs[sub], xp[sub], lp[sub], x0[sub], zc[sub]
+                xs, xp, lp, x0, zc, lv = xs[sub], xp[sub], lp[sub], x0[sub], zc[sub], lv[sub]
                 zu = zu[sub] if use_cfg else None
             if int(sel.sum()) == 0:
                 continue
             tokens[sel] = x0
-            x_t_all[sel], act_all[sel], logp_all[sel] = xs, xp, lp
+            x_t_all[sel], act_all[sel], logp_all[sel], lv_all[sel] = xs, xp, lp, lv
             z_rec[sel] = zc
             if use_cfg:
                 zu_rec[sel] = zu
         if prefix is not None:
             w = torch.tensor(weights, dtype=torch.float32, device=dev)[commit[given]]
-            logp_all[given] = self._given_logp(policy, x_t_all[given], act_all[given],
-                                               z_rec[given], zu_rec[given] if use_cfg else None,
-                                               w)
+            logp_all[given], lv_all[given] = self._given_logp(
+                policy, x_t_all[given], act_all[given], z_rec[given],
+                zu_rec[given] if use_cfg else None, w)
         step = commit.repeat_interleave(kk, dim=1)                           # [B, A]
         extras = MARExtras(orders=orders, commit_step=commit, tokens=tokens, z=z_rec,
                            z_uncond=zu_rec, x_t=x_t_all.view(b, n * kk, d), x0_pred=preds,
+                           log_variance=lv_all.view(b, n * kk, d),
                            num_iter=steps, num_sampling_steps=big_t, seq_len=n,
                            cfg_schedule=self.cfg_schedule, cfg_scale=spec.cfg_scale,
                            head_sampler=self.head_sampler, sde_noise_level=self.sde_noise_level)
@@ -552,8 +563,9 @@ class MaskedSampler(Sampler):
         was_training = policy.training
         policy.eval()
         try:
-            xs, xp, lp, x0 = self._chain(policy, z, zu, w, noise, 1)
+            xs, xp, lp, x0, lv = self._chain(policy, z, zu, w, noise, 1)
         finally:
             policy.train(was_training)
         return MARChains(x_t=xs.view(b, s, n * kk, d), actions=xp.view(b, s, n * kk, d),
-                         logp_old=lp.view(b, s, n * kk), x0=x0.view(b, s, n, d))
+                         logp_old=lp.view(b, s, n * kk), x0=x0.view(b, s, n, d),
+                         log_variance=lv.view(b, s, n * kk, d))

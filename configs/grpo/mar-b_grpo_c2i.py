@@ -16,6 +16,9 @@ _base_ = [
     '../_base_/algorithms/grpo_mar.py', '../_base_/schedules/grpo_gpu_8xb16.py',
     '../_base_/datasets/imagenet_classes.py', '../_base_/default_runtime.py'
 ]
+# MAR-GRPO scores each transition with the variance the rollout drew it with (no gradient through
+# the head's learned-range variance; docs/methods/mar_grpo.md)
+policy = dict(logprob_sigma='stored')
 sampler = dict(loss_ar_steps=12, loss_diffusion_steps=10)
 objective = dict(aggregation='token_mean')
 regularizers = dict(kl=dict(aggregation='token_mean'))

@@ -5,6 +5,9 @@ _base_ = ['./llamagen_shapes_c2i.py']
 policy = dict(
     task='t2i',
     checkpoint='components/benchmarks/weights/llamagen_shapes_t2i.safetensors',
+    # the shipped weights' null caption has one row per caption position (12), not the
+    # official 120 (LlamaGenPolicy.uncond_rows); CFG uses its first cls_token_num = 12 rows
+    uncond_rows=12,
     text_encoder=dict(
         type='word-t5',
         vocabulary=['a', 'two', 'three', 'and', 'left', 'right', 'of', 'above', 'below',
