@@ -19,14 +19,16 @@ registered sub-module, so it is never stored in checkpoints (it equals the initi
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 from mmengine.model import BaseModel
 from torch import Tensor
 
 from . import dist as vdist
+from .context import IterationContext
 from .faults import RunAborted, StepOutcome, guarded_update
 from .interfaces import Stateful
 from .rng import BatchRNG
@@ -46,8 +48,18 @@ class MiniBatch:
     rollout: Rollout
     adv: Advantages
     ref_eval: Optional[PolicyEval]
-    ctx: dict
+    ctx: IterationContext     # the minibatch view (IterationContext.for_minibatch); a dict of
+    #                           aggregation totals is still accepted (direct callers)
     check_on_policy: bool = False
+
+
+def _gather(x: Tensor, device) -> Tensor:
+    """``x`` of every rank, rank-major (bool masks travel as uint8, which every backend
+    supports)."""
+    x = x.to(device)
+    if vdist.is_distributed() and x.dtype == torch.bool:
+        return vdist.all_gather_cat(x.to(torch.uint8)).bool()
+    return vdist.all_gather_cat(x)
 
 
 def _named(cfgs: Optional[dict], what: str) -> dict:
@@ -145,32 +157,62 @@ class RLAlgorithm(BaseModel):
         return next(self.policy.parameters()).device
 
     # -- one RL iteration's steps ---------------------------------------------------------
+    def iteration_context(self, iteration: int, *, max_iters: int = 0, seed: int = 0,
+                          num_conditions: int = 0) -> IterationContext:
+        """The context of one RL iteration (0-based) over ``num_conditions`` groups on this
+        rank; its ``rng`` is the sampler's :class:`BatchRNG` of the iteration."""
+        local = int(num_conditions) * self.group_size
+        return IterationContext(
+            iteration=int(iteration), max_iters=int(max_iters), seed=int(seed),
+            rng=BatchRNG(seed, iteration, local, device=self.device), group_size=self.group_size,
+            local_samples=local, rank=vdist.rank(), world_size=vdist.world_size(),
+            policy=self.policy, reference=self.reference, sampler=self.sampler,
+            process_group=None)
+
     @torch.no_grad()
-    def generate(self, cond: Conditions, rng: Optional[BatchRNG] = None) -> Rollout:
-        """Sample ``group_size`` samples for every condition (one row per group in ``cond``)."""
+    def generate(self, cond: Conditions,
+                 ctx: Union[IterationContext, BatchRNG, None] = None) -> Rollout:
+        """Sample ``group_size`` samples for every condition (one row per group in ``cond``).
+
+        ``ctx``: the iteration's context (its ``rng`` is the sampling noise), or a bare
+        :class:`BatchRNG`, or None (noise from torch's global generator).
+        """
+        if isinstance(ctx, IterationContext):
+            rng = ctx.rng
+        else:
+            rng, ctx = ctx, None
         was_training = self.policy.training
         self.policy.eval()
         try:
             cond = self.policy.encode_conditions(cond.to(self.device))
-            rollout = self.sampler.rollout(self.policy, cond, group_size=self.group_size, rng=rng)
+            rollout = self.sampler.rollout(self.policy, cond, group_size=self.group_size, rng=rng,
+                                           ctx=ctx)
         finally:
             self.policy.train(was_training)
         return rollout
 
     def reward_context(self, iteration: int) -> RewardContext:
-        return RewardContext(policy=self.policy, reference=self.reference, sampler=self.sampler,
-                             iteration=iteration,
-                             process_group=None)
+        """A context without sampling noise for iteration ``iteration`` (direct calls)."""
+        return IterationContext(iteration=int(iteration), group_size=self.group_size,
+                                rank=vdist.rank(), world_size=vdist.world_size(),
+                                policy=self.policy, reference=self.reference,
+                                sampler=self.sampler, process_group=None)
 
     @torch.no_grad()
-    def score(self, rollout: Rollout, iteration: int) -> dict[str, RewardOutput]:
-        """Every reward head's output, in config order (``iteration`` is 0-based).
+    def score(self, rollout: Rollout,
+              ctx: Union[IterationContext, int]) -> dict[str, RewardOutput]:
+        """Every reward head's output, in config order (``ctx``: the iteration's context, or
+        the 0-based iteration for a context without sampling noise).
 
         A head that raises stops the run: :class:`~vargo.core.faults.RunAborted`
         (``kind='reward_head_error'``) naming the head, its class, the iteration and the rows
         it was scoring, raised from the head's exception.
         """
-        ctx = self.reward_context(iteration)
+        if not isinstance(ctx, IterationContext):
+            ctx = self.reward_context(ctx)
+        if not ctx.local_samples:
+            ctx = dataclasses.replace(ctx, local_samples=rollout.batch_size)
+        iteration = ctx.iteration
         out = {}
         for name, head in self.reward_heads.items():
             try:
@@ -194,20 +236,31 @@ class RLAlgorithm(BaseModel):
                 f'scoring {where}')
 
     @torch.no_grad()
-    def compute_advantages(self, rewards: dict[str, RewardOutput], rollout: Rollout) -> Advantages:
-        """Gather rewards of all ranks, estimate advantages, keep this rank's rows."""
+    def compute_advantages(self, rewards: dict[str, RewardOutput], rollout: Rollout,
+                           ctx: Optional[IterationContext] = None) -> Advantages:
+        """Gather rewards of all ranks, estimate advantages, keep this rank's rows.
+
+        Every per-sample field of a head's output (scores, ``per_step``, ``regions``,
+        ``strict``, ``weights``) is gathered; the estimator sees all ranks' rows, and the
+        returned :class:`Advantages` carries this rank's rows of each head's output in
+        ``rewards`` (for token selectors).
+        """
         local_b = rollout.batch_size
+        if ctx is None:
+            ctx = dataclasses.replace(self.reward_context(0), local_samples=local_b)
         gathered = {}
         for name, out in rewards.items():
             gathered[name] = RewardOutput(
                 scores=vdist.all_gather_cat(out.scores.float().to(self.device)),
                 metrics=out.metrics,
-                per_step=None if out.per_step is None else vdist.all_gather_cat(out.per_step),
-                strict=None if out.strict is None else vdist.all_gather_cat(out.strict))
+                **{f: None if getattr(out, f) is None else _gather(getattr(out, f), self.device)
+                   for f in RewardOutput.batch_fields if f != 'scores'})
         adv = self.advantage(gathered, group_size=self.group_size,
-                             num_actions=rollout.num_actions)
+                             num_actions=rollout.num_actions, ctx=ctx)
         start = vdist.rank() * local_b
         rows = torch.arange(start, start + local_b, device=self.device)
+        if not adv.rewards:
+            adv.rewards = gathered
         local = adv.index(rows)
         # estimator metrics named '<head>/<what>' go under the head's reward namespace
         local.metrics = {(f'reward/{k}' if '/' in k else k): v for k, v in adv.metrics.items()}
@@ -247,10 +300,14 @@ class RLAlgorithm(BaseModel):
         spec = self.sampler.logprob_spec()
         pol = self.policy.evaluate(rollout, spec=spec)
         mask = rollout.action_mask
+        # a plain dict of totals (callers of earlier versions) still works: it goes to the
+        # aggregation as before, and selectors get no context
+        legacy = isinstance(mb.ctx, dict)
+        ctx = None if legacy else mb.ctx
         weights = TokenWeights(pg=mask.to(pol.logp.dtype), kl=mask.to(pol.logp.dtype))
         for sel in self.token_selectors.values():
             weights = weights * sel(rollout, pol, mb.ref_eval, mb.adv, policy=self.policy,
-                                    group_size=self.group_size)
+                                    group_size=self.group_size, ctx=ctx)
         pg_loss, pg_metrics = policy_loss(
             self.objective, pol.logp, rollout.logp_old, mb.adv.streams, mb.adv.weights, mask,
             weights.pg, mb.ctx)
@@ -258,7 +315,7 @@ class RLAlgorithm(BaseModel):
         log: dict[str, Tensor] = {'loss/policy': pg_loss.detach()}
         for k, v in pg_metrics.items():
             log[f'policy/{k}'] = v
-        progress = float(mb.ctx.get('progress', 0.0))
+        progress = float(mb.ctx.get('progress', 0.0) if legacy else mb.ctx.progress)
         for name, reg in self.regularizers.items():
             terms = reg(pol, mb.ref_eval, rollout, weights, progress=progress, ctx=mb.ctx)
             if 'loss' in terms:

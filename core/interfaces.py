@@ -3,6 +3,13 @@
 A component is an ordinary class registered in one of the six component registries of
 :mod:`vargo.core.registry`. The abstract base classes below fix the call signatures the shared
 runner relies on; all batches are the dataclasses of :mod:`vargo.core.types`.
+
+Every component is told about the current iteration the same way: the loop's
+:class:`vargo.core.context.IterationContext` is passed as ``ctx`` (the keyword ``ctx=`` for
+samplers, advantage estimators, token selectors and regularizers; the second positional argument
+of a reward head, as before). It carries the iteration and progress, named rank-invariant RNG
+streams, the group structure and the all-rank totals of the minibatch. Direct calls (tests,
+tools) may leave it out: ``ctx=None`` must keep working (reward heads get ``RewardContext()``).
 """
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .rng import BatchRNG
+from .context import IterationContext
 from .types import (Advantages, Conditions, LogprobSpec, PolicyEval, RewardContext,
                     RewardOutput, Rollout, TokenWeights)
 
@@ -65,13 +73,16 @@ class Sampler(abc.ABC):
     @abc.abstractmethod
     def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
                 rng: Optional['BatchRNG'] = None, prefix: Optional[Rollout] = None,
-                stop_at_step: Optional[int] = None) -> Rollout:
+                stop_at_step: Optional[int] = None,
+                ctx: Optional[IterationContext] = None) -> Rollout:
         """Sample ``group_size`` samples per condition (``cond`` has one row per group).
 
         All sampling noise is drawn from ``rng`` (a :class:`vargo.core.rng.BatchRNG`; None:
         one seeded from torch's global generator), so a run split over N ranks samples exactly
         what the single-process run samples. ``prefix``/``stop_at_step`` give partial rollouts
-        (see :mod:`vargo.core.types`).
+        (see :mod:`vargo.core.types`). ``ctx`` is the iteration's context when the loop calls
+        (``ctx.iteration``, e.g. to alternate strategies), None on direct calls; ``ctx.rng`` is
+        ``rng``.
         """
 
     @abc.abstractmethod
@@ -87,7 +98,12 @@ class Sampler(abc.ABC):
 
 
 class RewardHead(abc.ABC):
-    """Scores decoded samples: ``head(rollout, ctx) -> RewardOutput``."""
+    """Scores decoded samples: ``head(rollout, ctx) -> RewardOutput``.
+
+    ``ctx`` is the iteration's :class:`~vargo.core.context.IterationContext` (``RewardContext``
+    is the same class): ``ctx.policy``, ``ctx.reference``, ``ctx.sampler``, ``ctx.iteration``,
+    ``ctx.process_group``, and ``ctx.stream(name)`` for any randomness the head needs.
+    """
 
     #: distribution-level heads see the whole batch of all ranks and may keep state
     distribution_level: bool = False
@@ -106,7 +122,7 @@ class AdvantageEstimator(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, rewards: dict[str, RewardOutput], *, group_size: int,
-                 num_actions: int) -> Advantages:
+                 num_actions: int, ctx: Optional[IterationContext] = None) -> Advantages:
         ...
 
 
@@ -115,8 +131,10 @@ class TokenSelector(abc.ABC):
 
     @abc.abstractmethod
     def __call__(self, rollout: Rollout, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval],
-                 adv: Advantages, *, policy: Policy, group_size: int) -> TokenWeights:
-        ...
+                 adv: Advantages, *, policy: Policy, group_size: int,
+                 ctx: Optional[IterationContext] = None) -> TokenWeights:
+        """``adv.rewards[head]`` holds each reward head's output for these rows (``regions``,
+        ``per_step``, ``weights``); ``ctx`` is the minibatch's context."""
 
     #: the aggregation this selector's weights are meant for, or None (keep the objective's)
     aggregation: Optional[str] = None
@@ -129,9 +147,10 @@ class Regularizer(abc.ABC):
     @abc.abstractmethod
     def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
                  weights: TokenWeights, *, progress: float,
-                 ctx: Optional[dict] = None) -> dict[str, Tensor]:
-        """``progress`` is the fraction of training done; ``ctx`` the aggregation context
-        (totals over the optimizer batch, see :func:`vargo.core.objective.aggregate`)."""
+                 ctx: Optional[IterationContext] = None) -> dict[str, Tensor]:
+        """``progress`` is the fraction of training done (``ctx.progress``); ``ctx`` the
+        minibatch's context, which :func:`vargo.core.objective.aggregate` accepts as its
+        aggregation context (totals over the optimizer batch and all ranks)."""
 
     #: whether this regularizer needs the frozen reference's evaluation
     needs_reference: bool = False

@@ -1,5 +1,6 @@
 """``GRPOLoop``: one RL iteration per MMEngine iteration.
 
+    one IterationContext per iteration (core/context.py), handed to every component
     conditions --repeat G--> rollout (no grad) -> rewards -> advantages (all ranks)
       -> reference evaluation (once per rollout, if a component needs it)
       -> for epoch in range(mu): for minibatch of whole groups: optimizer step
@@ -29,7 +30,6 @@ from .algorithm import MiniBatch, RLAlgorithm
 from .faults import (FAULT_SETTINGS, RunAborted, StepOutcome, check_fault_settings,
                      last_checkpoint, lr_hint, rollout_nonfinite, weight_stats)
 from .registry import LOOPS, ConfigError
-from .rng import BatchRNG
 from .types import Conditions, Rollout
 
 __all__ = ['GRPOLoop', 'conditions_from_batch']
@@ -121,9 +121,10 @@ class GRPOLoop(IterBasedTrainLoop):
         # 1. rollout (a diverged policy stops the run here, see _check_rollout)
         t0 = time.perf_counter()
         cond = conditions_from_batch(data_batch)
-        rng = BatchRNG(self._seed(), self._iter, len(cond) * algo.group_size, device=algo.device)
+        ctx = algo.iteration_context(self._iter, max_iters=self._max_iters, seed=self._seed(),
+                                     num_conditions=len(cond))
         try:
-            rollout, failure = algo.generate(cond, rng), None
+            rollout, failure = algo.generate(cond, ctx), None
         except RunAborted:
             raise
         except Exception as err:   # diagnosed (and re-raised) by _check_rollout
@@ -131,8 +132,8 @@ class GRPOLoop(IterBasedTrainLoop):
         self._check_rollout(rollout, failure)
         t1 = time.perf_counter()
         # 2. rewards and advantages (statistics over all ranks)
-        rewards = self._score(rollout)
-        adv = algo.compute_advantages(rewards, rollout)
+        rewards = self._score(rollout, ctx)
+        adv = algo.compute_advantages(rewards, rollout, ctx)
         metrics.update(adv.metrics)
         t2 = time.perf_counter()
         # 3. updates
@@ -153,8 +154,7 @@ class GRPOLoop(IterBasedTrainLoop):
                 mb = MiniBatch(
                     rollout=mb_rollout, adv=adv.index(idx),
                     ref_eval=None if ref_eval is None else ref_eval.index(idx),
-                    ctx={'num_samples': int(idx.numel()), 'group_size': algo.group_size,
-                         'progress': self._iter / max(1, self._max_iters)},
+                    ctx=ctx.for_minibatch(mb_rollout.action_mask),
                     check_on_policy=(epoch == 0 and k == 0))
                 log_vars, outcome = algo.guarded_train_step(
                     model, {'minibatch': mb}, self.runner.optim_wrapper)
@@ -275,11 +275,11 @@ class GRPOLoop(IterBasedTrainLoop):
         self._abort(f'{self._where()}: the rollout of {sampler} has {found}; {cause}',
                     'nonfinite_rollout', then=self._RESTART if stats.diverged else '')
 
-    def _score(self, rollout: Rollout) -> dict:
+    def _score(self, rollout: Rollout, ctx) -> dict:
         """Reward every sample; a raising head or heads that scored no sample (all ranks agree)."""
         algo = self.algorithm
         try:
-            rewards, failure = algo.score(rollout, self._iter), None
+            rewards, failure = algo.score(rollout, ctx), None
         except RunAborted as err:
             rewards, failure = None, err
         names = list(algo.reward_heads)

@@ -134,6 +134,28 @@ def token_mean(x: Tensor, mask: Tensor, weight: Tensor, ctx: dict) -> Tensor:
     return (x * weight * m).sum() / denom
 
 
+def global_token_mean(x: Tensor, mask: Tensor, weight: Tensor, ctx: dict) -> Tensor:
+    """DAPO's token mean over the active tokens of *all ranks* (arXiv 2503.14476 eq. 12).
+
+    ``world_size * sum_{i,t in rank} w x / N_global`` with ``N_global = ctx['global_num_tokens']``
+    (the minibatch's active actions summed over ranks; the loop all-reduces it,
+    :meth:`vargo.core.context.IterationContext.for_minibatch`) and ``world_size =
+    ctx['world_size']``: DDP averages the ranks' gradients, so the factor makes the averaged
+    gradient that of ``sum_{all ranks} w x / N_global``, the single-process loss over the
+    concatenated batch, whatever each rank's own count. Without ``global_num_tokens`` it falls
+    back to ``ctx['num_tokens']``, then to the local count (:func:`token_mean`).
+    """
+    denom = ctx.get('global_num_tokens')
+    if denom is None:
+        return token_mean(x, mask, weight, ctx)
+    m = mask.to(x.dtype)
+    total = (x * weight * m).sum()
+    world = int(ctx.get('world_size', 1))
+    if world != 1:
+        total = total * world
+    return total / max(float(denom), 1.0)
+
+
 def token_sum_over_constant(x: Tensor, mask: Tensor, weight: Tensor, ctx: dict) -> Tensor:
     """Token sum divided by a constant (Dr.GRPO, arXiv 2503.20783 section 3.1).
 
@@ -179,21 +201,27 @@ AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, Tensor, dict], Tensor]] = {
     'sample_mean_of_token_means': sample_mean_of_token_means,
     'token_mean': token_mean,
     'token_sum_over_constant': token_sum_over_constant,
-    'global_token_mean': token_mean,  # DAPO: token_mean with ctx['num_tokens'] over all ranks
+    'global_token_mean': global_token_mean,
     'weighted_token_mean': weighted_token_mean,
     'group_weighted_token_mean': group_weighted_token_mean,
 }
 
 
 def aggregate(x: Tensor, mask: Tensor, weight: Optional[Tensor], mode: str,
-              ctx: Optional[dict] = None) -> Tensor:
-    """Reduce per-action terms ``[B, A]`` to a scalar with one of :data:`AGGREGATIONS`."""
+              ctx=None) -> Tensor:
+    """Reduce per-action terms ``[B, A]`` to a scalar with one of :data:`AGGREGATIONS`.
+
+    ``ctx``: a dict of totals, or a :class:`vargo.core.context.IterationContext` (its
+    :meth:`~vargo.core.context.IterationContext.aggregation_totals`), or None.
+    """
     try:
         fn = AGGREGATIONS[mode]
     except KeyError:
         raise ValueError(f'aggregation={mode!r} is not one of {sorted(AGGREGATIONS)}') from None
     if weight is None:
         weight = torch.ones_like(x)
+    if ctx is not None and not isinstance(ctx, dict):
+        ctx = ctx.aggregation_totals()
     return fn(x, mask, weight, ctx or {})
 
 
@@ -239,7 +267,7 @@ class ObjectiveConfig:
 
 def policy_loss(cfg: ObjectiveConfig, logp: Tensor, logp_old: Tensor,
                 streams: dict[str, Tensor], stream_weights: dict[str, float], mask: Tensor,
-                weight: Optional[Tensor] = None, ctx: Optional[dict] = None
+                weight: Optional[Tensor] = None, ctx=None
                 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The policy-gradient loss: ``sum_s c_s * aggregate(surrogate(rho, A_s) * w)``.
 
@@ -250,12 +278,15 @@ def policy_loss(cfg: ObjectiveConfig, logp: Tensor, logp_old: Tensor,
         stream_weights: loss weight ``c_s`` of each stream.
         mask: ``[B, A]`` bool.
         weight: ``[B, A]`` per-action weights from token selectors, or None.
-        ctx: aggregation context (totals over the optimizer batch for micro-batching).
+        ctx: aggregation context: a dict of totals over the optimizer batch, or the loop's
+            :class:`vargo.core.context.IterationContext` (see :func:`aggregate`).
 
     Returns:
         (scalar loss, detached metrics: ``clip_frac``, ``clip_frac_low``, ``clip_frac_high``,
         ``ratio_mean``, ``ratio_max``, ``ratio_min``).
     """
+    if ctx is not None and not isinstance(ctx, dict):
+        ctx = ctx.aggregation_totals()
     ratio = importance_ratio(logp, logp_old, mask, cfg.ratio_level)
     total = logp.new_zeros(())
     clipped_any = torch.zeros_like(mask)

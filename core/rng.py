@@ -9,6 +9,7 @@ Samplers therefore draw their noise through :class:`BatchRNG`: every draw is mad
 """
 from __future__ import annotations
 
+import hashlib
 import itertools
 from typing import Iterator, Optional, Sequence
 
@@ -35,17 +36,27 @@ class BatchRNG:
         local_batch: rows on this rank.
         rank, world_size: this rank's position (default: from torch.distributed).
         device: where the draws are returned.
+        stream: name of an extra stream of the same iteration ('' : the sampler's own stream);
+            named streams are seeded by ``(seed, iteration, stream)`` through SHA-256, so they
+            are independent of the sampler's stream and of each other
+            (:meth:`vargo.core.context.IterationContext.stream`).
     """
 
     def __init__(self, seed: int, iteration: int, local_batch: int, *,
                  rank: Optional[int] = None, world_size: Optional[int] = None,
-                 device: torch.device | str = 'cpu'):
+                 device: torch.device | str = 'cpu', stream: str = ''):
         self.rank = vdist.rank() if rank is None else rank
         self.world_size = vdist.world_size() if world_size is None else world_size
         self.local_batch = local_batch
         self.device = torch.device(device)
         self.generator = torch.Generator(device='cpu')
-        self.generator.manual_seed((int(seed) * 1_000_003 + int(iteration) * 7919) % (2 ** 63))
+        if stream:
+            key = f'{int(seed)}/{int(iteration)}/{stream}'.encode()
+            self.generator.manual_seed(
+                int.from_bytes(hashlib.sha256(key).digest()[:8], 'little') % (2 ** 63))
+        else:
+            self.generator.manual_seed(
+                (int(seed) * 1_000_003 + int(iteration) * 7919) % (2 ** 63))
         self._rows = slice(self.rank * local_batch, (self.rank + 1) * local_batch)
 
     def rand(self, *shape: int) -> Tensor:

@@ -47,9 +47,11 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import Tensor
 
+from .context import IterationContext, RewardContext
+
 __all__ = [
     'Conditions', 'FamilyExtras', 'Rollout', 'PolicyEval', 'RewardOutput', 'Advantages',
-    'TokenWeights', 'RewardContext', 'LogprobSpec', 'index_batch',
+    'TokenWeights', 'RewardContext', 'IterationContext', 'LogprobSpec', 'index_batch',
 ]
 
 
@@ -299,6 +301,11 @@ class RewardOutput:
         per_step: optional ``[B, A]`` per-action rewards (intermediate rewards).
         regions: optional ``[B, H, W]`` masks of what determines the reward.
         strict: optional ``[B]`` bool, e.g. an all-clauses-correct bit.
+        weights: optional ``[B, A]`` per-action weights the head suggests (e.g. how much each
+            action mattered for the score); only token selectors that ask for them use them.
+
+    ``per_step``, ``regions``, ``strict`` and ``weights`` survive the gathering over ranks: token
+    selectors find this rank's rows of every head's output in ``Advantages.rewards``.
     """
 
     scores: Tensor
@@ -306,6 +313,15 @@ class RewardOutput:
     per_step: Optional[Tensor] = None
     regions: Optional[Tensor] = None
     strict: Optional[Tensor] = None
+    weights: Optional[Tensor] = None
+
+    #: the per-sample fields (leading dim B), gathered over ranks and indexed with the batch
+    batch_fields: ClassVar[tuple[str, ...]] = ('scores', 'per_step', 'regions', 'strict',
+                                               'weights')
+
+    def index(self, idx: Tensor) -> 'RewardOutput':
+        """The rows ``idx`` of every per-sample field (``metrics`` are kept)."""
+        return index_batch(self, idx, self.batch_fields)
 
 
 @dataclass
@@ -314,15 +330,22 @@ class Advantages:
 
     ``streams[name]`` is ``[B, A]``; the policy loss is ``sum_name weights[name] * L_pg(streams[name])``
     (LOO-FID: ``A_comp`` with weight 1 and ``A_fid`` with weight 2).
+
+    ``rewards`` holds, per reward head, the head's :class:`RewardOutput` for the same rows as the
+    streams (scores, ``per_step``, ``regions``, ``strict``, ``weights``): the loop fills it in
+    :meth:`vargo.core.algorithm.RLAlgorithm.compute_advantages` after gathering, and indexing a
+    minibatch indexes it too, so token selectors see the reward signals of their rows.
     """
 
     streams: dict[str, Tensor]
     weights: dict[str, float]
     metrics: dict[str, float] = field(default_factory=dict)
+    rewards: dict[str, RewardOutput] = field(default_factory=dict)
 
     def index(self, idx: Tensor) -> 'Advantages':
         return Advantages({k: v.index_select(0, idx.to(v.device)) for k, v in self.streams.items()},
-                          dict(self.weights), dict(self.metrics))
+                          dict(self.weights), dict(self.metrics),
+                          {k: r.index(idx) for k, r in self.rewards.items()})
 
     def sample_scalar(self) -> Tensor:
         """``[B]`` weighted sum over streams of the per-sample advantage (first action)."""
@@ -349,25 +372,6 @@ class TokenWeights:
 
     def __mul__(self, other: 'TokenWeights') -> 'TokenWeights':
         return TokenWeights(self.pg * other.pg, self.kl * other.kl, {**self.metrics, **other.metrics})
-
-
-@dataclass
-class RewardContext:
-    """What reward heads may need beyond the rollout.
-
-    Attributes:
-        policy: the trained policy (e.g. for entropies), read-only for rewards.
-        reference: the frozen reference policy, or None.
-        sampler: the sampler, for heads that complete partial rollouts.
-        iteration: the current training iteration.
-        process_group: the torch.distributed group for distribution-level heads, or None.
-    """
-
-    policy: Any = None
-    reference: Any = None
-    sampler: Any = None
-    iteration: int = 0
-    process_group: Any = None
 
 
 @dataclass(frozen=True)

@@ -107,7 +107,8 @@ class StrictToySampler(ToySampler):
         self.calls = 0
 
     @torch.no_grad()
-    def rollout(self, policy, cond, *, group_size, rng=None, prefix=None, stop_at_step=None):
+    def rollout(self, policy, cond, *, group_size, rng=None, prefix=None, stop_at_step=None,
+                ctx=None):
         call, self.calls = self.calls, self.calls + 1
         if call == self.fail_at_call:
             raise RuntimeError('injected sampler failure')

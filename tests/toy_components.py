@@ -66,7 +66,8 @@ class ToySampler(Sampler):
         return self.spec
 
     @torch.no_grad()
-    def rollout(self, policy, cond, *, group_size, rng=None, prefix=None, stop_at_step=None):
+    def rollout(self, policy, cond, *, group_size, rng=None, prefix=None, stop_at_step=None,
+                ctx=None):
         cond = cond.repeat_interleave(group_size)
         b = len(cond)
         if rng is None:
@@ -107,3 +108,33 @@ class ToyBrightnessReward(RewardHead):
 
     def __call__(self, rollout, ctx):
         return RewardOutput(scores=rollout.images.float().mean(dim=(1, 2, 3)))
+
+
+@REWARD_HEADS.register_module(force=True)
+class ToyRegionReward(RewardHead):
+    """Brightness, with per-action signals: ``regions`` (bright pixels), ``weights`` (the
+    action's token id / vocabulary size) and the iteration's stream draws in ``per_step``-free
+    metrics (tests only)."""
+
+    def __call__(self, rollout, ctx):
+        imgs = rollout.images.float()
+        return RewardOutput(scores=imgs.mean(dim=(1, 2, 3)),
+                            regions=imgs.mean(dim=1) > 0.5,
+                            weights=rollout.actions.float() / 8.0)
+
+
+from vargo.core.interfaces import TokenSelector  # noqa: E402
+from vargo.core.registry import TOKEN_SELECTORS  # noqa: E402
+from vargo.core.types import TokenWeights  # noqa: E402
+
+
+@TOKEN_SELECTORS.register_module(force=True)
+class RecordingSelector(TokenSelector):
+    """All tokens; records what it was given (``RecordingSelector.seen``, tests only)."""
+
+    seen: list = []
+
+    def __call__(self, rollout, policy_eval, ref_eval, adv, *, policy, group_size, ctx=None):
+        RecordingSelector.seen.append(dict(ctx=ctx, rewards=adv.rewards, rollout=rollout))
+        m = rollout.action_mask.float()
+        return TokenWeights(pg=m, kl=m)

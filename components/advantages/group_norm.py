@@ -56,6 +56,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import AdvantageEstimator
 from vargo.core.registry import ADVANTAGE_ESTIMATORS
 from vargo.core.types import Advantages, RewardOutput
@@ -223,13 +224,14 @@ class GroupNormAdvantage(AdvantageEstimator):
         return batch
 
     def __call__(self, rewards: dict[str, RewardOutput], *, group_size: int,
-                 num_actions: int) -> Advantages:
+                 num_actions: int, ctx: Optional[IterationContext] = None) -> Advantages:
         """Advantage streams ``{head: [B, A]}`` from the gathered rewards of all ranks.
 
         Args:
             rewards: ``{head name: RewardOutput}``, scores ``[B]`` (NaN = unscorable), optional
                 ``per_step`` ``[B, A]``; groups are ``group_size`` contiguous rows.
             group_size: G >= 2.
+            ctx: the iteration's context (unused: the estimate depends on the rewards only).
             num_actions: A, the width of each stream.
 
         Returns:

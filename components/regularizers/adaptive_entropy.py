@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import Regularizer
 from vargo.core.objective import AGGREGATIONS, aggregate
 from vargo.core.registry import REGULARIZERS
@@ -144,7 +145,7 @@ class AdaptiveEntropyRegularizer(Regularizer):
 
     def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
                  weights: TokenWeights, *, progress: float,
-                 ctx: Optional[dict] = None) -> dict[str, Tensor]:
+                 ctx: Optional[IterationContext] = None) -> dict[str, Tensor]:
         """Adaptive entropy term of one (micro-)batch; needs ``policy_eval.entropy [B, A]``."""
         if policy_eval.entropy is None:
             raise ValueError('AdaptiveEntropyRegularizer needs per-action entropies but '

@@ -6,6 +6,7 @@ from typing import Optional
 
 from torch import Tensor
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import Regularizer
 from vargo.core.objective import AGGREGATIONS, aggregate, masked_mean
 from vargo.core.registry import REGULARIZERS
@@ -52,10 +53,11 @@ class EntropyRegularizer(Regularizer):
 
     def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
                  weights: TokenWeights, *, progress: float,
-                 ctx: Optional[dict] = None) -> dict[str, Tensor]:
+                 ctx: Optional[IterationContext] = None) -> dict[str, Tensor]:
         """Entropy term of one (micro-)batch; ``policy_eval.entropy`` ``[B, A]`` is required.
 
-        ``ctx`` is the optional aggregation context (optimizer-batch totals when micro-batching).
+        ``ctx`` is the optional aggregation context (the minibatch's
+        :class:`~vargo.core.context.IterationContext`, or a dict of totals).
         """
         if policy_eval.entropy is None:
             raise ValueError('EntropyRegularizer needs per-action entropies but '

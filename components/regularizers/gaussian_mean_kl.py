@@ -5,6 +5,7 @@ from typing import Optional
 
 from torch import Tensor
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import Regularizer
 from vargo.core.objective import aggregate, kl_estimate, masked_mean
 from vargo.core.registry import REGULARIZERS
@@ -53,7 +54,7 @@ class GaussianMeanKLRegularizer(Regularizer):
 
     def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
                  weights: TokenWeights, *, progress: float,
-                 ctx: Optional[dict] = None) -> dict[str, Tensor]:
+                 ctx: Optional[IterationContext] = None) -> dict[str, Tensor]:
         """KL term of one (micro-)batch: ``{'loss', 'mean'}`` (``mean`` detached, unweighted)."""
         if ref_eval is None:
             raise ValueError('GaussianMeanKLRegularizer needs the reference evaluation (ref_eval '

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import Regularizer
 from vargo.core.objective import AGGREGATIONS, aggregate, kl_estimate, masked_mean
 from vargo.core.registry import REGULARIZERS
@@ -88,7 +89,7 @@ class KLRegularizer(Regularizer):
 
     def __call__(self, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval], rollout: Rollout,
                  weights: TokenWeights, *, progress: float,
-                 ctx: Optional[dict] = None) -> dict[str, Tensor]:
+                 ctx: Optional[IterationContext] = None) -> dict[str, Tensor]:
         """KL term of one (micro-)batch.
 
         Args:
@@ -97,8 +98,8 @@ class KLRegularizer(Regularizer):
             rollout: for ``action_mask`` ``[B, A]``.
             weights: ``weights.kl`` ``[B, A]`` per-action KL weights.
             progress: training progress in [0, 1] (unused: beta is constant).
-            ctx: optional aggregation context (optimizer-batch totals when micro-batching, as
-                for :func:`~vargo.core.objective.policy_loss`).
+            ctx: the minibatch's :class:`~vargo.core.context.IterationContext` (or a dict of
+                totals), the aggregation context as for :func:`~vargo.core.objective.policy_loss`.
         """
         if ref_eval is None:
             raise ValueError('KLRegularizer needs the reference policy evaluation (ref_eval is '

@@ -99,7 +99,7 @@ class ARSampler(KVCachedSampler):
     @torch.no_grad()
     def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
                 rng: Optional[BatchRNG] = None, prefix: Optional[Rollout] = None,
-                stop_at_step: Optional[int] = None) -> Rollout:
+                stop_at_step: Optional[int] = None, ctx=None) -> Rollout:
         """Sample ``group_size`` token sequences per condition.
 
         Args:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import Policy, TokenSelector
 from vargo.core.registry import TOKEN_SELECTORS
 from vargo.core.types import Advantages, PolicyEval, Rollout, TokenWeights
@@ -35,7 +36,8 @@ class AllTokensSelector(TokenSelector):
         pass
 
     def __call__(self, rollout: Rollout, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval],
-                 adv: Advantages, *, policy: Policy, group_size: int) -> TokenWeights:
+                 adv: Advantages, *, policy: Policy, group_size: int,
+                 ctx: Optional[IterationContext] = None) -> TokenWeights:
         """Returns :class:`TokenWeights` with ``pg = kl = action_mask`` as float32 ``[B, A]``."""
         w = rollout.action_mask.float()                                  # [B, A]
         return TokenWeights(pg=w, kl=w.clone())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import Policy, TokenSelector
 from vargo.core.registry import TOKEN_SELECTORS
 from vargo.core.types import Advantages, PolicyEval, Rollout, TokenWeights
@@ -34,7 +35,8 @@ class EvaluatedActionsSelector(TokenSelector):
         pass
 
     def __call__(self, rollout: Rollout, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval],
-                 adv: Advantages, *, policy: Policy, group_size: int) -> TokenWeights:
+                 adv: Advantages, *, policy: Policy, group_size: int,
+                 ctx: Optional[IterationContext] = None) -> TokenWeights:
         """Returns :class:`TokenWeights` ``pg = kl = evaluated * action_mask`` ``[B, A]``."""
         if 'evaluated' not in policy_eval.extras:
             raise KeyError(f"EvaluatedActionsSelector needs policy_eval.extras['evaluated'], "

@@ -56,6 +56,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from vargo.core.context import IterationContext
 from vargo.core.interfaces import Policy, TokenSelector
 from vargo.core.registry import TOKEN_SELECTORS
 from vargo.core.types import Advantages, PolicyEval, Rollout, TokenWeights
@@ -154,7 +155,8 @@ class SimilarityReweightSelector(TokenSelector):
         pass
 
     def __call__(self, rollout: Rollout, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval],
-                 adv: Advantages, *, policy: Policy, group_size: int) -> TokenWeights:
+                 adv: Advantages, *, policy: Policy, group_size: int,
+                 ctx: Optional[IterationContext] = None) -> TokenWeights:
         if rollout.action_pos.dim() == 3:
             raise ValueError(
                 'SimilarityReweightSelector compares the tokens of a group at the same action '
