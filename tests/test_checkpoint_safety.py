@@ -18,7 +18,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import ROOT, run_python
+from conftest import ROOT
 from vargo.core.checkpoint import (CheckpointRefused, load_policy_from_checkpoint,
                                    load_training_checkpoint, safe_load)
 
@@ -154,24 +154,38 @@ def _invocations(path, work_dir):
     }
 
 
+def _tool(script):
+    """A tool script as a module (its ``main(argv)`` runs in this process)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f'vargo_tool_{script}',
+                                                  os.path.join(ROOT, 'tools', f'{script}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.parametrize('name', ['train --resume PATH', 'train --resume (auto)',
                                   'train load_from=', 'train policy.checkpoint=',
                                   'train --dry-run policy.checkpoint=', 'eval CONFIG CKPT',
                                   'sample CONFIG CKPT', 'fid_stats samples CONFIG CKPT'])
-def test_every_tool_load_path_refuses_the_getattr_payload(name, tmp_path):
+def test_every_tool_load_path_refuses_the_getattr_payload(name, tmp_path, capsys, monkeypatch):
+    # in-process (each tool's main(argv)), so a regression would run the payload right here:
+    # the marker file is the evidence either way
+    monkeypatch.chdir(ROOT)
     marker = str(tmp_path / 'MARKER')
     path = str(tmp_path / 'crafted.pth')
     with open(path, 'wb') as f:
         f.write(getattr_chain_payload(marker))
-    proc = run_python(*_invocations(path, str(tmp_path))[name], check=False,
-                      env={'OMP_NUM_THREADS': '1'})
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out[-3000:]
-    assert 'Traceback' not in out, out[-3000:]
-    last = proc.stderr.strip().splitlines()[-1]
+    script, *argv = _invocations(path, str(tmp_path))[name]
+    code = _tool(os.path.splitext(os.path.basename(script))[0]).main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err[-3000:]
+    assert 'Traceback' not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
     shown = 'iter_5.pth' if name == 'train --resume (auto)' else 'crafted.pth'
     assert last.startswith('error:') and 'refused to load' in last and shown in last, last
     assert not os.path.exists(marker)
+    assert not os.path.exists(os.path.join(str(tmp_path), 'r'))  # no run directory left behind
 
 
 def test_a_legacy_vargo_checkpoint_still_loads_but_a_crafted_legacy_one_does_not(tmp_path):
