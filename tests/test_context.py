@@ -83,7 +83,7 @@ def test_reward_output_and_advantages_index_the_reward_signals():
 def test_loop_gives_every_component_the_context(tmp_path):
     """A run: the selector sees the minibatch context of each iteration and the reward head's
     regions and weights for its rows."""
-    from toy_components import RecordingSelector
+    from toy_components import RecordingSelector, ToyRegionReward
     from vargo.core.runner import build_runner, load_config, prepare_config
     cfg = load_config(TOY, {
         'rewards': dict(_delete_=True, r=dict(type='ToyRegionReward')),
@@ -94,6 +94,7 @@ def test_loop_gives_every_component_the_context(tmp_path):
     cfg = prepare_config(cfg, config_path=TOY, work_dir=str(tmp_path))
     cfg.experiment_name = 'context'
     RecordingSelector.seen.clear()
+    ToyRegionReward.seen.clear()
     runner = build_runner(cfg)
     runner.train()
     seen = RecordingSelector.seen
@@ -109,6 +110,20 @@ def test_loop_gives_every_component_the_context(tmp_path):
         assert r.regions.shape == (8, *rollout.images.shape[2:])
         assert torch.equal(r.regions, rollout.images.float().mean(dim=1) > 0.5)
         assert torch.equal(r.weights, rollout.actions.float() / 8.0)
+    # the reward head got the iteration's context, and its named stream is the one any process
+    # count draws: (seed, iteration, name) and this rank's rows only
+    heads = ToyRegionReward.seen
+    assert [h['ctx'].iteration for h in heads] == [0, 1]
+    for it, h in enumerate(heads):
+        ctx = h['ctx']
+        assert ctx.rng is not None and ctx.local_samples == 16 and ctx.sample_offset == 0
+        want = IterationContext(iteration=it, seed=ctx.seed, local_samples=16).stream(
+            'rewards.r/noise').rand(2)
+        assert torch.equal(h['noise'], want)
+    assert not torch.equal(heads[0]['noise'], heads[1]['noise'])
+    # the sampler learned the iteration
+    sampler = runner.model.sampler
+    assert sampler.last_ctx.iteration == 1 and sampler.last_ctx.rng is not None
 
 
 # ----------------------------------------------------------------------------------------

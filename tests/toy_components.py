@@ -68,6 +68,8 @@ class ToySampler(Sampler):
     @torch.no_grad()
     def rollout(self, policy, cond, *, group_size, rng=None, prefix=None, stop_at_step=None,
                 ctx=None):
+        if ctx is not None:
+            self.last_ctx = ctx      # the loop's iteration context (tests read it)
         cond = cond.repeat_interleave(group_size)
         b = len(cond)
         if rng is None:
@@ -112,12 +114,15 @@ class ToyBrightnessReward(RewardHead):
 
 @REWARD_HEADS.register_module(force=True)
 class ToyRegionReward(RewardHead):
-    """Brightness, with per-action signals: ``regions`` (bright pixels), ``weights`` (the
-    action's token id / vocabulary size) and the iteration's stream draws in ``per_step``-free
-    metrics (tests only)."""
+    """Brightness, with per-action signals: ``regions`` (bright pixels) and ``weights`` (the
+    action's token id / vocabulary size); records its context and one draw of a named stream of
+    the iteration in ``ToyRegionReward.seen`` (tests only)."""
+
+    seen: list = []
 
     def __call__(self, rollout, ctx):
         imgs = rollout.images.float()
+        ToyRegionReward.seen.append(dict(ctx=ctx, noise=ctx.stream('rewards.r/noise').rand(2)))
         return RewardOutput(scores=imgs.mean(dim=(1, 2, 3)),
                             regions=imgs.mean(dim=1) > 0.5,
                             weights=rollout.actions.float() / 8.0)
