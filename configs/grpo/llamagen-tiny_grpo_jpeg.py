@@ -4,4 +4,4 @@ _base_ = [
     '../_base_/algorithms/grpo.py', '../_base_/schedules/grpo_cpu_short.py',
     '../_base_/datasets/ten_classes.py', '../_base_/default_runtime.py'
 ]
-default_hooks = dict(checkpoint=dict(interval=10), image_grid=dict(interval=10))
+default_hooks = dict(checkpoint=dict(interval=10))

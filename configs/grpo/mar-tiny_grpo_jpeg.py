@@ -10,4 +10,4 @@ _base_ = [
 ]
 sampler = dict(loss_ar_steps=4, loss_diffusion_steps=4)
 optim_wrapper = dict(optimizer=dict(lr=1e-5))
-default_hooks = dict(checkpoint=dict(interval=10), image_grid=dict(interval=10))
+default_hooks = dict(checkpoint=dict(interval=10))

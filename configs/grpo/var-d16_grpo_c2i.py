@@ -9,10 +9,7 @@
 # log-probs from conditional logits, as the papers train.
 _base_ = [
     '../_base_/policies/var-d16_c2i_256.py', '../_base_/rewards/clip_hps_imagenet.py',
-    '../_base_/algorithms/grpo.py', '../_base_/schedules/grpo_gpu_8xb16.py',
+    '../_base_/algorithms/grpo_token_mean.py', '../_base_/schedules/grpo_gpu_8xb16.py',
     '../_base_/datasets/imagenet_classes.py', '../_base_/default_runtime.py'
 ]
-sampler = dict(cfg_scale=2.5, logprob_cfg='none')
-objective = dict(aggregation='token_mean')
-regularizers = dict(kl=dict(beta=0.1, aggregation='token_mean'))
 _shapes_alternative = 'python tools/train.py configs/grpo/var_grpo_shapes.py'

@@ -2,13 +2,14 @@
 # train.sh / grpo.py of bugrabaran/ar-policy-tuning): CLIP + HPSv2.1 (A_comp) and the LOO-FID
 # reward on Inception features (A_fid, weight 2), G=12, 12 classes per GPU, mu=2 epochs over the
 # whole rollout (one optimizer step each), 600 iterations, AdamW lr 1e-5 (0.9, 0.95) wd 0.01,
-# grad clip 1.0, sequence-level ratio, eps 0.2, KL beta 3.0, rollout CFG 1.5, top-k 0, top-p 1.
+# grad clip 1.0 (configs/_base_/schedules/loo_fid_b144.py), sequence-level ratio, eps 0.2, KL
+# beta 3.0, rollout CFG 1.5 with the policy base's top-k 0, top-p 1.
 _base_ = [
     '../_base_/policies/llamagen-l_c2i_256.py', '../_base_/rewards/clip_hps_imagenet.py',
-    '../_base_/algorithms/loo_fid.py', '../_base_/datasets/imagenet_classes.py',
-    '../_base_/default_runtime.py'
+    '../_base_/algorithms/loo_fid.py', '../_base_/schedules/loo_fid_b144.py',
+    '../_base_/datasets/imagenet_classes.py', '../_base_/default_runtime.py'
 ]
-sampler = dict(cfg_scale=1.5, top_k=0, top_p=1.0, temperature=1.0, logprob_cfg='none')
+sampler = dict(cfg_scale=1.5)
 # The LOO-FID head: torch-fidelity's FID Inception-v3 (pool3, 2048-d) from a local file; real
 # ImageNet statistics and the base model's sample statistics (bootstrap of the EMA) computed with
 # the same extractor (configs/loo_fid/README.md shows how).
@@ -21,11 +22,5 @@ rewards = dict(
                  'checkpoints/inception/weights-inception-2015-12-05-6726825d.pth'),
              real_stats_path='checkpoints/fid_stats/imagenet_train_inception.npz',
              init_stats_path='checkpoints/fid_stats/llamagen-l_c2i_256_cfg1.5_inception.npz'))
-group_size = 12
-train_cfg = dict(type='GRPOLoop', max_iters=600, samples_per_rank=144, mu=2,
-                 minibatch_samples=None)
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-5, betas=(0.9, 0.95), weight_decay=0.01),
-                     clip_grad=dict(max_norm=1.0))
-param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
 default_hooks = dict(checkpoint=dict(interval=200), image_grid=dict(interval=100))
 _shapes_alternative = 'python tools/train.py configs/loo_fid/llamagen_loo-fid_shapes.py'

@@ -3,8 +3,9 @@
 # a CPU. The GenEval-like reward makes this the port of the paper's GenEval run: similarity
 # reweighting, beta 0.03 (algorithm base) and the entropy reward (0.4) on the samples tied at the
 # group max (frequent here: ShapesEval scores take few values).
-# Schedule and optimizer as configs/grpo/llamagen_grpo_shapes-t2i.py (so the two compare), except
-# one optimizer step per iteration: STAGE has no clip and runs on-policy (mu=1, ratio 1), and a
+# Schedule and optimizer as configs/grpo/llamagen_grpo_shapes-t2i.py
+# (configs/_base_/schedules/grpo_cpu_shapes.py, so the two compare), except one optimizer step
+# per iteration: STAGE has no clip and runs on-policy (mu=1, ratio 1), and a
 # second step on the same rollout would be off-policy with nothing to bound it.
 # Rollouts with CFG 2 and log-probs of exactly that distribution (logprob_cfg='rollout'): scoring
 # CFG rollouts with conditional logits made the Shapes reward fall (docs/design.md, "Off-policy
@@ -12,16 +13,12 @@
 # of the paper.
 _base_ = [
     '../_base_/policies/llamagen_shapes_t2i.py', '../_base_/rewards/shapes_t2i.py',
-    '../_base_/algorithms/stage.py', '../_base_/schedules/grpo_cpu_short.py',
+    '../_base_/algorithms/stage.py', '../_base_/schedules/grpo_cpu_shapes.py',
     '../_base_/datasets/shapes_t2i.py', '../_base_/default_runtime.py'
 ]
 sampler = dict(cfg_scale=2.0, logprob_cfg='rollout')
 rewards = dict(shapes=dict(_delete_=True, type='StageEntropyBonus', weight=0.4,
                            base=dict(type='ShapesEvalReward', task='t2i')))
-group_size = 8
-train_cfg = dict(type='GRPOLoop', max_iters=60, samples_per_rank=128, mu=1, minibatch_samples=None)
-optim_wrapper = dict(optimizer=dict(type='AdamW', lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0),
-                     clip_grad=dict(max_norm=1.0))
-param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
-default_hooks = dict(checkpoint=dict(interval=20), image_grid=dict(interval=20, max_images=64,
+train_cfg = dict(minibatch_samples=None)
+default_hooks = dict(checkpoint=dict(interval=20), image_grid=dict(interval=20,
                                                                   preview_conditions=8))
