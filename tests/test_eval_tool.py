@@ -3,7 +3,8 @@
 * statistics written by ``tools/fid_stats.py`` (CLI, the shipped 'vargo-shapes' extractor):
   FID of the very images behind them is 0, of another draw of the same distribution small, of a
   different distribution (t2i layouts against single objects) large;
-* our float64 FID from statistics equals torch-fidelity's, on identical features and end to end
+* our float64 FID from statistics (``vargo.components.metrics.frechet``) equals torch-fidelity's,
+  on identical features and end to end
   (``torch_fidelity.calculate_metrics`` with a tiny random extractor registered here: FID, KID,
   precision/recall);
 * IS with an extractor without class logits is an error naming it;
@@ -91,7 +92,7 @@ def real_stats(tmp_path_factory):
 
 
 def test_fid_stats_file_and_fid_against_it(real_stats):
-    from vargo.components.rewards.loo_fid import load_feature_statistics
+    from vargo.components.metrics.frechet import load_feature_statistics
     with np.load(real_stats) as z:
         assert int(z['num']) == 400 and str(z['extractor']) == 'vargo-shapes'
         assert z['mu'].shape == (128,) and z['sigma'].shape == (128, 128)
@@ -117,8 +118,8 @@ def test_stats_fid_equals_torch_fidelity_on_identical_features():
     b = 0.8 * torch.randn(300, 32, generator=gen, dtype=torch.float64) @ \
         (torch.eye(32, dtype=torch.float64) + 0.3 * torch.rand(32, 32, generator=gen,
                                                                 dtype=torch.float64)) + 0.2
-    ours = eval_tool.frechet_distance(*eval_tool.gaussian_statistics(a),
-                                      *eval_tool.gaussian_statistics(b))
+    from vargo.components.metrics.frechet import frechet_distance, gaussian_statistics
+    ours = frechet_distance(*gaussian_statistics(a), *gaussian_statistics(b))
     ref = fid_statistics_to_metric(fid_features_to_statistics(a), fid_features_to_statistics(b),
                                    verbose=False)[torch_fidelity.KEY_METRIC_FID]
     assert ours > 1 and abs(ours - ref) < 1e-9 * ref, (ours, ref)

@@ -3,6 +3,7 @@ written, the weights reload strictly through the config, and bad arguments fail 
 import json
 import os
 
+import pytest
 from safetensors import safe_open
 
 from conftest import ROOT, run_python
@@ -91,3 +92,54 @@ def test_mar_subcommands_reject_other_configs_and_quantizer_options(tmp_path):
         assert proc.returncode != 0 and 'need a MARPolicy config' in proc.stderr, proc.stderr[-500:]
     proc = _run('kl-vae', '--restart-every', '5')     # a VQ option: the KL VAE has no codebook
     assert proc.returncode == 2 and 'unrecognized arguments: --restart-every' in proc.stderr
+
+
+# ---- the package behind the tool: registry dispatch, one module per family ----------------------
+PACKAGE = os.path.join(ROOT, 'components', 'benchmarks', 'pretrain')
+FAMILIES = ('llamagen', 'var', 'mar')
+
+
+def test_subcommands_are_registered_by_family_and_eval_dispatches_on_policy_type():
+    from vargo.components.benchmarks.pretrain import PRETRAINERS, WRITERS, pretrainer_for
+    from vargo.components.benchmarks.pretrain.cli import parse_args  # noqa: F401  (registers)
+    from vargo.components.benchmarks.pretrain.common import load_cfg
+    assert list(PRETRAINERS) == ['vq', 'llamagen-c2i', 'llamagen-t2i', 'msvq', 'var-c2i',
+                                 'kl-vae', 'mar-c2i']
+    assert list(WRITERS) == ['text-encoder']
+    policies = os.path.join(ROOT, 'configs', '_base_', 'policies')
+    expected = {'llamagen_shapes_c2i.py': ('vq', 'llamagen-c2i'),
+                'llamagen_shapes_t2i.py': ('vq', 'llamagen-t2i'),
+                'var_shapes_c2i.py': ('msvq', 'var-c2i'),
+                'mar_shapes_c2i.py': ('kl-vae', 'mar-c2i')}
+    for name, (tokenizer, model) in expected.items():
+        cfg = load_cfg(os.path.join(policies, name))
+        assert pretrainer_for(cfg, name, tokenizer=True).name == tokenizer, name
+        assert pretrainer_for(cfg, name, tokenizer=False).name == model, name
+    # every family's subcommands check the config's policy.type, naming the family
+    cfg = load_cfg(os.path.join(policies, 'var_shapes_c2i.py'))
+    with pytest.raises(ValueError, match='vq, llamagen-c2i and llamagen-t2i subcommands need a '
+                                         'LlamaGenPolicy config'):
+        PRETRAINERS['vq'].check_config(cfg, 'var_shapes_c2i.py')
+
+
+def test_no_family_module_imports_another_family():
+    import ast
+    for family in FAMILIES:
+        tree = ast.parse(open(os.path.join(PACKAGE, f'{family}.py')).read())
+        imported = set()                  # modules of this package the family module imports
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ''
+                if node.level == 0 and not module.startswith(
+                        'vargo.components.benchmarks.pretrain'):
+                    continue
+                imported.add(module.split('.')[-1])
+                imported.update(a.name for a in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name.split('.')[-1] for a in node.names
+                                if a.name.startswith('vargo.components.benchmarks.pretrain'))
+        assert not imported & (set(FAMILIES) - {family}), (family, imported)
+    # the tool is the package's command line, nothing more
+    tool = open(TOOL).read()
+    assert 'from vargo.components.benchmarks.pretrain.cli import main' in tool
+    assert 'class ' not in tool.split('"""', 2)[2]

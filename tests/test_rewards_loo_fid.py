@@ -18,9 +18,9 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from conftest import ROOT
 from vargo.components.benchmarks.shapes_features import DEFAULT_STATS_PATH
-from vargo.components.rewards.loo_fid import (LooFidReward, extract_features,
-                                              frechet_distance_full, load_feature_statistics,
-                                              loo_moments, save_feature_statistics)
+from vargo.components.metrics.frechet import (extract_features, load_feature_statistics,
+                                              save_feature_statistics)
+from vargo.components.rewards.loo_fid import LooFidReward, frechet_distance_full, loo_moments
 from vargo.core.registry import REWARD_HEADS, checked_build
 from vargo.core.types import Conditions, RewardContext, Rollout
 
@@ -378,7 +378,8 @@ import sys
 import torch
 import torch.distributed as dist
 from vargo.components.benchmarks.shapes_features import DEFAULT_STATS_PATH
-from vargo.components.rewards.loo_fid import LooFidReward, extract_features
+from vargo.components.metrics.frechet import extract_features
+from vargo.components.rewards.loo_fid import LooFidReward
 
 out, images_path, split = sys.argv[1:4]
 dist.init_process_group('gloo')

@@ -38,7 +38,7 @@ found before any model is built (``vargo.core.cli``).
     Keys: ``extractor``; ``weights_path`` (a local file; required for torch-fidelity's own
     extractors, which would otherwise download); ``feature_layer`` (default: the extractor's
     layer for FID); ``reference_stats``: an ``.npz`` with ``mu`` and ``sigma`` (written by
-    ``tools/fid_stats.py``, or any file ``loo_fid.load_feature_statistics`` reads;
+    ``tools/fid_stats.py``, or any file ``frechet.load_feature_statistics`` reads;
     ``reference_stats_prefix`` selects keys, e.g. ``'c2i_{split}_'`` for the shipped Shapes
     file) -- FID only; or ``reference_images``: an image folder, a ``.py`` file with
     ``dataset = dict(type=...)`` or an image dataset config dict (``num_reference`` caps the
@@ -49,11 +49,11 @@ found before any model is built (``vargo.core.cli``).
     ``kid_subset_size`` (1000, capped at the sample sizes), ``kid_subsets`` (100);
     ``batch_size`` (64, images per extractor forward).
 
-    FID is computed here from the two Gaussians in float64, ``|mu1 - mu2|^2 + tr(S1 + S2 -
-    2 (S1^{1/2} S2 S1^{1/2})^{1/2})`` (Heusel et al., arXiv 1706.08500, eq. 6; the trace of the
-    square root from symmetric eigendecompositions, no scipy); it equals torch-fidelity's on the
-    same features (``tests/test_eval_tool.py``). KID, precision/recall and IS are torch-fidelity's
-    own metric functions on the features. IS needs class logits ('isc' layer of Inception:
+    FID is computed from the two Gaussians in float64 by ``vargo.components.metrics.frechet``
+    (``|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^{1/2})``, Heusel et al., arXiv 1706.08500, eq. 6,
+    computed as torch-fidelity computes it, so it equals torch-fidelity's on the same features:
+    ``tests/test_eval_tool.py``). KID, precision/recall and IS are torch-fidelity's own metric
+    functions on the features. IS needs class logits ('isc' layer of Inception:
     ``logits_unbiased``; of 'vargo-shapes': ``presence_logits``); other extractors are an
     error naming the extractor.
 
@@ -114,6 +114,7 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:    # tools/fid_st
     sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # it never shadows a module)
 
 import fid_stats  # noqa: E402
+from vargo.components.metrics import frechet  # noqa: E402
 from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
                             UsageError, cfg_scale, check_cfg_scale, checkpoint_file, fail,
                             load_policy_checkpoint, positive_int)
@@ -220,42 +221,6 @@ def evaluate_split(model, dataset, *, per_condition: int, batch_conditions: int,
 
 
 # ---- fidelity ------------------------------------------------------------------------------------
-def gaussian_statistics(features):
-    """``(mu [D], sigma [D, D])`` float64 numpy of ``[N, D]`` features (unbiased covariance,
-    as torch-fidelity and pytorch-fid)."""
-    import numpy as np
-    x = np.asarray(features.detach().cpu().double().numpy() if hasattr(features, 'detach')
-                   else features, dtype=np.float64)
-    if x.ndim != 2 or x.shape[0] < 2:
-        raise UsageError(f'FID needs at least 2 images (a covariance), got features of shape '
-                         f'{x.shape}')
-    return x.mean(0), np.cov(x, rowvar=False).reshape(x.shape[1], x.shape[1])
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Frechet distance of two Gaussians in float64 (Heusel et al., arXiv 1706.08500, eq. 6).
-
-    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^{1/2} S2 S1^{1/2})^{1/2})``, which equals the
-    usual ``tr((S1 S2)^{1/2})`` for covariance matrices; both square roots from symmetric
-    eigendecompositions (eigenvalues clamped at 0), no scipy.
-    """
-    import numpy as np
-    mu1, mu2 = np.asarray(mu1, np.float64).reshape(-1), np.asarray(mu2, np.float64).reshape(-1)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    d = mu1.shape[0]
-    if mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise UsageError(f'statistics of different dimensions: mu {mu1.shape} vs {mu2.shape}, '
-                         f'sigma {s1.shape} vs {s2.shape}: both sides must come from the same '
-                         f'feature extractor and layer')
-    s1, s2 = 0.5 * (s1 + s1.T), 0.5 * (s2 + s2.T)
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    m = root1 @ s2 @ root1
-    ev = np.clip(np.linalg.eigvalsh(0.5 * (m + m.T)), 0.0, None)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.sqrt(ev).sum())
-
-
 def _per_split(value, split: str, what: str):
     """A ``{split: value}`` mapping (a dict without 'type') picks the split's entry; '{split}'
     in a string is replaced."""
@@ -311,10 +276,10 @@ class Fidelity:
             return
         missing = []                        # every missing file is reported at once
         try:
-            cls = fid_stats.check_extractor(self.extractor_name, self.weights_path)
+            cls, _ = frechet.check_extractor(self.extractor_name, self.weights_path, cli=True)
         except FileNotFoundError as e:
             missing.append(f'eval_cfg.fidelity.weights_path: {e}')
-            cls = fid_stats._registry()[self.extractor_name]
+            cls = frechet.extractor_registry()[self.extractor_name]
         if cfg.get('reference_stats') is not None and cfg.get('reference_images') is not None:
             raise UsageError('eval_cfg.fidelity has both reference_stats and reference_images: '
                              'give one (statistics: FID only; images: FID, KID, precision/recall)')
@@ -332,14 +297,14 @@ class Fidelity:
                              f'need real image features, not statistics: give reference_images '
                              f"(or keep metrics=('fid',) with reference_stats)")
         provided = tuple(cls.get_provided_features_list())
-        self.fid_layer = cfg.get('feature_layer') or fid_stats.default_layer(cls, 'fid')
+        self.fid_layer = cfg.get('feature_layer') or cls.get_default_feature_layer_for_metric('fid')
         if self.fid_layer not in provided:
             raise UsageError(f'eval_cfg.fidelity.feature_layer={self.fid_layer!r} is not provided '
                              f'by {self.extractor_name!r}; it provides {provided}')
         self.layers = [self.fid_layer] if set(metrics) - {'isc'} else []
         if 'isc' in metrics:
             try:
-                isc_layer = fid_stats.default_layer(cls, 'isc')
+                isc_layer = cls.get_default_feature_layer_for_metric('isc')
             except Exception:
                 isc_layer = None
             if not isc_layer or 'logits' not in str(isc_layer) or isc_layer not in provided:
@@ -396,16 +361,14 @@ class Fidelity:
         """Build the extractor and read (and check) reference statistics; idempotent."""
         if self.shapes_benchmark or self._extractor is not None:
             return self
-        self._extractor = fid_stats.build_extractor(self.extractor_name, self.weights_path,
-                                                    self.layers)
+        self._extractor = frechet.build_extractor(self.extractor_name, self.weights_path,
+                                                  self.layers, cli=True)
         if self.cfg.get('reference_stats') is not None and 'fid' in self.metrics:
             for split in self.splits:
                 self._real_statistics(split)
         return self
 
     def _real_statistics(self, split: str):
-        import numpy as np
-        from vargo.components.rewards.loo_fid import load_feature_statistics
         path = os.path.expanduser(str(_per_split(self.cfg['reference_stats'], split,
                                                  'reference_stats')))
         prefix = _per_split(self.cfg.get('reference_stats_prefix') or '', split,
@@ -413,16 +376,12 @@ class Fidelity:
         key = ('stats', path, prefix)
         if key in self._real:
             return self._real[key]
-        stats = load_feature_statistics(path, prefix)
+        stats = frechet.load_feature_statistics(path, prefix)
         if stats.cov is None:
             raise UsageError(f'{path} (prefix {prefix!r}) holds only per-dimension variances; FID '
                              f"needs the full covariance 'sigma' [D, D] (tools/fid_stats.py "
                              f'writes it)')
-        with np.load(path) as z:
-            meta = {k: str(z[k]) for k in ('extractor', 'feature_layer', 'weights_sha256')
-                    if k in z}                     # tools/fid_stats.py metadata, per file
-            count = next((k for k in (prefix + 'count', 'count') if k in z), None)
-            num = int(z[count]) if count else None
+        meta = stats.meta                       # tools/fid_stats.py metadata, per file
         if meta.get('extractor') and meta['extractor'] != self.extractor_name:
             raise UsageError(f'{path} holds statistics of extractor {meta["extractor"]!r}, but '
                              f'eval_cfg.fidelity.extractor={self.extractor_name!r}: recompute '
@@ -431,12 +390,12 @@ class Fidelity:
             raise UsageError(f'{path} holds statistics of layer {meta["feature_layer"]!r}, but '
                              f'FID uses layer {self.fid_layer!r}: set feature_layer or recompute')
         if meta.get('weights_sha256') and self.weights_path:
-            sha = fid_stats.file_sha256(os.path.expanduser(str(self.weights_path)))
+            sha = frechet.file_sha256(os.path.expanduser(str(self.weights_path)))
             if sha != meta['weights_sha256']:
                 raise UsageError(f'{path} holds statistics of extractor weights '
                                  f'{meta["weights_sha256"][:12]}..., but {self.weights_path} is '
                                  f'{sha[:12]}...: statistics and weights must match')
-        self._real[key] = (stats.mu.numpy(), stats.cov.numpy(), num)
+        self._real[key] = (*stats.numpy(), stats.count)
         return self._real[key]
 
     def _real_features(self, split: str):
@@ -464,8 +423,8 @@ class Fidelity:
         from torch_fidelity.metric_prc import prc_features_to_metric
         import torch_fidelity
         self.prepare()
-        feats = fid_stats.extract_layers(self._extractor, images,
-                                         int(self.cfg.get('batch_size', 64)))
+        feats = frechet.extract_layers(self._extractor, images,
+                                       int(self.cfg.get('batch_size', 64)))
         by_layer = dict(zip(self.layers, feats))
         n_gen = len(feats[0])
         out = {'num_gen': float(n_gen)}
@@ -474,14 +433,14 @@ class Fidelity:
             real = self._real_features(split)
             out['num_real'] = float(len(real))
         if 'fid' in self.metrics:
-            mu, sigma = gaussian_statistics(by_layer[self.fid_layer])
+            mu, sigma = frechet.gaussian_statistics(by_layer[self.fid_layer])
             if real is not None:
-                mu_r, sigma_r = gaussian_statistics(real)
+                mu_r, sigma_r = frechet.gaussian_statistics(real)
             else:
                 mu_r, sigma_r, num = self._real_statistics(split)
                 if num is not None:
                     out['num_real_fid'] = float(num)
-            out['fid'] = frechet_distance(mu, sigma, mu_r, sigma_r)
+            out['fid'] = frechet.frechet_distance(mu, sigma, mu_r, sigma_r)
         if 'kid' in self.metrics:
             size = min(int(self.cfg.get('kid_subset_size', 1000)), n_gen, len(real))
             subsets = 1 if size == n_gen == len(real) else int(self.cfg.get('kid_subsets', 100))

@@ -49,10 +49,10 @@ Output
 An ``.npz`` with ``mu [D]``, ``sigma [D, D]`` (unbiased covariance, float64), ``sigma_diagonal
 [D]``, ``count`` and ``num`` (number of images), ``extractor`` (its name), ``feature_layer``,
 ``weights_sha256`` (of the extractor weights file, if one was given) and ``source`` (what was
-measured): the format ``vargo.components.rewards.loo_fid.load_feature_statistics`` reads
+measured): the format ``vargo.components.metrics.frechet.load_feature_statistics`` reads
 (``LooFidReward`` ``real_stats_path`` / ``init_stats_path``) and ``tools/eval.py``'s
-``eval_cfg.fidelity.reference_stats``. Written through
-``loo_fid.save_feature_statistics`` (atomically).
+``eval_cfg.fidelity.reference_stats``. Extractor, features, statistics and the file are
+``vargo.components.metrics.frechet``'s (written atomically by ``save_feature_statistics``).
 
 Examples:
     python tools/fid_stats.py images data/imagenet/train --image-size 256 \\
@@ -67,10 +67,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
@@ -82,189 +81,29 @@ from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
 
 
-# ---- where extractor weights are published -------------------------------------------------------
-def weights_sources(extractor: str) -> dict[str, str]:
-    """File basename -> where it is published, for torch-fidelity's built-in extractors."""
-    inception = {
-        'weights-inception-2015-12-05-6726825d.pth':
-            'https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/'
-            'weights-inception-2015-12-05-6726825d.pth (torch-fidelity\'s own file)',
-        'pt_inception-2015-12-05-6726825d.pth':
-            'https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/'
-            'pt_inception-2015-12-05-6726825d.pth (pytorch-fid\'s port of the same TF FID '
-            'Inception)',
-    }
-    if extractor == 'inception-v3-compat':
-        return inception
-    if extractor.startswith('clip-'):
-        try:
-            from torch_fidelity.feature_extractor_clip import MODEL_URLS
-            url = MODEL_URLS.get(extractor)
-        except Exception:                                       # pragma: no cover
-            url = None
-        if url:
-            return {os.path.basename(url): f'{url} (OpenAI CLIP TorchScript archive)'}
-    return {}
-
-
-def missing_weights_message(extractor: str, path: str) -> str:
-    """The error for a missing extractor weights file: the file and where it is published."""
-    sources = weights_sources(extractor)
-    where = sources.get(os.path.basename(path))
-    if where:
-        hint = f'it is published at {where}'
-    elif sources:
-        hint = 'published files: ' + '; '.join(f'{k}: {v}' for k, v in sources.items())
-    else:
-        hint = 'give the path of a local weights file of this extractor'
-    return (f'feature extractor {extractor!r}: weights file not found: {path}; {hint}. Download '
-            f'it to that path (vargo never downloads at run time).')
-
-
-# ---- extractors ----------------------------------------------------------------------------------
-def _registry():
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-    if 'vargo-shapes' not in FEATURE_EXTRACTORS_REGISTRY:
-        import vargo.components.benchmarks  # noqa: F401  (registers 'vargo-shapes')
-    return FEATURE_EXTRACTORS_REGISTRY
-
-
-def check_extractor(name: str, weights_path: Optional[str]) -> type:
-    """Validate an extractor name and its weights file without building it.
-
-    Raises:
-        UsageError: unknown extractor, or a torch-fidelity extractor without a weights file.
-        FileNotFoundError: the weights file is missing (naming where it is published).
-    """
-    registry = _registry()
-    if name not in registry:
-        raise UsageError(f'feature extractor {name!r} is not registered with torch-fidelity; '
-                         f'registered: {sorted(registry)} (register your own with '
-                         f'torch_fidelity.register_feature_extractor(name, cls))')
-    cls = registry[name]
-    if weights_path is None and cls.__module__.startswith('torch_fidelity.'):
-        example = next(iter(weights_sources(name)), 'a local weights file')
-        raise UsageError(f'feature extractor {name!r} would download its weights (vargo never '
-                         f'downloads at run time): give its weights file (weights_path / '
-                         f'--weights-path), e.g. checkpoints/.../{example}')
-    if weights_path is not None and not os.path.isfile(os.path.expanduser(str(weights_path))):
-        raise FileNotFoundError(missing_weights_message(name, str(weights_path)))
-    return cls
-
-
-def default_layer(cls, metric: str) -> str:
-    return cls.get_default_feature_layer_for_metric(metric)
-
-
+# ---- extractors and statistics: vargo.components.metrics.frechet, worded for the command line ----
 def build_extractor(name: str, weights_path: Optional[str], layers: Sequence[str]):
-    """A torch-fidelity extractor producing ``layers`` (first: the FID layer), eval mode, CPU.
-
-    Built through ``loo_fid.build_feature_extractor`` (which checks name, weights and layer).
-    """
-    from vargo.components.rewards.loo_fid import build_feature_extractor
-    check_extractor(name, weights_path)
-    extractor, _ = build_feature_extractor(name, weights_path, layers[0])
-    if len(layers) > 1:
-        provided = tuple(type(extractor).get_provided_features_list())
-        bad = [x for x in layers if x not in provided]
-        if bad:
-            raise UsageError(f'feature layers {bad} are not provided by {name!r}; it provides '
-                             f'{provided}')
-        if weights_path is None:
-            extractor = type(extractor)(name, list(layers), verbose=False)
-        else:
-            # torch-fidelity loads the file with weights_only=False: hand it a checked copy
-            from vargo.core.checkpoint import data_only_copy
-            with data_only_copy(os.path.expanduser(str(weights_path))) as checked:
-                extractor = type(extractor)(name, list(layers), verbose=False,
-                                            feature_extractor_weights_path=checked)
-        extractor.requires_grad_(False).eval()
-    return extractor
-
-
-def to_uint8(images):
-    """``[N, 3, H, W]`` (or ``[3, H, W]``) float in [0, 1] or uint8 -> uint8 (torch-fidelity's
-    quantisation: ``round(255 x)``)."""
-    import torch
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise UsageError(f'images must be float in [0, 1] or uint8, got {images.dtype}')
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def extract_layers(extractor, images: Iterable, batch_size: int = 64):
-    """Features of images, one ``[N, D_k]`` float64 CPU tensor per layer of the extractor.
-
-    Args:
-        extractor: from :func:`build_extractor`.
-        images: a ``[N, 3, H, W]`` tensor, or an iterable of ``[3, H, W]`` / ``[n, 3, H, W]``
-            tensors (float in [0, 1] or uint8; sizes may differ: each size is batched apart and
-            the extractor resizes as it expects).
-        batch_size: images per forward.
-    """
-    import torch
-
-    def run(batch):
-        with torch.no_grad():
-            out = extractor(torch.stack(batch) if isinstance(batch, list) else batch)
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        return [o.reshape(o.shape[0], -1).to(torch.float64).cpu() for o in out]
-
-    outs: list[list] = []
-    if torch.is_tensor(images):
-        images = images.split(batch_size)
-    pending: dict = {}                                  # (H, W) -> list of [3, H, W] uint8
-    for x in images:
-        x = to_uint8(x)
-        items = [x] if x.dim() == 3 else list(x)
-        for im in items:
-            if im.dim() != 3 or im.shape[0] != 3:
-                raise UsageError(f'images must be RGB [3, H, W], got shape {tuple(im.shape)}')
-            group = pending.setdefault(tuple(im.shape[1:]), [])
-            group.append(im)
-            if len(group) == batch_size:
-                outs.append(run(group))
-                pending[tuple(im.shape[1:])] = []
-    for group in pending.values():
-        if group:
-            outs.append(run(group))
-    if not outs:
-        raise UsageError('no images to extract features from')
-    return [torch.cat([o[k] for o in outs]) for k in range(len(outs[0]))]
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            h.update(block)
-    return h.hexdigest()
+    """A torch-fidelity extractor producing ``layers`` (first: the FID layer), eval mode, CPU;
+    its weights file (if any) reaches torch-fidelity as a data-only-checked copy
+    (:func:`vargo.components.metrics.frechet.build_extractor`)."""
+    from vargo.components.metrics.frechet import build_extractor as build
+    return build(name, weights_path, layers, cli=True)
 
 
 def write_statistics(path: str, features, *, extractor: str, feature_layer: str,
                      weights_path: Optional[str], source: str) -> None:
-    """Write the statistics of ``[N, D]`` features with ``loo_fid.save_feature_statistics``
-    (``mu``, ``sigma``, ``sigma_diagonal``, ``count``) plus ``num``, ``extractor``,
-    ``feature_layer``, ``weights_sha256`` and ``source``; atomically."""
+    """Write the statistics of ``[N, D]`` features (``mu``, ``sigma``, ``sigma_diagonal``,
+    ``count``) plus ``num``, ``extractor``, ``feature_layer``, ``weights_sha256`` and ``source``,
+    atomically (:func:`vargo.components.metrics.frechet.save_feature_statistics`)."""
     import numpy as np
-    from vargo.components.rewards.loo_fid import save_feature_statistics
+    from vargo.components.metrics.frechet import file_sha256, save_feature_statistics
     path = os.path.expanduser(str(path))
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.base.npz'
-    save_feature_statistics(tmp, features)
-    with np.load(tmp) as z:
-        arrays = {k: z[k] for k in z.keys()}
-    os.remove(tmp)
-    arrays.update(num=np.array(int(arrays['count']), dtype=np.int64),
-                  extractor=np.array(extractor), feature_layer=np.array(feature_layer),
-                  weights_sha256=np.array('' if weights_path is None else
-                                          file_sha256(os.path.expanduser(str(weights_path)))),
-                  source=np.array(source))
-    tmp = f'{path}.tmp.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    save_feature_statistics(
+        path, features, num=np.int64(len(features)), extractor=extractor,
+        feature_layer=feature_layer, weights_sha256='' if weights_path is None else file_sha256(
+            os.path.expanduser(str(weights_path))), source=source)
 
 
 # ---- real images ---------------------------------------------------------------------------------
@@ -385,6 +224,8 @@ def features_of_source(extractor, source, *, num=None, image_size=None, batch_si
     read chunk by chunk; returns ``(list of [N, D_k], description)``."""
     import torch
     from tqdm import tqdm
+
+    from vargo.components.metrics.frechet import extract_layers
     n, images, where = image_source(source, num=num, image_size=image_size)
     parts = []
     with tqdm(total=n, desc='features', unit='img', disable=not progress) as bar:
@@ -532,11 +373,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from vargo.components.metrics import frechet
     from vargo.core.registry import ConfigError
     progress = not args.quiet
     try:
-        cls = check_extractor(args.extractor, args.weights_path)
-        layer = args.layer or default_layer(cls, 'fid')
+        _, (layer,) = frechet.check_extractor(args.extractor, args.weights_path,
+                                              [args.layer] if args.layer else None, cli=True)
         if args.mode == 'images':
             check_image_source(args.source)
         else:
@@ -557,7 +399,7 @@ def main(argv=None) -> int:
                                    per_condition=args.per_condition,
                                    batch_conditions=args.batch_conditions, seed=args.seed,
                                    progress=progress)
-            (feats,) = extract_layers(extractor, images, args.batch_size)
+            (feats,) = frechet.extract_layers(extractor, images, args.batch_size)
             scale = sampler.logprob_spec().cfg_scale
             source = (f'samples: config={args.config} checkpoint={args.checkpoint} '
                       f'cfg_scale={scale:g} seed={args.seed} per_condition={args.per_condition}')

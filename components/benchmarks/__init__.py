@@ -1,4 +1,5 @@
-"""Benchmark tooling: the Shapes feature extractor for FID/KID/precision-recall/IS.
+"""Benchmark tooling: the Shapes feature extractor for FID/KID/precision-recall/IS, and
+(:mod:`.pretrain`, imported on demand) the pretraining of the Shapes tokenizers and base models.
 
 Importing this package registers the torch-fidelity feature extractor ``'vargo-shapes'``.
 """

@@ -83,7 +83,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 from dataclasses import dataclass
@@ -99,12 +98,13 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
-from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from vargo.components.datasets.shapes import (
     CELL_ORIGINS, CELL_SIZE, COLOURS, GRID, IMAGE_SIZE, NUM_CLASSES, SHAPES, SIZES, Placement,
     ShapesImageDataset, item_rng, sample_layout)
+from vargo.components.metrics import frechet
+from vargo.components.metrics.frechet import frechet_distance  # noqa: F401  (re-exported)
 from vargo.core.checkpoint import load_state_dict_strict
 
 __all__ = [
@@ -240,8 +240,7 @@ class ShapesFeatureNet(nn.Module):
 
 def weights_sha256(path: str = DEFAULT_WEIGHTS_PATH) -> str:
     """Hex SHA-256 of a weights file (the shipped statistics record the one they belong to)."""
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    return frechet.file_sha256(path)
 
 
 def _require_weights(path: Optional[str]) -> str:
@@ -511,13 +510,6 @@ def _as_float_images(images: Tensor, what: str = 'images') -> Tensor:
     return images.float()
 
 
-def _to_uint8(images: Tensor) -> Tensor:
-    """Float [0, 1] (or uint8) -> uint8, the quantisation torch-fidelity expects."""
-    if images.dtype == torch.uint8:
-        return images
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
 @torch.no_grad()
 def extract_features(images: Tensor, *, weights_path: Optional[str] = None,
                      batch_size: int = 1000) -> Tensor:
@@ -531,42 +523,29 @@ def extract_features(images: Tensor, *, weights_path: Optional[str] = None,
     Returns:
         ``[N, 128]`` float32 features on CPU.
     """
-    x = images if images.dtype == torch.uint8 else _to_uint8(_as_float_images(images))
+    x = images if images.dtype == torch.uint8 else frechet.to_uint8(_as_float_images(images))
     fe = ShapesFeatureExtractor(EXTRACTOR_NAME, ['features'],
                                 feature_extractor_weights_path=weights_path)
-    return torch.cat([fe(b.cpu())[0] for b in x.split(batch_size)])
+    return frechet.extract_features(fe, x.cpu(), batch_size, dtype=None)
 
 
 def compute_statistics(images: Tensor, *, weights_path: Optional[str] = None
                        ) -> tuple[np.ndarray, np.ndarray]:
-    """FID statistics of images, as torch-fidelity computes them.
+    """FID statistics of images, as torch-fidelity computes them
+    (:func:`vargo.components.metrics.frechet.gaussian_statistics` of the float32 features).
 
     Args:
         images: ``[N, 3, H, W]`` float in [0, 1] or uint8, N >= 2.
         weights_path: None for the shipped weights.
 
     Returns:
-        ``(mu [128] float32, sigma [128, 128] float64)`` (torch-fidelity's dtypes).
+        ``(mu [128], sigma [128, 128])`` float64 (``mu`` accumulated in float32, as
+        torch-fidelity's).
     """
     if len(images) < 2:
         raise ValueError(f'FID statistics need N >= 2 images (a covariance), got N = '
                          f'{len(images)}')
-    stats = fid_features_to_statistics(extract_features(images, weights_path=weights_path))
-    return stats['mu'], stats['sigma']
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
-                     sigma2: np.ndarray) -> float:
-    """The Frechet distance between two Gaussians (Heusel et al., arXiv 1706.08500, eq. 6):
-    ``|mu1 - mu2|^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2))``, via torch-fidelity's
-    ``fid_statistics_to_metric`` (trace of the square root from the eigenvalues of
-    ``sigma1 @ sigma2``)."""
-    s1 = {'mu': np.asarray(mu1, np.float64), 'sigma': np.asarray(sigma1, np.float64)}
-    s2 = {'mu': np.asarray(mu2, np.float64), 'sigma': np.asarray(sigma2, np.float64)}
-    if s1['mu'].shape != s2['mu'].shape or s1['sigma'].shape != s2['sigma'].shape:
-        raise ValueError(f'statistics of different dimension: mu {s1["mu"].shape} vs '
-                         f'{s2["mu"].shape}, sigma {s1["sigma"].shape} vs {s2["sigma"].shape}')
-    return fid_statistics_to_metric(s1, s2, verbose=False)[torch_fidelity.KEY_METRIC_FID]
+    return frechet.gaussian_statistics(extract_features(images, weights_path=weights_path))
 
 
 def reference_images(task: str, split: str, num_samples: int = REFERENCE_NUM_SAMPLES) -> Tensor:
@@ -612,22 +591,22 @@ def load_reference_statistics(task: str, split: str, *, path: str = DEFAULT_STAT
             its SHA-256 must match the one recorded in the file.
 
     Returns:
-        ``(mu [128] float32, sigma [128, 128] float64)``.
+        ``(mu [128], sigma [128, 128])`` float64 (read with
+        :func:`vargo.components.metrics.frechet.load_feature_statistics`).
     """
     _check_task_split(task, split)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'Shapes real statistics not found: {path}; regenerate them '
                                 f'with `{_TRAIN_TOOL}`')
-    with np.load(path) as z:
-        sha = str(z['weights_sha256'])
-        mu, sigma = z[f'{task}_{split}_mu'], z[f'{task}_{split}_sigma']
+    stats = frechet.load_feature_statistics(path, prefix=f'{task}_{split}_')
+    sha = stats.meta.get('weights_sha256', '')
     want = weights_sha256(_require_weights(weights_path))
     if sha != want:
         raise ValueError(f'{path} holds statistics of extractor weights {sha[:12]}..., but the '
                          f'weights in use are {want[:12]}...: statistics and weights must come '
                          f'from the same run of `{_TRAIN_TOOL}` (or pass reference=<real images '
                          f'tensor> to compute the real side with these weights)')
-    return mu, sigma
+    return stats.numpy()
 
 
 # ---- metrics through torch-fidelity ------------------------------------------------------------
@@ -639,8 +618,8 @@ class UInt8ImageDataset(Dataset):
     """
 
     def __init__(self, images: Tensor):
-        self.images = _to_uint8(images if images.dtype == torch.uint8
-                                else _as_float_images(images)).cpu().contiguous()
+        self.images = frechet.to_uint8(images if images.dtype == torch.uint8
+                                       else _as_float_images(images)).cpu().contiguous()
 
     def __len__(self) -> int:
         return len(self.images)
@@ -728,11 +707,7 @@ def shapes_fidelity(gen_images: Tensor, *, reference: Union[str, Tensor] = 'eval
             raise ValueError(f'reference={path!r} is a statistics file, which supports only '
                              f"'fid'; KID and precision/recall need real images: pass "
                              f"reference='train'/'eval' or a tensor of real images")
-        with np.load(path) as z:
-            if 'mu' not in z or 'sigma' not in z:
-                raise ValueError(f'{path} has keys {sorted(z.keys())}; a statistics file holds '
-                                 f"'mu' and 'sigma' (see compute_statistics)")
-            fid_stats = (z['mu'], z['sigma'])
+        fid_stats = frechet.load_feature_statistics(path).numpy()
     elif torch.is_tensor(reference):
         real_ds = UInt8ImageDataset(reference)
     else:

@@ -61,22 +61,24 @@ the square root of a (near-)singular matrix is only accurate to about ``sqrt(mac
 
 Statistics files
 ----------------
-``.npz`` files, float arrays, keys optionally behind a prefix (``real_stats_prefix``,
+``.npz`` files read by :func:`vargo.components.metrics.frechet.load_feature_statistics` (plain
+arrays only, nothing unpickled), keys optionally behind a prefix (``real_stats_prefix``,
 ``init_stats_prefix``; e.g. ``'c2i_train_'`` for the shipped Shapes statistics
 ``components/benchmarks/weights/shapes_real_stats.npz``, whose keys are
 ``{c2i,t2i}_{train,eval}_{mu,sigma}``). One of:
 
 * ``mu [D]`` and ``sigma [D, D]`` (covariance; torch-fidelity / pytorch-fid / clean-fid format,
-  and :func:`save_feature_statistics`), and/or ``sigma_diagonal [D]`` (variances; the official
+  and ``save_feature_statistics``), and/or ``sigma_diagonal [D]`` (variances; the official
   ``make_gen_stats.py`` writes both);
 * ``m1 [D]`` and ``m2 [D]`` (raw moments ``E[x]``, ``E[x^2]``) or ``m2 [D, D]`` (``E[x x^T]``).
 
 ``real_stats_path`` gives ``mu_r``, ``sigma_r`` (``'pca_full'`` needs a full ``sigma``). The EMA
-is bootstrapped from ``init_stats_path``: statistics of base-model samples, computed with
-:func:`feature_statistics_of_images` + :func:`save_feature_statistics` (``m1 = mu``,
-``m2 = diag(sigma) + mu^2``; for ``'pca_full'`` ``M2 = P^T sigma P + m1 m1^T`` after projecting
-``mu``). With ``init_stats_path=None`` the first scored batch (samples of the base model at
-iteration 0) bootstraps it, so the first ``peek`` of the batch equals the batch moments.
+is bootstrapped from ``init_stats_path``: statistics of base-model samples, written by
+``tools/fid_stats.py samples`` (or ``vargo.components.metrics.frechet``'s ``extract_features`` +
+``save_feature_statistics``) (``m1 = mu``, ``m2 = diag(sigma) + mu^2``; for ``'pca_full'``
+``M2 = P^T sigma P + m1 m1^T`` after projecting ``mu``). With ``init_stats_path=None`` the first
+scored batch (samples of the base model at iteration 0) bootstraps it, so the first ``peek`` of
+the batch equals the batch moments.
 
 Deviations from the official code (bugrabaran/ar-policy-tuning, ``utils/reward_utils.py``)
 ------------------------------------------------------------------------------------------
@@ -91,7 +93,9 @@ Deviations from the official code (bugrabaran/ar-policy-tuning, ``utils/reward_u
 Feature extractors
 ------------------
 ``feature_extractor`` is a name in torch-fidelity's registry
-(``torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY``), called as torch-fidelity calls it:
+(``torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY``), built by
+:func:`vargo.components.metrics.frechet.build_feature_extractor` (weights through a data-only
+checked copy) and called as torch-fidelity calls it:
 ``uint8 [B, 3, H, W]`` images in, one ``[B, D]`` feature tensor out (``feature_layer``, by default
 the extractor's layer for 'fid'). Nothing is ever downloaded: torch-fidelity's built-in
 extractors need ``feature_extractor_weights_path`` (a local file), e.g.
@@ -117,229 +121,29 @@ Example:
 """
 from __future__ import annotations
 
-import itertools
 import math
-import os
-from dataclasses import dataclass
 from typing import Any, Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from vargo.components.metrics.frechet import (FeatureStatistics, build_feature_extractor,
+                                              extract_features, load_feature_statistics,
+                                              save_feature_statistics)
 from vargo.core import dist as vdist
-from vargo.core.checkpoint import data_only_copy
 from vargo.core.interfaces import RewardHead, Stateful
 from vargo.core.registry import REWARD_HEADS
 from vargo.core.types import RewardContext, RewardOutput, Rollout
 
-__all__ = ['LooFidReward', 'MODES', 'COVARIANCES', 'FeatureStatistics',
-           'load_feature_statistics', 'save_feature_statistics', 'build_feature_extractor',
-           'extract_features', 'feature_statistics_of_images', 'loo_moments',
-           'frechet_distance_diag', 'frechet_distance_full']
+# the statistics files, extractors and features are vargo.components.metrics.frechet's (imported
+# here for the head, and for code that imported them from this module)
+__all__ = ['LooFidReward', 'MODES', 'COVARIANCES', 'loo_moments', 'frechet_distance_diag',
+           'frechet_distance_full', 'FeatureStatistics', 'load_feature_statistics',
+           'save_feature_statistics', 'build_feature_extractor', 'extract_features']
 
 MODES = ('ema_loo', 'loo_batch', 'ema_scalar')
 COVARIANCES = ('diag', 'pca_full')
 STATE_FORMAT = 'vargo-loo-fid-v1'
-
-
-# ---- statistics files ----------------------------------------------------------------------------
-@dataclass
-class FeatureStatistics:
-    """Gaussian statistics of features, float64 (CPU).
-
-    Attributes:
-        mu: ``[D]`` mean.
-        var: ``[D]`` per-dimension variance.
-        cov: ``[D, D]`` covariance, or None when the file holds only the diagonal.
-        path: where they were read from (for messages).
-    """
-
-    mu: Tensor
-    var: Tensor
-    cov: Optional[Tensor]
-    path: str = ''
-
-    @property
-    def dim(self) -> int:
-        return int(self.mu.shape[0])
-
-
-def load_feature_statistics(path: str, prefix: str = '') -> FeatureStatistics:
-    """Read a statistics ``.npz`` (formats in the module docstring).
-
-    Args:
-        path: the file.
-        prefix: prepended to every key (e.g. ``'c2i_train_'`` for the shipped Shapes file).
-
-    Raises:
-        FileNotFoundError: naming the path and how to write such a file.
-        ValueError: the keys or shapes do not form one of the accepted formats.
-    """
-    path = os.path.expanduser(str(path))
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f'feature statistics file not found: {path}; write one with '
-            f'vargo.components.rewards.loo_fid.save_feature_statistics(path, features) '
-            f'(features of real images for real_stats_path, of base-model samples for '
-            f'init_stats_path), or set init_stats_path=None to bootstrap the EMA from the first '
-            f'batch')
-    with np.load(path) as z:
-        keys = set(z.keys())
-        arrays = {k[len(prefix):]: z[k] for k in keys if k.startswith(prefix)}
-
-    def f64(a):
-        return torch.from_numpy(np.asarray(a, dtype=np.float64).copy())
-
-    if 'mu' in arrays and ('sigma' in arrays or 'sigma_diagonal' in arrays):
-        mu = f64(arrays['mu']).reshape(-1)
-        cov = None
-        if 'sigma' in arrays:
-            cov = f64(arrays['sigma'])
-            if cov.shape != (mu.numel(), mu.numel()):
-                raise ValueError(f'{path}: {prefix}sigma has shape {tuple(cov.shape)}, expected '
-                                 f'[D, D] = {(mu.numel(), mu.numel())} for {prefix}mu of D = '
-                                 f'{mu.numel()}')
-            var = torch.diagonal(cov).clone()
-        else:
-            var = f64(arrays['sigma_diagonal']).reshape(-1)
-    elif 'm1' in arrays and 'm2' in arrays:
-        mu = f64(arrays['m1']).reshape(-1)
-        m2 = f64(arrays['m2'])
-        if m2.shape == (mu.numel(),):
-            cov, var = None, m2 - mu * mu
-        elif m2.shape == (mu.numel(), mu.numel()):
-            cov = m2 - torch.outer(mu, mu)
-            var = torch.diagonal(cov).clone()
-        else:
-            raise ValueError(f'{path}: {prefix}m2 has shape {tuple(m2.shape)}, expected [D] or '
-                             f'[D, D] with D = {mu.numel()}')
-    else:
-        hint = ''
-        prefixes = sorted({k[:-len('mu')] for k in keys if k.endswith('mu')})
-        if prefixes:
-            hint = f'; did you mean one of the prefixes {prefixes}?'
-        raise ValueError(f'{path} has keys {sorted(keys)}; with prefix {prefix!r} a statistics '
-                         f"file needs 'mu' and 'sigma' (or 'sigma_diagonal'), or 'm1' and "
-                         f"'m2'{hint}")
-    if var.shape != mu.shape:
-        raise ValueError(f'{path}: variances of shape {tuple(var.shape)} do not match mu '
-                         f'{tuple(mu.shape)}')
-    if not (torch.isfinite(mu).all() and torch.isfinite(var).all()):
-        raise ValueError(f'{path} (prefix {prefix!r}) holds non-finite statistics')
-    return FeatureStatistics(mu=mu, var=var, cov=cov, path=path)
-
-
-def save_feature_statistics(path: str, features: Tensor) -> None:
-    """Write ``mu``, ``sigma`` (unbiased covariance), ``sigma_diagonal`` and ``count`` of features.
-
-    The format torch-fidelity, the official ``make_gen_stats.py`` and :class:`LooFidReward` read.
-
-    Args:
-        path: the ``.npz`` to write (atomically: a temporary file, then a rename).
-        features: ``[N, D]`` features, ``N >= 2``.
-    """
-    x = torch.as_tensor(features).detach().to('cpu', torch.float64)
-    if x.dim() != 2 or x.shape[0] < 2:
-        raise ValueError(f'features must be [N, D] with N >= 2 (a covariance), got shape '
-                         f'{tuple(x.shape)}')
-    mu = x.mean(0)
-    cov = torch.cov(x.T, correction=1).reshape(x.shape[1], x.shape[1])
-    tmp = f'{path}.tmp.npz'
-    np.savez(tmp, mu=mu.numpy(), sigma=cov.numpy(), sigma_diagonal=torch.diagonal(cov).numpy(),
-             count=np.array(x.shape[0], dtype=np.int64))
-    os.replace(tmp, path)
-
-
-# ---- feature extractors --------------------------------------------------------------------------
-def build_feature_extractor(name: str, weights_path: Optional[str] = None,
-                            layer: Optional[str] = None):
-    """A torch-fidelity feature extractor by registered name, in eval mode, on CPU.
-
-    Args:
-        name: a key of ``torch_fidelity.registry.FEATURE_EXTRACTORS_REGISTRY``.
-        weights_path: a local weights file; required for torch-fidelity's built-in extractors
-            (they would download otherwise).
-        layer: the feature to use; None for the extractor's default layer for 'fid'.
-
-    Returns:
-        ``(extractor, layer)``.
-    """
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-    if name == 'vargo-shapes' and name not in FEATURE_EXTRACTORS_REGISTRY:
-        import vargo.components.benchmarks  # noqa: F401  (registers 'vargo-shapes')
-    if name not in FEATURE_EXTRACTORS_REGISTRY:
-        raise ValueError(f'feature_extractor={name!r} is not registered with torch-fidelity; '
-                         f'registered: {sorted(FEATURE_EXTRACTORS_REGISTRY)} (register yours with '
-                         f'torch_fidelity.register_feature_extractor(name, cls))')
-    cls = FEATURE_EXTRACTORS_REGISTRY[name]
-    if weights_path is None and cls.__module__.startswith('torch_fidelity.'):
-        raise ValueError(f'feature_extractor={name!r} would download its weights (no network at '
-                         f'run time): set feature_extractor_weights_path to a local file, e.g. '
-                         f"torch-fidelity's weights-inception-2015-12-05-6726825d.pth for "
-                         f"'inception-v3-compat'")
-    if weights_path is not None:
-        weights_path = os.path.expanduser(str(weights_path))
-        if not os.path.isfile(weights_path):
-            raise FileNotFoundError(f'feature_extractor_weights_path={weights_path!r} does not '
-                                    f'exist (feature extractor {name!r})')
-    provided = tuple(cls.get_provided_features_list())
-    if layer is None:
-        layer = cls.get_default_feature_layer_for_metric('fid')
-    if layer not in provided:
-        raise ValueError(f'feature_layer={layer!r} is not provided by {name!r}; it provides '
-                         f'{provided}')
-    kwargs: dict[str, Any] = {'verbose': False}
-    if weights_path is None:
-        extractor = cls(name, [layer], **kwargs)
-    else:
-        # torch-fidelity loads the file with weights_only=False: hand it a checked copy
-        with data_only_copy(weights_path) as checked:
-            extractor = cls(name, [layer], feature_extractor_weights_path=checked, **kwargs)
-    extractor.requires_grad_(False).eval()
-    return extractor, layer
-
-
-def _to_uint8(images: Tensor) -> Tensor:
-    if images.dtype == torch.uint8:
-        return images
-    if not images.is_floating_point():
-        raise TypeError(f'images must be float in [0, 1] or uint8, got {images.dtype}')
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-@torch.no_grad()
-def extract_features(extractor, images: Tensor, batch_size: int = 64) -> Tensor:
-    """``[N, D]`` float64 features of ``[N, 3, H, W]`` images (float in [0, 1] or uint8).
-
-    Images are quantised to uint8 as torch-fidelity expects; the extractor is moved to the
-    images' device.
-    """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f'images must be [N, 3, H, W] RGB, got shape {tuple(images.shape)}')
-    x = _to_uint8(images)
-    first = next(itertools.chain(extractor.parameters(), extractor.buffers()), None)
-    if first is not None and first.device != x.device:
-        extractor.to(x.device)
-    outs = []
-    for chunk in x.split(batch_size):
-        out = extractor(chunk)
-        out = out[0] if isinstance(out, (tuple, list)) else out
-        outs.append(out.reshape(len(chunk), -1).to(torch.float64))
-    if not outs:
-        return torch.zeros(0, 0, dtype=torch.float64, device=x.device)
-    return torch.cat(outs)
-
-
-def feature_statistics_of_images(images: Tensor, *, feature_extractor: str,
-                                 feature_extractor_weights_path: Optional[str] = None,
-                                 feature_layer: Optional[str] = None,
-                                 batch_size: int = 64) -> Tensor:
-    """Features of images for :func:`save_feature_statistics` (e.g. base-model samples to
-    bootstrap the EMA). Returns ``[N, D]`` float64."""
-    extractor, _ = build_feature_extractor(feature_extractor, feature_extractor_weights_path,
-                                           feature_layer)
-    return extract_features(extractor, images, batch_size)
 
 
 # ---- the math (pure functions) -------------------------------------------------------------------
