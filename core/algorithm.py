@@ -199,17 +199,18 @@ class RLAlgorithm(BaseModel):
                                 sampler=self.sampler, process_group=None)
 
     @torch.no_grad()
-    def score(self, rollout: Rollout,
-              ctx: Union[IterationContext, int]) -> dict[str, RewardOutput]:
+    def score(self, rollout: Rollout, ctx: Union[IterationContext, int, None] = None, *,
+              iteration: Optional[int] = None) -> dict[str, RewardOutput]:
         """Every reward head's output, in config order (``ctx``: the iteration's context, or
-        the 0-based iteration for a context without sampling noise).
+        the 0-based iteration, also accepted as ``iteration=``, for a context without sampling
+        noise).
 
         A head that raises stops the run: :class:`~vargo.core.faults.RunAborted`
         (``kind='reward_head_error'``) naming the head, its class, the iteration and the rows
         it was scoring, raised from the head's exception.
         """
         if not isinstance(ctx, IterationContext):
-            ctx = self.reward_context(ctx)
+            ctx = self.reward_context(int(ctx if ctx is not None else iteration or 0))
         if not ctx.local_samples:
             ctx = dataclasses.replace(ctx, local_samples=rollout.batch_size)
         iteration = ctx.iteration
