@@ -10,57 +10,15 @@ Two payloads are written by hand (pickle opcodes inside a real torch zip contain
 
 CODE writes a marker file; every test asserts refusal with a clear message and no marker.
 """
-import io
 import os
-import pickle
-import zipfile
 
 import pytest
 import torch
 
 from conftest import ROOT
+from crafted_files import getattr_chain_payload, reduce_payload
 from vargo.core.checkpoint import (CheckpointRefused, load_policy_from_checkpoint,
                                    load_training_checkpoint, safe_load)
-
-
-def _torch_zip(pkl: bytes) -> bytes:
-    """A real ``torch.save`` zip container whose ``data.pkl`` is replaced by ``pkl``."""
-    buf = io.BytesIO()
-    torch.save({'x': torch.zeros(1)}, buf)
-    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, 'w', zipfile.ZIP_STORED) as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            dst.writestr(item, pkl if item.filename.endswith('/data.pkl') else data)
-    return out.getvalue()
-
-
-def _unicode(s: str) -> bytes:
-    b = s.encode()
-    return b'X' + len(b).to_bytes(4, 'little') + b
-
-
-def getattr_chain_payload(marker: str) -> bytes:
-    code = f"open({marker!r}, 'w').write('pwned')"
-    g = b'c__builtin__\ngetattr\n'
-    builtins_module = g + b'(' + g + _unicode('__self__') + b'tR'        # getattr(getattr, '__self__')
-    exec_fn = g + b'(' + builtins_module + _unicode('exec') + b'tR'      # getattr(<builtins>, 'exec')
-    call = (b'ctorch._tensor\n_rebuild_from_type_v2\n(' + exec_fn + b'ctorch\nTensor\n'
-            + b'(' + _unicode(code) + b't}tR')                           # (exec, Tensor, (code,), {})
-    return _torch_zip(b'\x80\x02' + call + b'.')
-
-
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
-
-
-def reduce_payload(marker: str) -> bytes:
-    return _torch_zip(pickle.dumps({'state_dict': _Exploit(marker)}, protocol=2))
 
 
 PAYLOADS = {'getattr_chain': getattr_chain_payload, 'reduce': reduce_payload}

@@ -1,10 +1,8 @@
 """vargo.components.metrics.frechet: the Frechet distance against hand-computed cases and
 torch-fidelity, statistics against numpy, the .npz round trip, crafted files refused (pickled
 objects in a statistics file, code in extractor weights), extraction and extractor errors."""
-import io
 import os
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
+from crafted_files import torch_zip
 from vargo.components.metrics import frechet
 from vargo.core.checkpoint import CheckpointRefused
 from vargo.core.cli import UsageError
@@ -219,18 +218,6 @@ def test_extractor_errors_for_a_config_and_for_the_tools(tmp_path):
     assert layer == 'features' and fe.features_list == ['features']
 
 
-def _torch_zip(pkl: bytes) -> bytes:
-    buf = io.BytesIO()
-    torch.save({'x': torch.zeros(1)}, buf)
-    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
-    out = io.BytesIO()
-    with zipfile.ZipFile(out, 'w', zipfile.ZIP_STORED) as dst:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            dst.writestr(item, pkl if item.filename.endswith('/data.pkl') else data)
-    return out.getvalue()
-
-
 @pytest.mark.parametrize('layers', [None, ['2048', 'logits_unbiased']])
 def test_extractor_weights_with_code_are_refused_before_torch_fidelity_loads_them(tmp_path,
                                                                                   layers):
@@ -238,7 +225,7 @@ def test_extractor_weights_with_code_are_refused_before_torch_fidelity_loads_the
     # is checked first and never reaches it
     marker = tmp_path / 'MARKER'
     path = tmp_path / 'weights.pth'
-    path.write_bytes(_torch_zip(pickle.dumps({'w': _Exploit(str(marker))}, protocol=2)))
+    path.write_bytes(torch_zip(pickle.dumps({'w': _Exploit(str(marker))}, protocol=2)))
     for cli in (False, True):
         with pytest.raises(CheckpointRefused, match='refused to load'):
             frechet.build_extractor('inception-v3-compat', str(path), layers, cli=cli)
