@@ -320,16 +320,9 @@ class VargoRunner(Runner):
         return runner
 
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
-        from mmengine.hooks import CheckpointHook
-
-        from .hooks import AtomicCheckpointHook, PlainCheckpointHook
+        # (a non-atomic CheckpointHook is refused by core.validation before the Runner exists)
+        from .hooks import PlainCheckpointHook
         super().register_hooks(default_hooks, custom_hooks)
-        for hook in self.hooks:
-            if isinstance(hook, CheckpointHook) and not isinstance(hook, AtomicCheckpointHook):
-                raise ConfigError(
-                    f"default_hooks.checkpoint: type='{type(hook).__name__}' (MMEngine's) writes "
-                    f'last_checkpoint non-atomically and deletes old checkpoints before the new '
-                    f"one is on disk; use type='AtomicCheckpointHook' (same settings)")
         self.register_hook(PlainCheckpointHook())
 
     # -- loading ---------------------------------------------------------------------------

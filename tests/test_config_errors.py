@@ -160,6 +160,8 @@ BAD_OPTIONS = [
      ['sampler.cfg_scale=-3', '>= 0', '1 = no guidance']),
     ('checkpoint interval 0', SHAPES, ['default_hooks.checkpoint.interval=0'],
      ['default_hooks.checkpoint.interval=0', 'int >= 1', 'interval=50']),
+    ("MMEngine's non-atomic checkpoint hook", SHAPES, ['default_hooks.checkpoint.type=CheckpointHook'],
+     ['default_hooks.checkpoint', 'non-atomically', "type='AtomicCheckpointHook'"]),
     ('group_size a float', SHAPES, ['group_size=8.0'],
      ['group_size=8.0', 'float', 'must be an int >= 2', 'group_size=8']),
 ]
