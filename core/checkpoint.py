@@ -30,7 +30,7 @@ import re
 import tempfile
 import zipfile
 from collections import OrderedDict
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from torch import nn
 from .registry import ConfigError
 
 __all__ = ['safe_load', 'atomic_save', 'atomic_write_bytes', 'load_state_dict_strict',
-           'StateDictMismatch', 'CheckpointError', 'CheckpointRefused',
+           'StateDictMismatch', 'CheckpointKeyError', 'read_state_dict', 'official_file_missing', 'CheckpointError', 'CheckpointRefused',
            'check_state_dict_keys', 'require_file', 'AtomicLocalBackend',
            'to_plain', 'from_plain', 'load_training_checkpoint', 'remove_stale_temp_files',
            'CHECKPOINT_FORMAT', 'TEMP_PREFIX', 'data_only_copy', 'load_policy_from_checkpoint', 'NoPolicyWeights']
@@ -345,16 +345,28 @@ def check_state_dict_keys(own: dict, given: dict, *, source: str, owner: str,
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict, *, source: str = 'checkpoint',
-                           ignore: tuple[str, ...] = ()) -> None:
+                           ignore: tuple[str, ...] = (),
+                           drop: Optional[Callable[[str], bool]] = None) -> list[str]:
     """Load ``state_dict`` into ``module``; raise listing every missing, unexpected and
     shape-mismatched key (:func:`check_state_dict_keys`) before anything is loaded.
+
+    The one strict loader of vargo: vargo's own checkpoints and every family's official files
+    load through it.
 
     Args:
         module: the target.
         state_dict: the weights.
         source: a description of where the weights come from (for the message).
         ignore: key names both sides may lack (e.g. non-persistent caches).
+        drop: keys of the file that are derived, not learned (an official file's RoPE table or
+            KV cache): removed before the check, and returned.
+
+    Returns:
+        the dropped keys, sorted.
     """
+    dropped = sorted(k for k in state_dict if drop is not None and drop(k))
+    if dropped:
+        state_dict = {k: v for k, v in state_dict.items() if k not in set(dropped)}
     check_state_dict_keys(module.state_dict(), state_dict, source=source,
                           owner=type(module).__name__, ignore=ignore)
     filtered = {k: v for k, v in state_dict.items() if k not in ignore}
@@ -362,6 +374,64 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict, *, source: str =
     bad = [k for k in result.missing_keys if k not in ignore]
     if bad:
         raise StateDictMismatch(f'{source}: keys not loaded: {bad}')
+    return dropped
+
+
+#: the name the family loaders used for :class:`StateDictMismatch` (kept for user code)
+CheckpointKeyError = StateDictMismatch
+
+
+def official_file_missing(path: str, *, what: str, sources: dict[str, str], family: str,
+                          listing: str) -> FileNotFoundError:
+    """``FileNotFoundError`` naming ``path`` and where the official release publishes it
+    (``sources``: file name -> URL; ``listing`` says where the family's files are listed)."""
+    name = os.path.basename(str(path))
+    source = sources.get(name)
+    where = (f'it is published at {source}' if source else
+             f'official {family} files are {sorted(sources)} ({listing})')
+    return FileNotFoundError(f'{what} file {path!r} not found: {where}. Download it there, or '
+                             f'use a Shapes config (configs/*/*_shapes.py) that needs no '
+                             f'download.')
+
+
+def read_state_dict(path: str, *, what: str, containers: tuple[str, ...] = ('model', 'module',
+                                                                             'state_dict'),
+                    missing: Optional[Callable[[str], Exception]] = None,
+                    hint: str = '') -> dict:
+    """The state dict of a weights file, read so that no code in it can run.
+
+    ``.safetensors``: the raw state dict (tensors keep their stored dtype). Otherwise
+    :func:`safe_load` (``weights_only``; the ``argparse.Namespace`` official training files
+    carry under ``"args"`` is the one class allowed), then the first of ``containers`` that holds
+    a dict (``{"model": ...}`` of DDP files, ``{"module": ...}`` of DeepSpeed, ...), else the
+    file itself if it is a dict of tensors.
+
+    Args:
+        path: the file.
+        what: what it is, for messages ("LlamaGen GPT").
+        containers: the top-level keys to look in, in order.
+        missing: builds the error raised when the file does not exist (default: a plain
+            ``FileNotFoundError`` naming it).
+        hint: appended to the message when no state dict is found.
+    """
+    import argparse
+    if not os.path.isfile(path):
+        raise (missing(path) if missing is not None else
+               FileNotFoundError(f'{what} file {path!r} not found'))
+    if str(path).endswith('.safetensors'):
+        from safetensors.torch import load_file
+        return load_file(path, device='cpu')
+    ckpt = safe_load(path, 'cpu', allow=(argparse.Namespace,))
+    for key in containers:
+        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
+            return ckpt[key]
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor)
+                                               for v in ckpt.values()):
+        return ckpt
+    top = sorted(ckpt)[:20] if isinstance(ckpt, dict) else type(ckpt).__name__
+    raise StateDictMismatch(f'{what} file {path!r} holds neither a state dict nor a dict with '
+                            f'{" / ".join(repr(c) for c in containers)}; top-level keys: {top}'
+                            + (f'; {hint}' if hint else ''))
 
 
 class NoPolicyWeights(ValueError):

@@ -94,8 +94,8 @@ from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, 
 
 from ..tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, build_msvq
 from .frozen import exclude_frozen_submodules
-from .llamagen import (CheckpointKeyError, categorical_logp_entropy, load_official_state_dict,
-                       strict_load)
+from ..modules.categorical import categorical_logp_entropy, var_truncation_keep_mask
+from .llamagen import CheckpointKeyError, load_official_state_dict, strict_load
 
 __all__ = ['VAR_ARCHS', 'VARConfig', 'VARTransformer', 'VARPolicy', 'VARExtras', 'VARKVCache',
            'VAR_FILE_SOURCES', 'var_truncation_keep_mask', 'cfg_ramp', 'CheckpointKeyError']
@@ -489,28 +489,6 @@ def cfg_ramp(cfg_scale: float, patch_nums: Sequence[int],
     (``autoregressive_infer_cfg``; ``cfg = cfg_scale - 1``)."""
     s = len(patch_nums)
     return (cfg_scale - 1.0) * torch.arange(s, dtype=torch.float64, device=device) / (s - 1)
-
-
-def var_truncation_keep_mask(z: Tensor, top_k: int, top_p: float) -> Optional[Tensor]:
-    """bool ``[N, V]`` of the tokens VAR's ``sample_with_top_k_top_p_`` keeps (None: all).
-
-    top-k keeps every logit >= the k-th largest; top-p (on the top-k-filtered logits) sorts
-    ascending and removes the tokens whose ascending cumulative probability is ``<= 1 - top_p``,
-    never the most likely one. vargo's ``top_p = 1`` (and the official ``top_p = 0``) is off.
-    """
-    v = z.shape[-1]
-    keep = None
-    if 0 < top_k < v:
-        kth = torch.topk(z, top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        keep = z >= kth
-    if 0 < top_p < 1.0:
-        zk = z if keep is None else z.masked_fill(~keep, float('-inf'))
-        sorted_z, order = zk.sort(dim=-1, descending=False)
-        remove_sorted = sorted_z.softmax(dim=-1).cumsum_(dim=-1) <= (1 - top_p)
-        remove_sorted[..., -1:] = False
-        remove = remove_sorted.scatter(-1, order, remove_sorted)
-        keep = ~remove if keep is None else keep & ~remove
-    return keep
 
 
 # ---------------------------------------------------------------------------------------------

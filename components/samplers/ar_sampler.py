@@ -27,7 +27,7 @@ Policy protocol (what :class:`ARSampler` needs from a raster-AR policy, e.g.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Hashable, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -37,12 +37,55 @@ from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec, Rollout
 
-from ..policies.llamagen import (KVCache, categorical_logp_entropy, cfg_active_steps, cfg_mix,
-                                 truncation_keep_mask)
+from ..modules.categorical import (categorical_logp_entropy, cfg_active_steps, cfg_mix,
+                                   inverse_cdf_sample, truncation_keep_mask)
+from ..policies.llamagen import KVCache
 from .cached import KVCachedSampler
 from .checks import check_bool, check_real, check_sampling
 
-__all__ = ['ARSampler']
+__all__ = ['ARSampler', 'RasterDecoding']
+
+
+class RasterDecoding(Protocol):
+    """The decoding protocol of raster-order autoregressive policies (what :class:`ARSampler`
+    calls; :class:`~vargo.components.policies.llamagen.LlamaGenPolicy` implements it, and a
+    new raster family implements it to be sampled by ``ARSampler``).
+
+    Positions are token indices ``0 .. T - 1``; the condition positions are the policy's own
+    business. With ``with_null`` the batch is doubled ``[cond; null]`` (CFG).
+    """
+
+    #: T, the tokens of a sample
+    num_actions: int
+    #: where the policy's parameters live
+    device: torch.device
+
+    def encode_conditions(self, cond: Conditions) -> Conditions:
+        """Fill what the model needs from ``cond`` (text features, ...); no grad."""
+
+    def rollout_axes(self) -> tuple[Tensor, Tensor]:
+        """``action_step [T]`` and ``action_pos [T, 2]`` of a rollout."""
+
+    def decode(self, rollout: Rollout) -> Tensor:
+        """``[B, 3, H, W]`` images in [0, 1]."""
+
+    def decoding_cache_key(self, batch: int) -> Hashable:
+        """What determines the cache's shape for ``batch`` rows (equal keys: reuse it)."""
+
+    def new_decoding_cache(self, batch: int) -> Any:
+        """A cache for ``batch`` rows (``2 B`` with CFG) and every position."""
+
+    def prefill(self, cond: Conditions, given: Optional[Tensor], cache: Any, *,
+                with_null: bool) -> Tensor:
+        """Run the condition positions and the kept tokens ``given [B, m]`` (or None), filling
+        ``cache``; return fp32 logits ``[B2, m + 1, V]`` (row ``j`` predicts token ``j``;
+        ``B2 = 2 B`` with ``with_null``: conditional rows first)."""
+
+    def decode_step(self, tokens: Tensor, index: int, cache: Any) -> Tensor:
+        """Feed token ``index`` (``tokens [B2]``), return fp32 logits ``[B2, V]`` of token
+        ``index + 1``."""
+
+
 
 
 @SAMPLERS.register_module()
@@ -230,7 +273,7 @@ class ARSampler(KVCachedSampler):
         if u is None:
             tok = torch.multinomial(probs, num_samples=1)                       # [B, 1]
         else:
-            tok = _inverse_cdf(probs, u)
+            tok = inverse_cdf_sample(probs, u)
         if spec.mode == 'none' and (keep is not None or (use_cfg and guided)):
             z = cond / spec.temperature       # score under the conditional, untruncated logits
         lp = z.gather(1, tok)[:, 0] - torch.logsumexp(z, dim=-1)
@@ -253,12 +296,3 @@ class ARSampler(KVCachedSampler):
             temperature=spec.temperature, top_k=spec.top_k if rollout_mode else 0,
             top_p=spec.top_p if rollout_mode else 1.0, with_entropy=False)
         return lp.view(b, m)
-
-
-def _inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
-    """Token ``[B, 1]`` whose CDF interval holds ``u * total``; never a zero-probability token
-    (the target is kept strictly below the total mass; ``right=True`` skips empty intervals)."""
-    cdf = probs.cumsum(dim=-1)                                                   # [B, V]
-    total = cdf[:, -1:]
-    target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, target, right=True)

@@ -1,27 +1,30 @@
 """What the token samplers with a static KV cache share (``ARSampler``, ``NextScaleSampler``)."""
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Optional
 
-from vargo.core.interfaces import Sampler
+from vargo.core.interfaces import Policy
 from vargo.core.types import LogprobSpec
+
+from .base import RolloutSampler
 
 __all__ = ['KVCachedSampler']
 
 
-class KVCachedSampler(Sampler):
+class KVCachedSampler(RolloutSampler):
     """A sampler recording ``logp_old`` under one :class:`LogprobSpec` and decoding with a static
     KV cache that is allocated once per batch shape and kept between rollouts.
 
-    The cache is keyed by shape, not by model, so the policy and its frozen reference (same
-    architecture) share one allocation.
+    The cache comes from the policy's protocol (``decoding_cache_key(batch)``,
+    ``new_decoding_cache(batch)``); it is keyed by shape, not by model, so the policy and its
+    frozen reference (same architecture) share one allocation.
     """
 
     def __init__(self, spec: LogprobSpec, *, decode_images: bool):
+        super().__init__(decode_images=decode_images)
         self._spec = spec
-        self.decode_images = decode_images
         self._cache: Optional[Any] = None
-        self._cache_key: Optional[Hashable] = None
+        self._cache_key: Optional[Any] = None
 
     def logprob_spec(self) -> LogprobSpec:
         """The distribution ``logp_old`` is recorded under (evaluate with the same spec)."""
@@ -31,11 +34,12 @@ class KVCachedSampler(Sampler):
         """Free the static KV cache (it is kept between rollouts of the same batch shape)."""
         self._cache, self._cache_key = None, None
 
-    def _cache_for(self, key: Hashable, allocate: Callable[[], Any]) -> Any:
-        """The cache for ``key`` (batch size, model shape, dtype, device), reallocated only when
-        the key changes; the old one is freed before the new one is allocated."""
+    def _get_cache(self, policy: Policy, batch: int) -> Any:
+        """The cache for ``batch`` rows of ``policy``, reallocated only when its key (batch
+        size, model shape, dtype, device) changes; the old one is freed first."""
+        key = policy.decoding_cache_key(batch)
         if self._cache_key != key:
             self._cache = None
-            self._cache = allocate()
+            self._cache = policy.new_decoding_cache(batch)
             self._cache_key = key
         return self._cache

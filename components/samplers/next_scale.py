@@ -38,9 +38,9 @@ from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec, Rollout
 
-from ..policies.llamagen import categorical_logp_entropy
-from ..policies.var import VARExtras, VARKVCache, var_truncation_keep_mask
-from .ar_sampler import _inverse_cdf
+from ..modules.categorical import (categorical_logp_entropy, inverse_cdf_sample,
+                                   var_truncation_keep_mask)
+from ..policies.var import VARExtras, VARKVCache
 from .cached import KVCachedSampler
 from .checks import check_bool, check_sampling
 
@@ -247,7 +247,7 @@ class NextScaleSampler(KVCachedSampler):
         if u is None:
             tok = torch.multinomial(probs, num_samples=1, replacement=True)       # [B*l, 1]
         else:
-            tok = _inverse_cdf(probs, u.reshape(b * l, 1))
+            tok = inverse_cdf_sample(probs, u.reshape(b * l, 1))
         if spec.mode == 'none':
             z = cond.reshape(b * l, v) / spec.temperature
         lp = z.gather(1, tok)[:, 0] - torch.logsumexp(z, dim=-1)
