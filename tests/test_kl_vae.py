@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from vargo.components.policies.mar import MARPolicy
-from vargo.components.policies.llamagen import CheckpointKeyError
 from vargo.components.tokenizers.kl_vae import KLVAE, AttnBlock, build_kl_vae
+from vargo.core.checkpoint import CheckpointKeyError
 
 TINY = dict(ch=16, ch_mult=(1, 2), resolution=32, enc_attn_resolutions=(16,), num_groups=8)
 

@@ -1,4 +1,5 @@
-"""MAR policy, diffusion math and masked sampler (components/policies/mar.py, samplers/masked.py).
+"""MAR policy, diffusion math and masked sampler (components/policies/mar/, modules/diffusion.py,
+modules/masked.py, samplers/masked.py).
 
 Parity with the official LTH14/mar code is measured in-session (see the module doc of
 ``vargo.components.policies.mar``); these tests pin the invariants and hand-derived numbers.

@@ -1,7 +1,7 @@
 """MAR flow head with Flow-GRPO's SDE head sampler, and partial (prefix) MAR rollouts.
 
 The SDE step is checked against a hand computation of ``sde_step_with_logprob`` of
-yifan123/flow_grpo (the formula in :class:`~vargo.components.policies.mar.FlowSDESchedule`);
+yifan123/flow_grpo (the formula in :class:`~vargo.components.modules.diffusion.FlowSDESchedule`);
 partial rollouts follow the ARSampler / NextScaleSampler semantics (``prefix=``, ``stop_at_step``).
 """
 import math

@@ -4,7 +4,7 @@ Faithful to ``MAR.sample_tokens`` + ``DiffLoss.sample`` + ``GaussianDiffusion.p_
 LTH14/mar (docs/methods/mar_grpo.md):
 
 * a random generation order per sample; the cosine schedule
-  (:func:`~vargo.components.policies.mar.mask_schedule`) keeps
+  (:func:`~vargo.components.modules.masked.mask_schedule`) keeps
   ``max(1, min(remaining - 1, floor(N cos(pi/2 (i + 1) / num_iter))))`` tokens masked after step
   ``i`` and commits the others (all remaining at the last step);
 * at each step the MAE encoder/decoder gives ``z`` for every position (CFG: ONE doubled batch
@@ -17,12 +17,13 @@ LTH14/mar (docs/methods/mar_grpo.md):
 * ``temperature`` multiplies the head's noise: ``x_{t-1} = mu + exp(logvar / 2) n tau``.
 
 Every stochastic transition ``x_t -> x_{t-1}`` (``t >= 1``) is a Gaussian action with its
-log-density (:func:`~vargo.components.policies.mar.gaussian_transition_logp`) recorded under the
-sampler's :class:`~vargo.core.types.LogprobSpec` (``'rollout'``: the guided mean sampled from;
-``'none'``: the conditional mean; both with the conditional variance and ``tau``). The rollout
-records (``MARExtras``) the order, each token's commit step, the final tokens, the conditional
-(and unconditional) AR latent ``z`` of each token at its commit step, every chain state
-``x_t`` (``actions`` are the ``x_{t-1}``), and, with ``record_predictions=True``, every AR step's
+log-density (:func:`~vargo.components.modules.diffusion.gaussian_transition_logp`) recorded
+under the sampler's :class:`~vargo.core.types.LogprobSpec` (``'rollout'``: the guided mean
+sampled from; ``'none'``: the conditional mean; both with the conditional variance and ``tau``).
+The rollout records
+(``MARExtras``) the order, each token's commit step, the final tokens, the conditional (and
+unconditional) AR latent ``z`` of each token at its commit step, every chain state ``x_t``
+(``actions`` are the ``x_{t-1}``), and, with ``record_predictions=True``, every AR step's
 ``t = 0`` sample for *all* tokens (for still-masked tokens a full chain from that step's ``z``:
 what MAR-GRPO's consistency-aware selection compares; the tokens committed at the step take
 their value from this same chain). This costs ``sum_i remaining_i`` head chains per image
@@ -38,42 +39,100 @@ the latents equal the official ``sample_tokens``'s (see ``tests/test_mar.py``).
 
 Flow heads: with ``head_sampler='flow_sde'`` (a ``head_type='flow'`` policy) every chain is
 Flow-GRPO's SDE discretisation of the velocity head (equations in
-:class:`~vargo.components.policies.mar.FlowSDESchedule`, noise level ``sde_noise_level``), CFG on
-the velocity; its ``T - 1`` stochastic steps are the actions, recorded exactly like DDPM's.
+:class:`~vargo.components.modules.diffusion.FlowSDESchedule`, noise level
+``sde_noise_level``), CFG on the velocity; its ``T - 1`` stochastic steps are the actions,
+recorded exactly like DDPM's.
 
 Partial rollouts: ``rollout(..., prefix=<a MAR rollout>, stop_at_step=m)`` completes each prefix
 sample ``G`` times in its order, keeping the tokens of its first ``m`` AR steps (see
-:meth:`MaskedSampler.rollout`).
+:meth:`MaskedSampler._sample`).
 
 :meth:`MaskedSampler.extra_chains` redraws ``S`` full chains for every token from fresh noise,
 conditioned on the token's recorded commit-step latent, guided as the rollout was (MAR-GRPO's
 multi-trajectory expectation; the official code's unguided MTE chains are a bug we do not copy).
 
-Policy protocol (:class:`~vargo.components.policies.mar.MARPolicy` has it): ``seq_len``,
-``token_dim``, ``device``, ``encode_conditions``, ``schedule(num_sampling_steps)``,
-``head_transition``, ``rollout_axes(k)``, ``decode(rollout)`` and the transformer ``policy.mar``
-(``class_embedding``, ``null_embedding``, ``__call__(tokens, mask, class_embedding)``).
+Policy protocol: :class:`MaskedDecoding` is all the sampler calls (``seq_len``, ``token_dim``,
+``latent_dim``, ``device``, ``encode_conditions``, ``class_embedding``, ``null_class_embedding``,
+``latents``, ``schedule``, ``head_transition``, ``rollout_axes``, ``decode``);
+:class:`~vargo.components.policies.mar.MARPolicy` implements it, and a new masked family
+implements it to be sampled by ``MaskedSampler``. The order of events of a rollout is the
+shared template's (:class:`~vargo.components.samplers.base.RolloutSampler`); the rollout record
+(:class:`~vargo.components.modules.masked.MARExtras`) and the schedules come from
+:mod:`vargo.components.modules`, so this module imports no policy.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Any, Optional, Protocol, Union
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from vargo.core.interfaces import Policy, Sampler
+from vargo.core.interfaces import Policy
 from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec, Rollout
 
-from ..policies.mar import (MARExtras, MARSelection, cfg_scales, gaussian_transition_logp,
-                            mask_schedule)
+from ..modules.diffusion import gaussian_transition_logp
+from ..modules.masked import MARExtras, MARSelection, cfg_scales, mask_schedule
+from .base import RolloutSampler
 from .checks import check_bool, check_int, check_real, check_sampling
 
-__all__ = ['MaskedSampler', 'MARChains']
+__all__ = ['MaskedSampler', 'MaskedDecoding', 'MARChains']
+
+
+class MaskedDecoding(Protocol):
+    """The decoding protocol of masked autoregressive policies with a per-token diffusion head
+    (what :class:`MaskedSampler` calls; :class:`~vargo.components.policies.mar.MARPolicy`
+    implements it, and a new masked family implements it to be sampled by ``MaskedSampler``).
+
+    Tokens are continuous ``[D]`` vectors at raster positions ``0 .. N - 1``; the AR model maps
+    the visible tokens to a latent ``z [latent_dim]`` per position, and the head's chain
+    (:meth:`schedule`, :meth:`head_transition`) samples a token from its ``z``.
+    """
+
+    #: N, the tokens of a sample
+    seq_len: int
+    #: D, the channels of a token
+    token_dim: int
+    #: C, the channels of the AR latent ``z`` that conditions the head
+    latent_dim: int
+    #: where the policy's parameters live
+    device: torch.device
+
+    def encode_conditions(self, cond: Conditions) -> Conditions:
+        """Check ``cond`` and move what the model needs to :attr:`device`; no grad."""
+
+    def class_embedding(self, cond: Conditions) -> Tensor:
+        """``[B, C]`` condition embeddings of encoded ``cond``."""
+
+    def null_class_embedding(self, batch: int) -> Tensor:
+        """``[batch, C]`` the unconditional embedding (the CFG half)."""
+
+    def latents(self, tokens: Tensor, mask: Tensor, class_emb: Tensor) -> Tensor:
+        """``z [B, N, latent_dim]`` of every position given ``tokens [B, N, D]`` (values at
+        masked positions unused), ``mask [B, N]`` (True = masked, the same count per row) and
+        ``class_emb [B, C]``."""
+
+    def schedule(self, num_sampling_steps: int, *, head_sampler: str,
+                 sde_noise_level: Optional[float]) -> Any:
+        """The head's chain of ``num_sampling_steps`` steps for ``head_sampler`` (raise
+        ``ValueError`` naming the fix when the head cannot be sampled so)."""
+
+    def head_transition(self, x: Tensor, t: Tensor, z: Tensor, sched: Any, *,
+                        z_uncond: Optional[Tensor] = None,
+                        cfg: Union[float, Tensor] = 1.0) -> dict[str, Tensor]:
+        """The head's step from ``x_t [n, D]`` at respaced steps ``t [n]`` given ``z [n, C]``:
+        ``mean``, ``log_variance``, ``pred_xstart`` (``[n, D]``); with ``z_uncond`` guided with
+        weight ``cfg`` and also ``mean_cond`` (the conditional mean)."""
+
+    def rollout_axes(self, k: int) -> Tensor:
+        """``action_pos [N k, 2]`` of ``k`` transitions per token."""
+
+    def decode(self, rollout: Rollout) -> Tensor:
+        """``[B, 3, H, W]`` images in [0, 1] of the rollout's tokens."""
 
 
 @dataclass
@@ -111,7 +170,7 @@ class MARChains:
 
 
 @SAMPLERS.register_module()
-class MaskedSampler(Sampler):
+class MaskedSampler(RolloutSampler):
     """Samples MAR token grids (random order, cosine schedule, diffusion-head chains).
 
     Args:
@@ -127,14 +186,14 @@ class MaskedSampler(Sampler):
             (``MARExtras.x0_pred``; costs about ``num_iter / 2`` times the head work).
         decode_images: decode ``rollout.images`` with the policy's VAE.
         head_sampler: the head's chain: ``'ddpm'`` (official; a ``head_type='ddpm'`` policy) or
-            ``'flow_sde'`` (Flow-GRPO's SDE step, :class:`~vargo.components.policies.mar.
+            ``'flow_sde'`` (Flow-GRPO's SDE step, :class:`~vargo.components.modules.diffusion.
             FlowSDESchedule`; a ``head_type='flow'`` policy). A mismatch with the policy's head
             raises when the algorithm is built (:meth:`check_policy`, also run by every rollout).
         sde_noise_level: Flow-GRPO's noise level ``a`` of ``'flow_sde'`` (default 0.7, NOVA's);
             not a DDPM setting.
         loss_ar_steps, loss_diffusion_steps: the policy update's subset of the rollout's
             transitions (MAR-GRPO: 12 AR steps x 10 diffusion steps per update): each rollout
-            draws one :class:`~vargo.components.policies.mar.MARSelection` into
+            draws one :class:`~vargo.components.modules.masked.MARSelection` into
             ``extras.selection``, which :meth:`MARPolicy.evaluate` (policy and reference)
             recomputes; the others keep ``logp_old`` (ratio 1, no gradient). Pair it with the
             ``EvaluatedActionsSelector`` token selector so the loss averages over the evaluated
@@ -146,6 +205,9 @@ class MaskedSampler(Sampler):
         >>> s.logprob_spec().cfg_scale
         3.0
     """
+
+    protocol = MaskedDecoding
+    step_unit = 'AR steps'
 
     def __init__(self, *, num_iter: int, num_sampling_steps: int, cfg_scale: float,
                  cfg_schedule: str, temperature: float, logprob_cfg: str,
@@ -199,7 +261,7 @@ class MaskedSampler(Sampler):
         self.num_sampling_steps = int(num_sampling_steps)
         self.cfg_schedule = cfg_schedule
         self.record_predictions = bool(record_predictions)
-        self.decode_images = decode_images
+        super().__init__(decode_images=decode_images)
         self._spec = LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale), cfg_interval=None,
                                  temperature=float(temperature))
 
@@ -212,6 +274,10 @@ class MaskedSampler(Sampler):
         """Decode steps of a rollout: the AR steps (``num_iter``)."""
         return self.num_iter
 
+    def num_steps_of(self, policy: Policy) -> int:
+        """Decode steps of a rollout of any policy: the AR steps (``num_iter``)."""
+        return self.num_iter
+
     @property
     def actions_per_token(self) -> int:
         """K = num_sampling_steps - 1 head transitions (actions) per committed token."""
@@ -222,8 +288,10 @@ class MaskedSampler(Sampler):
         return policy.seq_len * self.actions_per_token
 
     def check_policy(self, policy: Policy) -> None:
-        """Raise ``ValueError`` naming the fix when the policy's ``head_type`` does not match
-        ``head_sampler`` (called once when the algorithm is built)."""
+        """Raise ``ValueError`` naming the fix when the policy does not implement
+        :class:`MaskedDecoding`, or when its head cannot be sampled with ``head_sampler``
+        (``head_type`` mismatch); run when the algorithm is built and by every rollout."""
+        super().check_policy(policy)
         self._head_schedule(policy)
 
     def _head_schedule(self, policy: Policy):
@@ -299,6 +367,8 @@ class MaskedSampler(Sampler):
                 out['log_variance'].view(m, kk, d))
 
     def _orders(self, b: int, n: int, rng: Optional[BatchRNG], dev) -> Tensor:
+        """``[b, n]`` random generation orders: argsort of ``rng.rand(n)``, or the official
+        ``sample_orders`` (numpy's global generator) with ``rng=None``."""
         if rng is not None:
             return rng.rand(n).argsort(dim=1).to(dev)
         orders = []
@@ -309,84 +379,46 @@ class MaskedSampler(Sampler):
         return torch.from_numpy(np.array(orders)).long().to(dev)
 
     # ---- rollout --------------------------------------------------------------------------------
-    @torch.no_grad()
-    def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
-                rng: Optional[BatchRNG] = None, prefix: Optional[Rollout] = None,
-                stop_at_step: Optional[int] = None, ctx=None) -> Rollout:
-        """Sample ``group_size`` images per condition, or complete a prefix rollout.
+    def _sample(self, policy: Policy, cond: Conditions, *, rng: Optional[BatchRNG],
+                prefix: Optional[Rollout], kept: int, group_size: int) -> Rollout:
+        """Draw the generation orders and run :meth:`generate` (the template of
+        :meth:`~vargo.components.samplers.base.RolloutSampler.rollout` does the rest).
 
-        Args:
-            policy: a MAR policy (see the module doc).
-            cond: one row per group (without ``prefix``), or one row per prefix sample.
-            group_size: G; the samples of a group are contiguous.
-            rng: the noise source (``local_batch`` must be ``len(cond) * G``), or None for
-                numpy/torch global generators in the official order.
-            prefix: a MAR rollout of this sampler's schedule to continue: sample ``j`` is
-                completed G times with its generation order; the tokens it committed in its
-                first ``stop_at_step`` AR steps are kept (their chains, latents and values;
-                their transitions are out of ``action_mask`` and their ``logp_old`` is
-                recomputed under :meth:`logprob_spec` from the recorded commit-step latents,
-                as :meth:`MARPolicy.evaluate` computes it), the other tokens are resampled;
-                the completions of prefix sample ``j`` form group ``j``. The order draw is
-                skipped (the orders are the prefix's); the head noise is drawn as for a full
-                rollout and used for the resampled tokens only.
-            stop_at_step: with ``prefix``: the AR steps kept (default ``prefix.prefix_steps``);
-                0 < stop_at_step < num_iter.
+        Without ``prefix`` the orders are drawn (``rng.rand(N)`` argsorted, or numpy's
+        ``shuffle`` with ``rng=None``). With ``prefix`` (a MAR rollout of this sampler's
+        schedule) sample ``j`` is completed G times with its generation order; the tokens it
+        committed in its first ``kept`` AR steps are kept (their chains, latents and values;
+        their transitions are out of ``action_mask`` and their ``logp_old`` is recomputed under
+        :meth:`logprob_spec` from the recorded commit-step latents, as :meth:`MARPolicy.evaluate`
+        computes it), the other tokens are resampled; the completions of prefix sample ``j``
+        form group ``j``. The order draw is skipped (the orders are the prefix's); the head
+        noise is drawn as for a full rollout and used for the resampled tokens only.
 
         Returns:
-            a :class:`Rollout` of ``B = len(cond) G`` samples: ``actions [B, A, D]``
+            a :class:`Rollout` of ``B = len(cond)`` samples: ``actions [B, A, D]``
             (``A = N (T - 1)``), ``logp_old [B, A]``, ``action_mask [B, A]`` (False on kept
             transitions), ``action_step [B, A]`` (commit step), ``action_pos [A, 2]``,
-            ``images``, ``extras`` (:class:`~vargo.components.policies.mar.MARExtras`),
-            ``prefix_steps`` (the kept AR steps).
+            ``extras`` (:class:`~vargo.components.modules.masked.MARExtras`), ``prefix_steps``
+            (the kept AR steps).
         """
-        if group_size < 1:
-            raise ValueError(f'group_size={group_size} must be >= 1')
+        given = None
         if prefix is None:
-            if stop_at_step is not None:
-                raise ValueError('stop_at_step is the number of AR steps kept from a prefix and '
-                                 'needs prefix=<a Rollout>: sample full rollouts, then complete '
-                                 'them with rollout(..., prefix=rollout, stop_at_step=m)')
-            kept = 0
+            orders = self._orders(len(cond), policy.seq_len, rng, policy.device)
         else:
-            kept = prefix.prefix_steps if stop_at_step is None else int(stop_at_step)
-            self._check_prefix(prefix, kept, len(cond))
-        self.check_policy(policy)
-        was_training = policy.training
-        policy.eval()
-        try:
-            cond_rep = policy.encode_conditions(cond).repeat_interleave(group_size)
-            b = len(cond_rep)
-            if rng is not None and rng.local_batch != b:
-                raise ValueError(f'rng draws for {rng.local_batch} samples but the rollout has {b} '
-                                 f'(= {len(cond)} conditions x G={group_size}); build BatchRNG '
-                                 f'with local_batch={b}')
-            given = None
-            if prefix is None:
-                orders = self._orders(b, policy.seq_len, rng, policy.device)
-            else:
-                rows = torch.arange(prefix.batch_size).repeat_interleave(group_size)
-                given = prefix.index(rows).to(policy.device)
-                orders = given.extras.orders
-            out = self.generate(policy, cond_rep, orders, rng, prefix=given, kept=kept)
-        finally:
-            policy.train(was_training)
-        out.group_ids = torch.arange(len(cond), device=policy.device).repeat_interleave(group_size)
-        if self.decode_images:
-            out.images = policy.decode(out)
-        return out
+            rows = torch.arange(prefix.batch_size).repeat_interleave(group_size)
+            given = prefix.index(rows).to(policy.device)
+            orders = given.extras.orders
+        return self.generate(policy, cond, orders, rng, prefix=given, kept=kept)
 
-    def _check_prefix(self, prefix: Rollout, kept: int, rows: int) -> None:
+    def _check_prefix(self, policy: Policy, prefix: Rollout, kept: int, rows: int) -> None:
+        """The template's checks, after checking that ``prefix`` is a MAR rollout, then that it
+        was drawn with this sampler's schedule (``num_iter``, ``num_sampling_steps``,
+        ``head_sampler``)."""
         ex = prefix.extras
         if not isinstance(ex, MARExtras):
             raise TypeError(f'prefix must be a MAR rollout (extras MARExtras), got '
                             f'{type(ex).__name__}')
-        if not 0 < kept < self.num_iter:
-            raise ValueError(f'stop_at_step={kept} must be in (0, {self.num_iter}) AR steps to '
-                             f'keep from the prefix rollout')
-        if rows != prefix.batch_size:
-            raise ValueError(f'cond has {rows} rows but the prefix rollout has '
-                             f'{prefix.batch_size} samples: pass prefix.cond')
+        super()._check_prefix(policy, prefix, kept, rows)
         mine = (self.num_iter, self.num_sampling_steps, self.head_sampler)
         theirs = (ex.num_iter, ex.num_sampling_steps, ex.head_sampler)
         if mine != theirs:
@@ -399,9 +431,8 @@ class MaskedSampler(Sampler):
                  kept: int = 0) -> Rollout:
         """The sampling loop for given ``orders [B, N]`` (one sample per row of ``cond``;
         ``group_ids`` = arange). ``prefix``: a MAR rollout of ``B`` rows whose tokens committed
-        in its first ``kept`` AR steps are kept. See :meth:`rollout`."""
+        in its first ``kept`` AR steps are kept. See :meth:`_sample`."""
         spec = self._spec
-        mar = policy.mar
         b, n, d, dev = orders.shape[0], policy.seq_len, policy.token_dim, policy.device
         big_t, kk, steps = self.num_sampling_steps, self.num_sampling_steps - 1, self.num_iter
         use_cfg = spec.cfg_scale != 1.0
@@ -417,7 +448,7 @@ class MaskedSampler(Sampler):
         act_all = torch.zeros(b, n, kk, d, device=dev)
         logp_all = torch.zeros(b, n, kk, device=dev)
         lv_all = torch.zeros(b, n, kk, d, device=dev)
-        cd = mar.cfg.decoder_embed_dim
+        cd = policy.latent_dim
         z_rec = torch.zeros(b, n, cd, device=dev)
         zu_rec = torch.zeros(b, n, cd, device=dev) if use_cfg else None
         preds = torch.zeros(b, steps, n, d, device=dev) if self.record_predictions else None
@@ -436,9 +467,9 @@ class MaskedSampler(Sampler):
             need_zu = use_cfg and gx.z_uncond is None
             if use_cfg and not need_zu:
                 zu_rec[given] = gx.z_uncond[given]
-        emb = mar.class_embedding(cond.class_ids)
+        emb = policy.class_embedding(cond)
         if use_cfg:
-            emb = torch.cat([emb, mar.null_embedding(b)])
+            emb = torch.cat([emb, policy.null_class_embedding(b)])
         noise_all = None
         if rng is not None and not self.record_predictions:
             noise_all = rng.randn(n, big_t, d).to(dev)                       # [B, N, T, D]
@@ -451,9 +482,9 @@ class MaskedSampler(Sampler):
             if kept_step and not (self.record_predictions or need_zu):
                 continue
             if use_cfg:
-                z = mar(torch.cat([tokens, tokens]), torch.cat([mask, mask]), emb)
+                z = policy.latents(torch.cat([tokens, tokens]), torch.cat([mask, mask]), emb)
             else:
-                z = mar(tokens, mask, emb)
+                z = policy.latents(tokens, mask, emb)
             if kept_step and need_zu:         # the prefix drew without CFG: its latents, guided
                 z_rec[sel], zu_rec[sel] = z[:b][sel], z[b:][sel]
             if kept_step and not self.record_predictions:

@@ -103,10 +103,11 @@ class KLVAEPretrainer(TokenizerPretrainer):
 
     @torch.no_grad()
     def evaluate(self, path, quick=False):
-        from vargo.components.policies.llamagen import strict_load
         from vargo.components.policies.mar import load_mar_state_dict
+        from vargo.core.checkpoint import load_state_dict_strict
         vae = self._build_vae().eval()
-        strict_load(vae, load_mar_state_dict(path, 'model', what='KL VAE'), what=path)
+        load_state_dict_strict(vae, load_mar_state_dict(path, 'model', what='KL VAE'),
+                               source=path)
         out = self.reconstruction_eval(_LatentRoundTrip(vae), None, quick)
         out['scale_factor'] = vae.scale_factor
         out['unit_std_scale_factor'] = round(vae.scale_factor / out['latent_std'], 4)

@@ -1,0 +1,139 @@
+"""Masked generation (MAR's ``sample_tokens``): the cosine mask schedule, the per-step guidance
+weights, and what a masked-decoding rollout records.
+
+Shared by :class:`~vargo.components.samplers.masked.MaskedSampler` (which draws rollouts) and
+the policies it drives (which score them), so neither imports the other.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from vargo.core.types import FamilyExtras
+
+__all__ = ['mask_schedule', 'cfg_scales', 'MARSelection', 'MARExtras']
+
+
+def mask_schedule(seq_len: int, num_iter: int) -> tuple[list[int], list[float]]:
+    """Official ``sample_tokens`` cosine schedule.
+
+    At step ``i`` the ``rem[i]`` first positions of the order are masked;
+    ``mask_len = max(1, min(rem[i] - 1, floor(N cos(pi/2 (i + 1) / num_iter))))`` of them stay
+    masked; the rest are committed (all of them at the last step).
+
+    Returns:
+        ``(rem, mask_lens)``: ``rem`` has ``num_iter + 1`` entries (``rem[0] = N``, last 0);
+        step ``i`` commits ``rem[i] - rem[i + 1]`` tokens (possibly 0 when ``num_iter > N``);
+        ``mask_lens[i]`` is the float32 ``mask_len`` the linear CFG schedule uses.
+    """
+    rem, lens = [seq_len], []
+    for step in range(num_iter):
+        ratio = np.cos(math.pi / 2.0 * (step + 1) / num_iter)
+        ml = float(torch.tensor([np.floor(seq_len * ratio)], dtype=torch.float32))
+        ml = max(1.0, min(float(rem[-1] - 1), ml))
+        lens.append(ml)
+        rem.append(0 if step >= num_iter - 1 else int(ml))
+    return rem, lens
+
+
+def cfg_scales(cfg: float, schedule: str, seq_len: int, num_iter: int) -> list[float]:
+    """Guidance weight of each AR step (official, after Muse): ``'linear'``:
+    ``1 + (cfg - 1) (N - mask_len_i) / N`` (float32, as the official tensor arithmetic);
+    ``'constant'``: ``cfg``."""
+    if schedule == 'constant':
+        return [float(cfg)] * num_iter
+    if schedule != 'linear':
+        raise ValueError(f"cfg_schedule={schedule!r} is not one of 'linear', 'constant'")
+    _, lens = mask_schedule(seq_len, num_iter)
+    out = []
+    for ml in lens:
+        t = torch.tensor([ml], dtype=torch.float32)
+        out.append(float(1 + (cfg - 1) * (seq_len - t) / seq_len))
+    return out
+
+
+
+@dataclass
+class MARSelection:
+    """The (AR step, diffusion step) pairs a policy update evaluates (MAR-GRPO samples 12 x 10).
+
+    Attributes:
+        ar_steps: AR steps (0 .. num_iter - 1); steps that commit no token are skipped.
+        diffusion_steps: transition indices ``k`` (0 .. K - 1, ``k = 0`` leaves pure noise).
+    """
+
+    ar_steps: Sequence[int]
+    diffusion_steps: Sequence[int]
+
+    @classmethod
+    def sample(cls, extras: 'MARExtras', num_ar_steps: int, num_diffusion_steps: int,
+               generator: Optional[torch.Generator] = None) -> 'MARSelection':
+        """Random ``num_ar_steps`` AR steps (among those committing tokens) and
+        ``num_diffusion_steps`` transitions, without replacement (sorted)."""
+        rem, _ = mask_schedule(extras.seq_len, extras.num_iter)
+        live = [i for i in range(extras.num_iter) if rem[i] > rem[i + 1]]
+        k = extras.num_transitions
+        ar = torch.randperm(len(live), generator=generator)[:num_ar_steps].sort().values
+        di = torch.randperm(k, generator=generator)[:num_diffusion_steps].sort().values
+        return cls([live[i] for i in ar.tolist()], di.tolist())
+
+
+@dataclass
+class MARExtras(FamilyExtras):
+    """What a MAR rollout records (batch-major fields first).
+
+    Attributes:
+        orders: ``[B, N]`` the generation order (a permutation of raster positions; the first
+            ``rem[i]`` entries are masked at step ``i``).
+        commit_step: ``[B, N]`` AR step that committed each token.
+        tokens: ``[B, N, D]`` final (scaled) latents, what the transformer sees and decodes.
+        z: ``[B, N, C]`` conditional AR latent of each token at its commit step (the latent of
+            every step that conditions an action; detached).
+        z_uncond: ``[B, N, C]`` unconditional latent at the commit step (CFG rollouts), or None.
+        x_t: ``[B, A, D]`` chain state before each transition (``actions`` is the state after).
+        x0_pred: ``[B, S, N, D]`` each AR step's ``t = 0`` head sample for every token (still
+            masked tokens: a fresh full chain from that step's latent; committed tokens: their
+            value), or None when the sampler does not record predictions.
+        log_variance: ``[B, A, D]`` the log-variance ``log s_t^2`` (before the temperature) each
+            transition was sampled and scored with (DDPM: the head's learned range at rollout
+            time; flow: the schedule's), for ``MARPolicy(logprob_sigma='stored')``; None when
+            not recorded.
+        num_iter, num_sampling_steps, seq_len: the schedule (shared).
+        cfg_schedule, cfg_scale: guidance of the rollout (shared).
+        head_sampler, sde_noise_level: the head's chain (``'ddpm'``, or ``'flow_sde'`` with
+            Flow-GRPO's noise level ``a``;
+            :class:`~vargo.components.modules.diffusion.FlowSDESchedule`) (shared).
+        selection: the (AR step, diffusion step) pairs :meth:`MARPolicy.evaluate` recomputes when
+            called without ``select`` (None: all pairs).
+    """
+
+    orders: Optional[Tensor] = None
+    commit_step: Optional[Tensor] = None
+    tokens: Optional[Tensor] = None
+    z: Optional[Tensor] = None
+    z_uncond: Optional[Tensor] = None
+    x_t: Optional[Tensor] = None
+    x0_pred: Optional[Tensor] = None
+    log_variance: Optional[Tensor] = None
+    num_iter: int = 64
+    num_sampling_steps: int = 100
+    seq_len: int = 256
+    cfg_schedule: str = 'linear'
+    cfg_scale: float = 1.0
+    head_sampler: str = 'ddpm'
+    sde_noise_level: Optional[float] = None
+    selection: Optional[MARSelection] = None
+
+    batch_fields: ClassVar[tuple[str, ...]] = ('orders', 'commit_step', 'tokens', 'z', 'z_uncond',
+                                               'x_t', 'x0_pred', 'log_variance')
+
+    @property
+    def num_transitions(self) -> int:
+        """K = num_sampling_steps - 1 stochastic transitions per token."""
+        return self.num_sampling_steps - 1
+
