@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vargo.components.policies.llamagen import CheckpointKeyError, strict_load
 from vargo.components.tokenizers.msvq import (PATCH_NUMS_256, MultiScaleQuantizer,
                                               MultiScaleVQVAE, build_msvq)
+from vargo.core.checkpoint import CheckpointKeyError, load_state_dict_strict
 
 TINY = dict(vocab_size=64, z_channels=8, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
             norm_groups=4, patch_nums=(1, 2, 4, 8))
@@ -180,13 +180,13 @@ def test_wrong_image_size_and_bad_settings_fail_clearly():
 def test_strict_loading_names_the_bad_key_and_accepts_other_hit_tables():
     src, dst = tiny_vae(), MultiScaleVQVAE(**TINY)
     state = src.state_dict()
-    strict_load(dst, state, what='VQVAE file')
+    load_state_dict_strict(dst, state, source='VQVAE file')
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(),
                                                  dst.state_dict().values()))
     bad = dict(state)
     bad['quantize.quant_resi.qresi_ls.9.weight'] = bad.pop('quantize.quant_resi.qresi_ls.3.weight')
     with pytest.raises(CheckpointKeyError) as err:
-        strict_load(dst, bad, what='VQVAE file')
+        load_state_dict_strict(dst, bad, source='VQVAE file')
     assert 'quantize.quant_resi.qresi_ls.9.weight' in str(err.value)
     assert 'quantize.quant_resi.qresi_ls.3.weight' in str(err.value)
     # official VQVAE.load_state_dict: a hit table of another number of scales is replaced

@@ -12,9 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vargo.components.policies.llamagen import CheckpointKeyError
-from vargo.components.policies.var import (VARConfig, VARPolicy, VARTransformer, cfg_ramp,
-                                           var_truncation_keep_mask)
+from vargo.components.policies.var import (CheckpointKeyError, VARConfig, VARPolicy,
+                                           VARTransformer, cfg_ramp, var_truncation_keep_mask)
 from vargo.components.samplers import NextScaleSampler
 from vargo.components.tokenizers.msvq import PATCH_NUMS_512
 from vargo.core.registry import POLICIES, SAMPLERS

@@ -19,16 +19,18 @@ inverse-CDF sampling, so a batch split over ranks samples what one process sampl
 Speed (not numbers) differs from the official loop: the KV cache is allocated once per batch
 shape (keys/values written in place, no ``torch.cat`` per scale) and reused across rollouts.
 
-Policy protocol (what :class:`NextScaleSampler` needs; :class:`~vargo.components.policies.var.
-VARPolicy` has it): ``num_actions``, ``num_steps``, ``patch_nums``, ``device``,
-``encode_conditions``, ``labels(cond, with_null)``, ``rollout_axes()``, ``decode(rollout)``, a
-transformer ``policy.var`` (``class_condition``, ``start_tokens``, ``inputs``, ``scale_tokens``,
-``blocks_forward``, ``head_hidden``, ``logits``, ``new_cache``, ``begin_ends``,
-``attn_bias_for_masking``) and the VQVAE ``policy.vae``.
+Policy protocol: :class:`NextScaleDecoding` (what :class:`NextScaleSampler` calls; a policy
+implements it by having its members and never imports the sampler;
+:class:`~vargo.components.policies.var.VARPolicy` does). The sampler holds the loop and the
+sampling distribution (CFG ramp, truncation, draws, log-probs); the policy holds the model: the
+scale schedule, the class condition, the transformer's inputs and logits, the residual canvas
+``f_hat`` of the VQVAE and the rollout's family extras. The rollout preamble (group size, prefix
+checks, eval mode, conditions, ``rng`` check, ``group_ids``, decoding) is the shared template of
+:class:`~vargo.components.samplers.base.RolloutSampler`.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Hashable, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -36,15 +38,83 @@ from torch import Tensor
 from vargo.core.interfaces import Policy
 from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
-from vargo.core.types import Conditions, LogprobSpec, Rollout
+from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, Rollout
 
 from ..modules.categorical import (categorical_logp_entropy, inverse_cdf_sample,
                                    var_truncation_keep_mask)
-from ..policies.var import VARExtras, VARKVCache
 from .cached import KVCachedSampler
 from .checks import check_bool, check_sampling
 
-__all__ = ['NextScaleSampler']
+__all__ = ['NextScaleSampler', 'NextScaleDecoding']
+
+
+class NextScaleDecoding(Protocol):
+    """The decoding protocol of next-scale policies (what :class:`NextScaleSampler` calls;
+    :class:`~vargo.components.policies.var.VARPolicy` implements it, and a new next-scale family
+    implements it to be sampled by ``NextScaleSampler``).
+
+    Tokens are concatenated scale by scale, coarse to fine (``L`` in all; scale ``si`` holds
+    positions ``scale_spans[si]``). With ``with_null`` the batch is doubled ``[cond; null]``
+    (CFG); ``B2`` is the doubled size, ``B`` the sample count. The *canvas* is the policy's
+    running sum of the sampled scales (VAR: the VQVAE's ``f_hat``), from which the next scale's
+    input is derived.
+    """
+
+    #: L, the tokens of a sample (all scales)
+    num_actions: int
+    #: S, the scales (what ``stop_at_step`` counts)
+    num_steps: int
+    #: where the policy's parameters live
+    device: torch.device
+    #: ``(begin, end)`` token positions of each scale, coarse to fine
+    scale_spans: Sequence[tuple[int, int]]
+
+    def encode_conditions(self, cond: Conditions) -> Conditions:
+        """Check ``cond`` and move what the model needs to its device; no grad."""
+
+    def rollout_axes(self) -> tuple[Tensor, Tensor]:
+        """``action_step [L]`` (the scale of each token) and ``action_pos [L, k]``."""
+
+    def rollout_extras(self) -> Optional[FamilyExtras]:
+        """The family extras of a rollout (shared by all its samples), or None."""
+
+    def decode(self, rollout: Rollout) -> Tensor:
+        """``[B, 3, H, W]`` images in [0, 1] of the rollout's tokens."""
+
+    def decoding_cache_key(self, batch: int) -> Hashable:
+        """What determines the cache's shape for ``batch`` rows (equal keys: reuse it)."""
+
+    def new_decoding_cache(self, batch: int) -> Any:
+        """A cache for ``batch`` rows (``2 B`` with CFG) and all ``L`` positions."""
+
+    def scale_condition(self, cond: Conditions, *, with_null: bool) -> Tensor:
+        """The condition vectors ``[B2, D]`` every scale is conditioned on (conditional rows
+        first)."""
+
+    def start_inputs(self, cond_BD: Tensor) -> Tensor:
+        """Transformer inputs ``[B2, l_0, C]`` of scale 0 (the start tokens)."""
+
+    def new_canvas(self, batch: int, like: Tensor) -> Tensor:
+        """An empty canvas for ``batch`` samples (dtype and device of ``like``)."""
+
+    def add_scale(self, si: int, canvas: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """Add scale ``si``'s token ids ``[B, l_si]`` to ``canvas`` (in place); return the
+        canvas and the next scale's input ``[B, l_{si+1}, Cvae]`` (unused after the last)."""
+
+    def scale_inputs(self, si: int, scale_input: Tensor) -> Tensor:
+        """Transformer inputs ``[B, l_si, C]`` of scale ``si`` from its input
+        ``[B, l_si, Cvae]`` (as :meth:`add_scale` returns it)."""
+
+    def prefix_inputs(self, cond_BD: Tensor, scale_input: Optional[Tensor]) -> Tensor:
+        """Transformer inputs ``[B2, l_0 + n, C]`` of the start tokens followed by the inputs
+        ``[B2, n, Cvae]`` of the next scales (None: the start tokens only)."""
+
+    def scale_logits(self, x: Tensor, cond_BD: Tensor, cache: Any, *, start: int,
+                     block_causal: bool = False) -> Tensor:
+        """fp32 logits ``[B2, l, V]`` of inputs ``x [B2, l, C]`` at positions ``start ..
+        start + l - 1``, writing their keys and values into ``cache``; ``block_causal``: the
+        positions span several scales and see only their own and coarser ones (a prefix
+        prefill), else they all see each other and the cache."""
 
 
 def _ramp(cfg_scale: float, num_scales: int) -> list[float]:
@@ -54,7 +124,8 @@ def _ramp(cfg_scale: float, num_scales: int) -> list[float]:
 
 @SAMPLERS.register_module()
 class NextScaleSampler(KVCachedSampler):
-    """Samples VAR token pyramids scale by scale and records their log-probs.
+    """Samples VAR token pyramids scale by scale and records their log-probs (a policy
+    implementing :class:`NextScaleDecoding`).
 
     Args:
         cfg_scale: guidance weight at the last scale (``1 + cfg`` of the official code; 1 = no
@@ -74,6 +145,9 @@ class NextScaleSampler(KVCachedSampler):
         900
     """
 
+    protocol = NextScaleDecoding
+    step_unit = 'scales'
+
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
                  logprob_cfg: str, decode_images: bool = True):
         check_sampling('NextScaleSampler', cfg_scale=cfg_scale, temperature=temperature,
@@ -84,149 +158,87 @@ class NextScaleSampler(KVCachedSampler):
                                      top_k=int(top_k), top_p=float(top_p)),
                          decode_images=decode_images)
 
-    def _get_cache(self, var, batch: int) -> VARKVCache:
-        w, cfg = var.head.weight, var.cfg
-        key = (batch, cfg.depth, cfg.num_heads, cfg.head_dim, cfg.L, w.dtype, w.device)
-        return self._cache_for(key, lambda: var.new_cache(batch))
+    def num_steps_of(self, policy: Policy) -> int:
+        """The scales of a rollout of ``policy`` (what ``stop_at_step`` counts)."""
+        return policy.num_steps
 
-    @torch.no_grad()
-    def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
-                rng: Optional[BatchRNG] = None, prefix: Optional[Rollout] = None,
-                stop_at_step: Optional[int] = None, ctx=None) -> Rollout:
-        """Sample ``group_size`` token pyramids per condition.
+    def _sample(self, policy: Policy, cond: Conditions, *, rng: Optional[BatchRNG],
+                prefix: Optional[Rollout], kept: int, group_size: int) -> Rollout:
+        """Token pyramids of ``cond`` (one per row): the first ``kept`` scales taken from
+        ``prefix`` (each sample repeated ``group_size`` times, ``action_mask`` False there,
+        ``logp_old`` recomputed teacher-forced under :meth:`logprob_spec`), the rest sampled
+        with noise ``rng.rand(L)`` or ``torch.multinomial``.
 
-        Args:
-            policy: a VAR policy (see the module doc).
-            cond: one row per group (without ``prefix``), or one row per prefix sample.
-            group_size: G; the samples of a group are contiguous (``group_ids``).
-            rng: the noise source (one uniform per sample and token, ``rng.rand(L)``; its
-                ``local_batch`` must be ``len(cond) * G``), or None for ``torch.multinomial``
-                on torch's global generator (reproduces the official sampler).
-            prefix: a rollout to continue: sample ``j`` of ``prefix`` is completed G times, its
-                first ``stop_at_step`` *scales* kept (``action_mask`` False there, ``logp_old``
-                recomputed teacher-forced under :meth:`logprob_spec`), the rest sampled; the
-                completions of one prefix sample form group ``j``.
-            stop_at_step: with ``prefix``: the number of scales kept (default
-                ``prefix.prefix_steps``); 0 < stop_at_step < S.
-
-        Returns:
-            a :class:`Rollout` of ``B = len(cond) * G`` samples: ``actions [B, L]`` long (scales
-            concatenated coarse to fine, raster order inside a scale), ``logp_old [B, L]``,
-            ``action_mask [B, L]``, ``action_step [L]`` (scale), ``action_pos [L, 3]`` (scale,
-            row, col), ``images [B, 3, H, W]`` in [0, 1] (if ``decode_images``),
-            ``extras`` (:class:`VARExtras`), ``prefix_steps``, ``logp_old_cfg``.
+        Returns a :class:`Rollout` with ``actions [B, L]`` long (scales concatenated coarse to
+        fine, raster order inside a scale), ``logp_old [B, L]``, ``action_mask [B, L]``, the
+        policy's ``rollout_axes()`` and ``rollout_extras()``, ``prefix_steps``, ``logp_old_cfg``.
         """
-        if group_size < 1:
-            raise ValueError(f'group_size={group_size} must be >= 1')
-        num_scales, num_tokens = policy.num_steps, policy.num_actions
         dev = policy.device
-        if prefix is None:
-            if stop_at_step is not None:
-                raise ValueError('stop_at_step is the number of scales kept from a prefix and '
-                                 'needs prefix=<a Rollout>: sample full rollouts, then complete '
-                                 'them with rollout(..., prefix=rollout, stop_at_step=m)')
-            kept = 0
-        else:
-            kept = prefix.prefix_steps if stop_at_step is None else int(stop_at_step)
-            if not 0 < kept < num_scales:
-                raise ValueError(f'stop_at_step={kept} must be in (0, {num_scales}) scales to keep '
-                                 f'from the prefix rollout')
-            if len(cond) != prefix.batch_size:
-                raise ValueError(f'cond has {len(cond)} rows but the prefix rollout has '
-                                 f'{prefix.batch_size} samples: pass prefix.cond')
-        kept_tokens = policy.var.begin_ends[kept][0] if kept else 0
-        was_training = policy.training
-        policy.eval()
-        try:
-            cond_rep = policy.encode_conditions(cond).repeat_interleave(group_size)
-            given = None
-            if prefix is not None:
-                given = (prefix.actions[:, :kept_tokens].to(dev)
-                         .repeat_interleave(group_size, dim=0))
-            uniforms = None
-            if rng is not None:
-                if rng.local_batch != len(cond_rep):
-                    raise ValueError(f'rng draws for {rng.local_batch} samples but the rollout has '
-                                     f'{len(cond_rep)} (= {len(cond)} conditions x G='
-                                     f'{group_size}); build BatchRNG with local_batch='
-                                     f'{len(cond_rep)}')
-                uniforms = rng.rand(num_tokens).to(dev)                          # [B, L]
-            tokens, logp = self._generate(policy, cond_rep, given, kept, uniforms)
-        finally:
-            policy.train(was_training)
+        given = None
+        if prefix is not None:
+            kept_tokens = policy.scale_spans[kept][0]
+            given = (prefix.actions[:, :kept_tokens].to(dev)
+                     .repeat_interleave(group_size, dim=0))
+        uniforms = None if rng is None else rng.rand(policy.num_actions).to(dev)   # [B, L]
+        tokens, logp = self._generate(policy, cond, given, kept, uniforms)
         b = tokens.shape[0]
         step, pos = policy.rollout_axes()
         action_mask = (step >= kept).unsqueeze(0).expand(b, -1).clone()
-        out = Rollout(cond=cond_rep,
-                      group_ids=torch.arange(len(cond), device=dev).repeat_interleave(group_size),
-                      actions=tokens, logp_old=logp, action_mask=action_mask, action_step=step,
-                      action_pos=pos, images=None, extras=VARExtras(tuple(policy.patch_nums)),
-                      prefix_steps=kept, logp_old_cfg=self._spec.mode)
-        if self.decode_images:
-            out.images = policy.decode(out)
-        return out
+        return Rollout(cond=cond, group_ids=torch.arange(b, device=dev), actions=tokens,
+                       logp_old=logp, action_mask=action_mask, action_step=step,
+                       action_pos=pos, images=None, extras=policy.rollout_extras(),
+                       prefix_steps=kept, logp_old_cfg=self._spec.mode)
 
     def _generate(self, policy: Policy, cond: Conditions, given: Optional[Tensor], kept: int,
                   uniforms: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Tokens ``[B, L]`` and log-probs ``[B, L]``; the first ``kept`` scales are ``given``
         (``[B, kept tokens]``), the rest sampled (noise ``uniforms [B, L]`` or multinomial)."""
         spec = self._spec
-        var, quant = policy.var, policy.vae.quantize
-        pns, num_scales = tuple(policy.patch_nums), len(policy.patch_nums)
-        c_vae = quant.Cvae
+        spans, num_scales = policy.scale_spans, policy.num_steps
         use_cfg = spec.cfg_scale != 1.0
-        labels = policy.labels(cond, with_null=use_cfg)
-        cond_BD = var.class_condition(labels)                                 # [B2, C]
-        b2 = labels.shape[0]
+        cond_BD = policy.scale_condition(cond, with_null=use_cfg)            # [B2, D]
+        b2 = cond_BD.shape[0]
         b = b2 // 2 if use_cfg else b2
         dev = cond_BD.device
         ramp = _ramp(spec.cfg_scale, num_scales)
-        cache = self._get_cache(var, b2)
-        num_tokens = var.cfg.L
+        cache = self._get_cache(policy, b2)
+        num_tokens = policy.num_actions
         tokens = torch.empty(b, num_tokens, dtype=torch.long, device=dev)
         logp = torch.empty(b, num_tokens, dtype=torch.float32, device=dev)
-        f_hat = cond_BD.new_zeros(b, c_vae, pns[-1], pns[-1])
+        canvas = policy.new_canvas(b, cond_BD)
 
         def double(x):
             return torch.cat([x, x]) if use_cfg else x
 
         if kept:
             n_given = given.shape[1]
-            ms = [given[:, lo:hi] for lo, hi in var.begin_ends[:kept]]
             nxt = []
-            for si in range(kept):          # f_hat of the given scales, and their next inputs
-                h = quant.embedding(ms[si]).transpose(1, 2).reshape(b, c_vae, pns[si], pns[si])
-                f_hat, nm = quant.get_next_autoregressive_input(si, f_hat, h)
-                nxt.append(nm.view(b, c_vae, -1).transpose(1, 2))
-            x = var.inputs(cond_BD, double(torch.cat(nxt[:-1], dim=1)) if kept > 1
-                           else cond_BD.new_zeros(b2, 0, c_vae))
-            bias = var.attn_bias_for_masking[:, :, :n_given, :n_given]
-            hid = var.blocks_forward(x, cond_BD, bias, cache=cache, start=0)
-            logits = var.logits(var.head_hidden(hid, cond_BD))               # [B2, n, V]
+            for si in range(kept):          # the canvas of the given scales, and their next inputs
+                lo, hi = spans[si]
+                canvas, inp = policy.add_scale(si, canvas, given[:, lo:hi])
+                nxt.append(inp)
+            x = policy.prefix_inputs(cond_BD, double(torch.cat(nxt[:-1], dim=1)) if kept > 1
+                                     else None)
+            logits = policy.scale_logits(x, cond_BD, cache, start=0, block_causal=True)
             tokens[:, :n_given] = given
             logp[:, :n_given] = self._given_logp(logits, given, b, use_cfg, ramp,
-                                                 policy.action_step[:n_given])
-            lo, hi = var.begin_ends[kept]
-            x = double(var.scale_tokens(nxt[-1], lo, hi))
+                                                 policy.rollout_axes()[0][:n_given])
+            x = double(policy.scale_inputs(kept, nxt[-1]))
         else:
-            x = var.start_tokens(cond_BD)
+            x = policy.start_inputs(cond_BD)
         for si in range(kept, num_scales):
-            lo, hi = var.begin_ends[si]
-            hid = var.blocks_forward(x, cond_BD, None, cache=cache, start=lo)
-            logits = var.logits(var.head_hidden(hid, cond_BD))               # [B2, l, V]
-            tok, lp = self._sample(logits, b, use_cfg, ramp[si],
-                                   None if uniforms is None else uniforms[:, lo:hi])
+            lo, hi = spans[si]
+            logits = policy.scale_logits(x, cond_BD, cache, start=lo)           # [B2, l, V]
+            tok, lp = self._draw_scale(logits, b, use_cfg, ramp[si],
+                                       None if uniforms is None else uniforms[:, lo:hi])
             tokens[:, lo:hi] = tok
             logp[:, lo:hi] = lp
-            pn = pns[si]
-            h = quant.embedding(tok).transpose(1, 2).reshape(b, c_vae, pn, pn)
-            f_hat, nm = quant.get_next_autoregressive_input(si, f_hat, h)
+            canvas, inp = policy.add_scale(si, canvas, tok)
             if si != num_scales - 1:
-                lo2, hi2 = var.begin_ends[si + 1]
-                x = double(var.scale_tokens(nm.view(b, c_vae, -1).transpose(1, 2), lo2, hi2))
+                x = double(policy.scale_inputs(si + 1, inp))
         return tokens, logp
 
-    def _sample(self, logits: Tensor, b: int, use_cfg: bool, t: float,
+    def _draw_scale(self, logits: Tensor, b: int, use_cfg: bool, t: float,
                 u: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """One scale: ids ``[B, l]`` and their log-probs ``[B, l]`` under the recorded spec
         (``u [B, l]`` uniforms for inverse-CDF sampling, or None for ``torch.multinomial``)."""

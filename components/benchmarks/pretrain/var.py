@@ -115,9 +115,9 @@ class MSVQPretrainer(TokenizerPretrainer):
 
     @torch.no_grad()
     def evaluate(self, path, quick=False):
-        from vargo.components.policies.llamagen import load_official_state_dict, strict_load
+        from vargo.components.policies.var import load_var_file
         vae = self._build_vae().eval()
-        strict_load(vae, load_official_state_dict(path, what='VAR VQVAE'), what=path)
+        load_var_file(vae, path, what='VAR VQVAE')
         return self.reconstruction_eval(vae, vae.vocab_size, quick)
 
 
