@@ -431,6 +431,29 @@ def test_paper_config_scores_with_the_stored_sigma():
 
 # ---- noise, ranks, extra chains -------------------------------------------------------------
 
+def test_masked_sampler_drives_the_policy_only_through_its_protocol(policy):
+    """MARPolicy implements MaskedDecoding; a policy lacking members fails the build-time check
+    in one line naming them, before the head-type check."""
+    from vargo.components.samplers.base import missing_members
+    from vargo.components.samplers.masked import MaskedDecoding
+    assert missing_members(policy, MaskedDecoding) == []
+    assert policy.latent_dim == policy.cfg.decoder_embed_dim
+    emb = policy.class_embedding(COND)
+    assert torch.equal(emb, policy.mar.class_embedding(COND.class_ids))
+    assert torch.equal(policy.null_class_embedding(2), policy.mar.fake_latent.expand(2, -1))
+
+    class Partial(torch.nn.Module):
+        seq_len, token_dim, device = policy.seq_len, policy.token_dim, policy.device
+        encode_conditions = policy.encode_conditions
+
+    lacks = r'MaskedSampler cannot drive Partial: it lacks the MaskedDecoding decoding protocol'
+    with pytest.raises(ValueError, match=lacks + r' \(class_embedding, ') as e:
+        _sampler().check_policy(Partial())
+    assert '\n' not in str(e.value) and 'latent_dim' in str(e.value)
+    with pytest.raises(ValueError, match='cannot drive Partial'):
+        _sampler().rollout(Partial(), COND, group_size=1)
+
+
 def test_sampling_noise_is_rank_invariant(policy):
     sampler = _sampler(2.0, 'rollout')
     cond = Conditions(class_ids=torch.tensor([0, 1, 2, 4]))
