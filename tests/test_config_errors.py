@@ -239,6 +239,16 @@ def test_policy_that_does_not_fit_its_checkpoint_names_the_policy_key(tmp_path, 
     _assert_one_line(rc, out, err, ['error: policy: ', 'num_classes'], work_dir)
 
 
+def test_sampler_of_another_family_fails_at_build(tmp_path, capsys):
+    """ARSampler with the VAR Shapes policy: refused when the algorithm is built (the policy
+    lacks the RasterDecoding protocol), before any model runs."""
+    work_dir = str(tmp_path / 'wd')
+    var_shapes = os.path.join(ROOT, 'configs', 'grpo', 'var_grpo_shapes.py')
+    rc, out, err = _main(capsys, [var_shapes, '--work-dir', work_dir, '--cfg-options',
+                                  'sampler.type=ARSampler'])
+    _assert_one_line(rc, out, err, ['ARSampler', 'VARPolicy', 'RasterDecoding'], work_dir)
+
+
 def test_dry_run_builds_optimizer_schedulers_dataloader_and_hooks(tmp_path, capsys):
     work_dir = str(tmp_path / 'wd')
     rc, out, err = _main(capsys, [SHAPES, '--work-dir', work_dir, '--dry-run'])

@@ -2,7 +2,8 @@
 
 Numerical parity with the official code (FoundationVision/LlamaGen) cannot run here (its code is
 not part of the repository); the pinned numbers below (parameter counts, key digests) were computed
-from it, and the docstring of vargo.components.policies.llamagen records the measured parity.
+from it, and the docstring of the vargo.components.policies.llamagen package records the measured
+parity.
 """
 import argparse
 import hashlib
@@ -12,10 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vargo.components.policies import llamagen
-from vargo.components.policies.llamagen import (
-    GPT_ARCHS, CheckpointKeyError, GPTConfig, LlamaGenGPT, LlamaGenPolicy, _left_pad,
-    categorical_logp_entropy, cfg_active_steps, rope_2d_tables, truncation_keep_mask)
+from vargo.components.modules import categorical
+from vargo.components.modules.categorical import (categorical_logp_entropy, cfg_active_steps,
+                                                  inverse_cdf_sample, truncation_keep_mask)
+from vargo.components.policies.llamagen import (GPT_ARCHS, CheckpointKeyError, GPTConfig,
+                                                LlamaGenGPT, LlamaGenPolicy, rope_2d_tables)
+from vargo.components.policies.llamagen.policy import _left_pad
 from vargo.components.samplers import ARSampler
 from vargo.core.registry import POLICIES, SAMPLERS
 from vargo.core.types import Conditions, LogprobSpec
@@ -240,7 +243,7 @@ def direct_logp_entropy(logits, actions, cfg_scale, rows, temperature, top_k, to
     (True, 'some', 6, 0.8, 1.3), (False, None, 3, 1.0, 1.0)])
 def test_logp_and_entropy_against_direct_computation(monkeypatch, cfg, rows_kind, top_k, top_p,
                                                      temperature):
-    monkeypatch.setattr(llamagen, '_chunk_rows', lambda v: 4)     # exercise several chunks
+    monkeypatch.setattr(categorical, '_chunk_rows', lambda v: 4)     # exercise several chunks
     n, v = 10, 12
     logits = torch.randn(2 if cfg else 1, n, v, dtype=torch.float64) * 2
     actions = torch.randint(0, v, (n,))
@@ -598,10 +601,9 @@ def test_caption_cleaning_keeps_plain_prompts():
 # ---- sampling noise through BatchRNG --------------------------------------------------------------
 
 def test_inverse_cdf_sampling_hand_derived():
-    from vargo.components.samplers.ar_sampler import _inverse_cdf
     probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]] * 6 + [[0.0, 0.5, 0.5, 0.0]] * 2)
     u = torch.tensor([0.0, 0.1, 0.2, 0.69, 0.7, 1 - 2 ** -24, 0.0, 1 - 2 ** -24])[:, None]
-    assert _inverse_cdf(probs, u)[:, 0].tolist() == [0, 0, 2, 2, 3, 3, 1, 2]
+    assert inverse_cdf_sample(probs, u)[:, 0].tolist() == [0, 0, 2, 2, 3, 3, 1, 2]
 
 
 def test_batch_rng_rollouts_are_reproducible_and_split_invariant():

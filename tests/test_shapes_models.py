@@ -21,8 +21,8 @@ from conftest import ROOT
 from test_var_shapes import assert_loads_strictly_as_float32
 from vargo.components.datasets.shapes import (NUM_CLASSES, SHAPES_VOCABULARY,
                                               ShapesImageDataset, ShapesPromptDataset)
-from vargo.components.policies.llamagen import (CheckpointKeyError, load_official_state_dict,
-                                                strict_load)
+from vargo.components.policies.llamagen import (CheckpointKeyError, load_official,
+                                                load_official_state_dict)
 from vargo.components.rewards.shapes_eval import score_images
 from vargo.components.tokenizers.text import build_text_encoder
 from vargo.core.registry import POLICIES, SAMPLERS
@@ -101,7 +101,7 @@ def test_mismatched_files_are_rejected(cfgs, policies, tmp_path):
     bad = str(tmp_path / 'bad.safetensors')
     save_file(state, bad)
     with pytest.raises(CheckpointKeyError, match=r'missing keys \(1\).*norm.weight'):
-        strict_load(policies['c2i'].gpt, load_official_state_dict(bad, what='GPT'), what=bad)
+        load_official(policies['c2i'].gpt, bad, what='GPT')
     with pytest.raises(FileNotFoundError, match='pretrain_shapes'):
         load_official_state_dict(str(tmp_path / 'missing.safetensors'), what='GPT')
     tcfg = dict(cfgs['t2i'].policy.text_encoder)

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vargo.components.policies.llamagen import CheckpointKeyError, strict_load
 from vargo.components.tokenizers.vq import VQ_PRESETS, VQModel, build_vq
+from vargo.core.checkpoint import CheckpointKeyError, load_state_dict_strict
 
 # sha256 of the sorted "key:shape" lines of the official VQ_16() state dict
 # (tokenizer/tokenizer_image/vq_model.py of FoundationVision/LlamaGen, computed from that code)
@@ -98,13 +98,13 @@ def test_encode_decode_shapes_and_ranges():
 def test_strict_load_names_bad_keys():
     vq, other = tiny_vq(), tiny_vq()
     state = vq.state_dict()
-    strict_load(other, state, what='vq')
+    load_state_dict_strict(other, state, source='vq')
     assert all(torch.equal(other.state_dict()[k], v) for k, v in state.items())
     broken = dict(state)
     broken.pop('quantize.embedding.weight')
     broken['quantize.embedding.bias'] = torch.zeros(8)
     with pytest.raises(CheckpointKeyError) as err:
-        strict_load(other, broken, what='vq')
+        load_state_dict_strict(other, broken, source='vq')
     assert 'quantize.embedding.weight' in str(err.value)
     assert 'quantize.embedding.bias' in str(err.value)
 

@@ -19,15 +19,18 @@ precomputed table; the CFG input is written in place into a preallocated ``[2B]`
 per-step CFG decision comes from a host list computed before the loop, so the loop holds no host
 synchronisation.
 
-Policy protocol (what :class:`ARSampler` needs from a raster-AR policy, e.g.
-:class:`~vargo.components.policies.llamagen.LlamaGenPolicy`): ``num_actions``,
-``cls_token_num``, ``device``, ``encode_conditions``, ``condition_inputs(cond, with_null)``,
-``rollout_axes()``, ``decode(rollout)`` and a transformer ``policy.gpt`` with ``tok_embeddings``,
-``new_cache``, ``prefill`` and ``decode_step``.
+Policy protocol: :class:`ARSampler` calls only the members of :class:`RasterDecoding`
+(``num_actions``, ``device``, ``encode_conditions``, ``rollout_axes``, ``decode``,
+``decoding_cache_key``, ``new_decoding_cache``, ``prefill``, ``decode_step``); the condition
+positions, embeddings and cache layout are the policy's business.
+:class:`~vargo.components.policies.llamagen.LlamaGenPolicy` implements it; a new raster family
+implements it to be sampled here (``tests/toy_raster.py`` is a minimal example). The rollout
+template (group and prefix checks, eval mode, conditions, ``group_ids``, images) is
+:class:`~vargo.components.samplers.base.RolloutSampler`'s.
 """
 from __future__ import annotations
 
-from typing import Any, Hashable, Optional, Protocol, Sequence
+from typing import Any, ClassVar, Hashable, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -39,7 +42,6 @@ from vargo.core.types import Conditions, LogprobSpec, Rollout
 
 from ..modules.categorical import (categorical_logp_entropy, cfg_active_steps, cfg_mix,
                                    inverse_cdf_sample, truncation_keep_mask)
-from ..policies.llamagen import KVCache
 from .cached import KVCachedSampler
 from .checks import check_bool, check_real, check_sampling
 
@@ -86,8 +88,6 @@ class RasterDecoding(Protocol):
         ``index + 1``."""
 
 
-
-
 @SAMPLERS.register_module()
 class ARSampler(KVCachedSampler):
     """Samples raster-order token sequences and records their log-probs.
@@ -101,8 +101,8 @@ class ARSampler(KVCachedSampler):
             ``'none'`` = ``log_softmax(cond_logits / temperature)`` (the papers' choice),
             ``'rollout'`` = exactly the distribution sampled from.
         cfg_interval: ``(lo, hi)`` fractions of the token sequence where CFG is applied (see
-            :func:`~vargo.components.policies.llamagen.cfg_active_steps`), None = everywhere.
-        decode_images: decode ``rollout.images`` with the policy's VQ decoder.
+            :func:`~vargo.components.modules.categorical.cfg_active_steps`), None = everywhere.
+        decode_images: decode ``rollout.images`` with the policy's ``decode``.
 
     Examples:
         >>> sampler = ARSampler(cfg_scale=4.0, temperature=1.0, top_k=0, top_p=1.0,
@@ -110,6 +110,10 @@ class ARSampler(KVCachedSampler):
         >>> sampler.logprob_spec().mode
         'none'
     """
+
+    #: what a policy must implement to be sampled here
+    protocol: ClassVar[type] = RasterDecoding
+    step_unit: ClassVar[str] = 'tokens'
 
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
                  logprob_cfg: str, cfg_interval: Optional[Sequence[float]] = None,
@@ -133,130 +137,70 @@ class ARSampler(KVCachedSampler):
                                      top_k=int(top_k), top_p=float(top_p)),
                          decode_images=decode_images)
 
-    def _get_cache(self, gpt, batch: int) -> KVCache:
-        w, cfg = gpt.tok_embeddings.weight, gpt.cfg
-        key = (batch, cfg.n_layer, cfg.kv_heads, cfg.head_dim,
-               cfg.cls_token_num + cfg.block_size, w.dtype, w.device)
-        return self._cache_for(key, lambda: gpt.new_cache(batch))
+    def num_steps_of(self, policy: Policy) -> int:
+        """T, the tokens of a sample (what ``stop_at_step`` counts)."""
+        return policy.num_actions
 
-    @torch.no_grad()
-    def rollout(self, policy: Policy, cond: Conditions, *, group_size: int,
-                rng: Optional[BatchRNG] = None, prefix: Optional[Rollout] = None,
-                stop_at_step: Optional[int] = None, ctx=None) -> Rollout:
-        """Sample ``group_size`` token sequences per condition.
+    def _sample(self, policy: Policy, cond: Conditions, *, rng: Optional[BatchRNG],
+                prefix: Optional[Rollout], kept: int, group_size: int) -> Rollout:
+        """The raster generation loop (see :meth:`RolloutSampler._sample`).
 
-        Args:
-            policy: a raster-AR policy (see the module doc).
-            cond: one row per group (without ``prefix``), or one row per prefix sample.
-            group_size: G; the samples of a group are contiguous (``group_ids``).
-            rng: the noise source: one uniform per sample and token, ``rng.rand(T)``, drawn
-                before the loop and turned into tokens by inverse-CDF sampling, so a batch split
-                over ranks samples what the single process samples (``rng.local_batch`` must be
-                ``len(cond) * G``). None: ``torch.multinomial`` on torch's global generator,
-                which reproduces the official ``generate()`` token for token.
-            prefix: a rollout to continue: sample ``j`` of ``prefix`` is completed G times, its
-                first ``stop_at_step`` tokens kept (``action_mask`` False there, ``logp_old`` of
-                them recomputed teacher-forced under :meth:`logprob_spec`), the rest sampled;
-                the completions of one prefix sample form group ``j``.
-            stop_at_step: with ``prefix``: the number of tokens kept (default
-                ``prefix.prefix_steps``); 0 < stop_at_step < T.
-
-        Returns:
-            a :class:`Rollout` of ``B = len(cond) * G`` samples: ``actions [B, T]`` long,
-            ``logp_old [B, T]``, ``action_mask [B, T]``, ``action_step [T]``, ``action_pos
-            [T, 2]``, ``images [B, 3, H, W]`` in [0, 1] (if ``decode_images``),
-            ``prefix_steps``, ``logp_old_cfg``.
+        Noise: with ``rng`` one uniform per sample and token, ``rng.rand(T)``, drawn before the
+        loop and turned into tokens by inverse-CDF sampling (a batch split over ranks samples
+        what the single process samples); None: ``torch.multinomial`` on torch's global
+        generator, which reproduces the official ``generate()`` token for token. With
+        ``prefix`` its first ``kept`` tokens are kept (``action_mask`` False, ``logp_old``
+        recomputed teacher-forced under :meth:`logprob_spec`).
         """
-        if group_size < 1:
-            raise ValueError(f'group_size={group_size} must be >= 1')
         num_steps = policy.num_actions
         dev = policy.device
-        if prefix is None:
-            if stop_at_step is not None:
-                raise ValueError('stop_at_step is the length of the kept prefix and needs '
-                                 'prefix=<a Rollout>: sample full rollouts, then complete them '
-                                 'with rollout(..., prefix=rollout, stop_at_step=m)')
-            kept = 0
-        else:
-            kept = prefix.prefix_steps if stop_at_step is None else int(stop_at_step)
-            if not 0 < kept < num_steps:
-                raise ValueError(f'stop_at_step={kept} must be in (0, {num_steps}) tokens to keep '
-                                 f'from the prefix rollout')
-            if len(cond) != prefix.batch_size:
-                raise ValueError(f'cond has {len(cond)} rows but the prefix rollout has '
-                                 f'{prefix.batch_size} samples: pass prefix.cond')
-        was_training = policy.training
-        policy.eval()
-        try:
-            cond_rep = policy.encode_conditions(cond).repeat_interleave(group_size)
-            given = None
-            if prefix is not None:
-                given = prefix.actions[:, :kept].to(dev).repeat_interleave(group_size, dim=0)
-            uniforms = None
-            if rng is not None:
-                if rng.local_batch != len(cond_rep):
-                    raise ValueError(f'rng draws for {rng.local_batch} samples but the rollout has '
-                                     f'{len(cond_rep)} (= {len(cond)} conditions x G='
-                                     f'{group_size}); build BatchRNG with local_batch='
-                                     f'{len(cond_rep)}')
-                uniforms = rng.rand(num_steps).to(dev)                          # [B, T]
-            tokens, logp = self._generate(policy, cond_rep, given, num_steps, uniforms)
-        finally:
-            policy.train(was_training)
-        b = tokens.shape[0]
-        action_mask = torch.ones(b, num_steps, dtype=torch.bool, device=dev)
+        given = None
+        if prefix is not None:
+            given = prefix.actions[:, :kept].to(dev).repeat_interleave(group_size, dim=0)
+        uniforms = None if rng is None else rng.rand(num_steps).to(dev)       # [B, T]
+        tokens, logp = self._generate(policy, cond, given, num_steps, uniforms)
+        action_mask = torch.ones(tokens.shape[0], num_steps, dtype=torch.bool, device=dev)
         action_mask[:, :kept] = False
         step, pos = policy.rollout_axes()
-        out = Rollout(cond=cond_rep,
-                      group_ids=torch.arange(len(cond), device=dev).repeat_interleave(group_size),
-                      actions=tokens, logp_old=logp, action_mask=action_mask, action_step=step,
-                      action_pos=pos, images=None, extras=None, prefix_steps=kept,
-                      logp_old_cfg=self._spec.mode)
-        if self.decode_images:
-            out.images = policy.decode(out)
-        return out
+        groups = torch.arange(len(cond) // group_size, device=dev).repeat_interleave(group_size)
+        return Rollout(cond=cond, group_ids=groups, actions=tokens, logp_old=logp,
+                       action_mask=action_mask, action_step=step, action_pos=pos, images=None,
+                       extras=None, prefix_steps=kept, logp_old_cfg=self._spec.mode)
 
     def _generate(self, policy: Policy, cond: Conditions, given: Optional[Tensor],
                   num_steps: int, uniforms: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         """Tokens ``[B, T]`` and their log-probs ``[B, T]`` (``given [B, m]`` kept; noise from
         ``uniforms [B, T]`` or, if None, from ``torch.multinomial``)."""
         spec = self._spec
-        gpt = policy.gpt
-        c = policy.cls_token_num
         use_cfg = spec.cfg_scale != 1.0
-        emb, cond_mask = policy.condition_inputs(cond, with_null=use_cfg)   # [B2, C, dim]
-        b2 = emb.shape[0]
-        b = b2 // 2 if use_cfg else b2
-        dev = emb.device
+        b = len(cond)
+        b2 = 2 * b if use_cfg else b
+        dev = policy.device
         kept = 0 if given is None else given.shape[1]
         guided = cfg_active_steps(spec.cfg_interval, num_steps).tolist()   # host list, no syncs
-        cache = self._get_cache(gpt, b2)
+        cache = self._get_cache(policy, b2)
 
         tokens = torch.empty(b, num_steps, dtype=torch.long, device=dev)
         logp = torch.empty(b, num_steps, dtype=torch.float32, device=dev)
-        x = emb
-        if kept:
-            g2 = torch.cat([given, given]) if use_cfg else given
-            x = torch.cat([emb, gpt.tok_embeddings(g2).to(emb.dtype)], dim=1)
-        logits = gpt.prefill(x, cache, cond_mask=cond_mask)              # [B2, kept + 1, V]
+        logits = policy.prefill(cond, given, cache, with_null=use_cfg)  # [B2, kept + 1, V]
         if kept:
             tokens[:, :kept] = given
             logp[:, :kept] = self._given_logp(logits[:, :kept], given, use_cfg, num_steps)
         step_logits = logits[:, kept]                                     # [B2, V]
         inp = torch.empty(b2, dtype=torch.long, device=dev)
         for t in range(kept, num_steps):
-            tok, lp = self._sample(step_logits, b, use_cfg, guided[t],
-                                   None if uniforms is None else uniforms[:, t:t + 1])
+            tok, lp = self._draw(step_logits, b, use_cfg, guided[t],
+                                 None if uniforms is None else uniforms[:, t:t + 1])
             tokens[:, t] = tok
             logp[:, t] = lp
             if t + 1 < num_steps:
                 inp[:b] = tok
                 if use_cfg:
                     inp[b:] = tok
-                step_logits = gpt.decode_step(inp, c + t, cache)
+                step_logits = policy.decode_step(inp, t, cache)
         return tokens, logp
 
-    def _sample(self, logits: Tensor, b: int, use_cfg: bool, guided: bool,
+    def _draw(self, logits: Tensor, b: int, use_cfg: bool, guided: bool,
                 u: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """One step: token ids ``[B]`` and their log-probs ``[B]`` under the recorded spec
         (``u [B, 1]`` uniforms for inverse-CDF sampling, or None for ``torch.multinomial``)."""

@@ -105,10 +105,10 @@ class VQPretrainer(TokenizerPretrainer):
 
     @torch.no_grad()
     def evaluate(self, path, quick=False):
-        from vargo.components.policies.llamagen import load_official_state_dict, strict_load
+        from vargo.components.policies.llamagen import load_official
         from vargo.components.tokenizers.vq import build_vq
         vq = build_vq(dict(self.cfg.policy.tokenizer)).eval()
-        strict_load(vq, load_official_state_dict(path, what='VQ tokenizer'), what=path)
+        load_official(vq, path, what='VQ tokenizer')
         return self.reconstruction_eval(vq, vq.codebook_size, quick)
 
 
