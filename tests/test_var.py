@@ -289,6 +289,18 @@ def test_prefix_sampling_keeps_the_prefix_scales():
         sampler.rollout(policy, full.cond, group_size=1, prefix=full, stop_at_step=4)
 
 
+def test_var_policy_implements_the_next_scale_decoding_protocol():
+    from vargo.components.samplers.base import missing_members
+    from vargo.components.samplers.next_scale import NextScaleDecoding
+    policy = make_policy()
+    assert missing_members(policy, NextScaleDecoding) == []
+    sampler = NextScaleSampler(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0,
+                               logprob_cfg='none')
+    sampler.check_policy(policy)
+    with pytest.raises(ValueError, match='lacks the NextScaleDecoding decoding protocol'):
+        sampler.check_policy(torch.nn.Linear(1, 1))
+
+
 # ---- pretraining and building -------------------------------------------------------------------
 
 def test_pretrain_loss_is_the_teacher_forced_cross_entropy_with_label_dropout():

@@ -118,7 +118,8 @@ class NextScaleDecoding(Protocol):
 
 
 def _ramp(cfg_scale: float, num_scales: int) -> list[float]:
-    # official order of operations: ratio = si / (S - 1), t = cfg * ratio
+    """The guidance ``t`` of each scale as host floats, in the official order of operations
+    (``ratio = si / (S - 1)``, ``t = cfg * ratio``)."""
     return [(cfg_scale - 1.0) * (si / (num_scales - 1)) for si in range(num_scales)]
 
 

@@ -26,6 +26,7 @@ VAR_ARCHS: dict[str, dict] = {
     'd36': dict(depth=36, shared_aln=True),   # 2.3B, 512 px
 }
 
+
 @dataclass(frozen=True)
 class VARConfig:
     """Hyper-parameters of a VAR transformer (official ``VAR.__init__`` arguments).
@@ -68,22 +69,27 @@ class VARConfig:
 
     @property
     def L(self) -> int:
+        """L = sum pn^2, the tokens of all scales."""
         return sum(p * p for p in self.patch_nums)
 
     @property
     def first_l(self) -> int:
+        """pn_0^2, the start positions (tokens of scale 0)."""
         return self.patch_nums[0] ** 2
 
     @property
     def num_scales(self) -> int:
+        """S, the scales."""
         return len(self.patch_nums)
 
     @property
     def head_dim(self) -> int:
+        """C / heads."""
         return self.embed_dim // self.num_heads
 
     @property
     def ffn_hidden(self) -> int:
+        """FFN hidden width ``round(C mlp_ratio)``."""
         return round(self.embed_dim * self.mlp_ratio)
 
     @classmethod
@@ -312,6 +318,7 @@ class VARTransformer(nn.Module):
         return self.lvl_embed(self.lvl_1L[:, lo:hi]) + self.pos_1LC[:, lo:hi]
 
     def _sos(self, cond_BD: Tensor) -> Tensor:
+        """``[B, pn_0^2, C]`` start tokens ``cond_BD + pos_start`` (no level/position)."""
         b, fl = cond_BD.shape[0], self.cfg.first_l
         return cond_BD.unsqueeze(1).expand(b, fl, -1) + self.pos_start.expand(b, fl, -1)
 

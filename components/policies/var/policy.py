@@ -24,6 +24,7 @@ from .model import VARConfig, VARTransformer
 
 __all__ = ['VARPolicy', 'VARExtras', 'cfg_ramp']
 
+
 # ---------------------------------------------------------------------------------------------
 # The sampling distribution
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +128,7 @@ class VARPolicy(VARNextScaleDecoding, Policy):
     # ---- sizes ------------------------------------------------------------------------------
     @property
     def patch_nums(self) -> tuple:
+        """The scale sides, coarse to fine."""
         return self.cfg.patch_nums
 
     @property
@@ -141,14 +143,17 @@ class VARPolicy(VARNextScaleDecoding, Policy):
 
     @property
     def device(self) -> torch.device:
+        """Where the transformer's parameters live."""
         return self.var.head.weight.device
 
     def train(self, mode: bool = True) -> 'VARPolicy':
+        """Set the mode; the frozen VQVAE stays in eval mode."""
         super().train(mode)
         self.vae.eval()
         return self
 
     def trainable_parameters(self):
+        """The transformer's parameters that require grad (never the VQVAE's)."""
         return [p for p in self.var.parameters() if p.requires_grad]
 
     def load_checkpoint(self, path: str) -> None:
