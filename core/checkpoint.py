@@ -383,8 +383,16 @@ CheckpointKeyError = StateDictMismatch
 
 def official_file_missing(path: str, *, what: str, sources: dict[str, str], family: str,
                           listing: str) -> FileNotFoundError:
-    """``FileNotFoundError`` naming ``path`` and where the official release publishes it
-    (``sources``: file name -> URL; ``listing`` says where the family's files are listed)."""
+    """``FileNotFoundError`` naming ``path`` and where it comes from: for a ``.safetensors``
+    file, where vargo ships its Shapes base models and how they are rebuilt; otherwise where the
+    official release publishes it (``sources``: file name -> URL; ``listing`` says where the
+    family's files are listed)."""
+    if str(path).endswith('.safetensors'):
+        return FileNotFoundError(
+            f'{what} file {path!r} not found. The Shapes base models are shipped in '
+            f'components/benchmarks/weights/ (relative paths are relative to the working '
+            f'directory: run from the repository root) and are rebuilt by '
+            f'tools/pretrain_shapes.py (the command is in each model card, <name>.md).')
     name = os.path.basename(str(path))
     source = sources.get(name)
     where = (f'it is published at {source}' if source else

@@ -12,14 +12,14 @@ from conftest import ROOT
 DOC = os.path.join(ROOT, 'docs', 'adding_a_component.md')
 
 
-def _blocks():
-    text = open(DOC).read()
+def _blocks(doc=DOC):
+    text = open(doc).read()
     return re.findall(r'```(python|bash)\n(.*?)```', text, flags=re.S)
 
 
-def test_adding_a_component_example_runs(tmp_path):
-    blocks = _blocks()
-    assert [lang for lang, _ in blocks] == ['python', 'python', 'bash']
+def _run_blocks(blocks, tmp_path):
+    """Write the python blocks (``# file: NAME`` first line) into ``tmp_path``, run the bash
+    lines there; return each command's output."""
     env = dict(os.environ, PYTHONPATH=str(tmp_path), HF_HUB_OFFLINE='1')
     outputs = []
     for lang, body in blocks:
@@ -34,11 +34,30 @@ def test_adding_a_component_example_runs(tmp_path):
                                   text=True, timeout=600)
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
             outputs.append(proc.stdout + proc.stderr)
+    return outputs
+
+
+def test_adding_a_component_example_runs(tmp_path):
+    blocks = _blocks()
+    assert [lang for lang, _ in blocks] == ['python', 'python', 'bash']
+    outputs = _run_blocks(blocks, tmp_path)
     assert 'BrightnessReward' in outputs[0]
     assert re.search(r'reward/brightness/mean: -?[0-9.]+', outputs[1])
     assert re.search(r'reward/brightness/brightness: [0-9.]+', outputs[1])
     work = tmp_path / 'work_dirs' / 'brightness'
     assert (work / 'iter_2.pth').exists() and (work / 'grids' / 'samples_iter000002.png').exists()
+
+
+def test_adding_a_model_family_example_runs(tmp_path):
+    """docs/adding_a_model_family.md: a raster model registered from outside the repository is
+    trained by the unchanged ARSampler and runner, scoring exactly what it sampled."""
+    blocks = _blocks(os.path.join(ROOT, 'docs', 'adding_a_model_family.md'))
+    assert [lang for lang, _ in blocks] == ['python', 'python', 'bash']
+    out, = _run_blocks(blocks, tmp_path)
+    assert re.search(r'Iter\(train\) \[2/2\]', out)
+    mismatch = [float(x) for x in re.findall(r'policy/logp_mismatch_max: ([0-9.e+-]+)', out)]
+    assert len(mismatch) == 2 and max(mismatch) < 1e-4, mismatch
+    assert (tmp_path / 'work_dirs' / 'toy' / 'iter_2.pth').exists()
 
 
 def test_readme_quick_start_has_two_commands_naming_existing_files():

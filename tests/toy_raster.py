@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vargo.components.modules.categorical import categorical_logp_entropy, cfg_active_steps
+from vargo.components.modules.categorical import logp_entropy_under_spec
 from vargo.core.interfaces import Policy
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
@@ -84,16 +84,9 @@ class ToyRasterPolicy(Policy):
         tokens = rollout.actions.to(self.device)
         b, t = tokens.shape
         logits = self.teacher_forced_logits(cond, tokens[:, :-1], with_null=spec.uses_cfg)
-        logits = logits.view(2 if spec.uses_cfg else 1, b * t, -1)
-        rows = None
-        if spec.uses_cfg and spec.cfg_interval is not None:
-            rows = cfg_active_steps(spec.cfg_interval, t, self.device).repeat(b)
-        truncate = spec.mode == 'rollout'
-        logp, ent = categorical_logp_entropy(
-            logits, tokens.reshape(-1), cfg_scale=spec.cfg_scale, rows=rows,
-            temperature=spec.temperature, top_k=spec.top_k if truncate else 0,
-            top_p=spec.top_p if truncate else 1.0, with_entropy=with_entropy)
-        return PolicyEval(logp=logp.view(b, t), entropy=None if ent is None else ent.view(b, t))
+        logp, ent = logp_entropy_under_spec(logits.view(2 if spec.uses_cfg else 1, b * t, -1),
+                                            tokens, spec, with_entropy=with_entropy)
+        return PolicyEval(logp=logp, entropy=ent)
 
     def decode(self, rollout: Rollout) -> Tensor:
         """Grey ``[B, 3, side, side]`` images, brightness = token / (V - 1)."""

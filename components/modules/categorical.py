@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['cfg_active_steps', 'cfg_mix', 'truncation_keep_mask', 'var_truncation_keep_mask',
-           'categorical_logp_entropy', 'inverse_cdf_sample']
+           'categorical_logp_entropy', 'inverse_cdf_sample', 'logp_entropy_under_spec']
 
 
 def cfg_active_steps(cfg_interval: Optional[Sequence[float]], num_steps: int,
@@ -238,3 +238,24 @@ def inverse_cdf_sample(probs: Tensor, u: Tensor) -> Tensor:
     total = cdf[:, -1:]
     target = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True)
+
+
+def logp_entropy_under_spec(logits: Tensor, tokens: Tensor, spec, *, with_entropy: bool
+                            ) -> tuple[Tensor, Optional[Tensor]]:
+    """Log-probs and entropies ``[B, T]`` of raster ``tokens [B, T]`` under a
+    :class:`~vargo.core.types.LogprobSpec`, from teacher-forced ``logits [g, B T, V]`` (``g = 2``
+    with CFG: conditional rows first).
+
+    The spec's CFG interval selects the guided rows; truncation (top-k / top-p) applies only in
+    ``'rollout'`` mode, where the recorded distribution is exactly the sampled one.
+    """
+    b, t = tokens.shape
+    rows = None
+    if logits.shape[0] == 2 and spec.cfg_interval is not None:
+        rows = cfg_active_steps(spec.cfg_interval, t, logits.device).repeat(b)
+    truncate = spec.mode == 'rollout'
+    logp, ent = categorical_logp_entropy(
+        logits, tokens.reshape(-1), cfg_scale=spec.cfg_scale, rows=rows,
+        temperature=spec.temperature, top_k=spec.top_k if truncate else 0,
+        top_p=spec.top_p if truncate else 1.0, with_entropy=with_entropy)
+    return logp.view(b, t), None if ent is None else ent.view(b, t)

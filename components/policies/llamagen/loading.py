@@ -33,16 +33,10 @@ def is_derived_key(key: str) -> bool:
 
 
 def _missing(path: str, what: str) -> FileNotFoundError:
-    """The error for a file that does not exist: where a Shapes model or an official file
-    comes from."""
-    if str(path).endswith('.safetensors'):
-        return FileNotFoundError(
-            f'{what} file {path!r} not found. The Shapes base models are shipped in '
-            f'components/benchmarks/weights/ (relative paths are relative to the working '
-            f'directory: run from the repository root) and are rebuilt by '
-            f'tools/pretrain_shapes.py (the command is in each model card, <name>.md).')
-    return official_file_missing(path, what=what, sources=LLAMAGEN_FILE_SOURCES,
-                                 family='LlamaGen', listing='LlamaGen README')
+    """The error for an absent file (core's :func:`official_file_missing` with this family's
+    sources)."""
+    return official_file_missing(path, what=what, sources=LLAMAGEN_FILE_SOURCES, family='LlamaGen',
+                                 listing='LlamaGen README')
 
 
 def load_official_state_dict(path: str, *, what: str) -> dict[str, Tensor]:

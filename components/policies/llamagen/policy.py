@@ -14,7 +14,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
-from ...modules.categorical import categorical_logp_entropy, cfg_active_steps
+from ...modules.categorical import logp_entropy_under_spec
 from ...modules.kv_cache import StaticKVCache
 from ...tokenizers.vq import VQModel, build_vq
 from ..frozen import exclude_frozen_submodules
@@ -260,17 +260,9 @@ class LlamaGenPolicy(Policy):
             inp = torch.cat([inp, inp], dim=0)
         logits = self.gpt(emb, inp, cond_mask=mask)                        # [B2, T, V]
         g = 2 if use_cfg else 1
-        logits = logits.view(g, b * t, -1)                                  # [g, B*T, V]
-        rows = None
-        if use_cfg and spec.cfg_interval is not None:
-            rows = cfg_active_steps(spec.cfg_interval, t, self.device).repeat(b)
-        truncate = spec.mode == 'rollout'
-        logp, ent = categorical_logp_entropy(
-            logits, tokens.reshape(-1), cfg_scale=spec.cfg_scale, rows=rows,
-            temperature=spec.temperature, top_k=spec.top_k if truncate else 0,
-            top_p=spec.top_p if truncate else 1.0, with_entropy=with_entropy)
-        return PolicyEval(logp=logp.view(b, t),
-                          entropy=None if ent is None else ent.view(b, t))
+        logp, ent = logp_entropy_under_spec(logits.view(g, b * t, -1), tokens, spec,
+                                            with_entropy=with_entropy)
+        return PolicyEval(logp=logp, entropy=ent)
 
     def flops_per_sample(self, spec: Optional[LogprobSpec] = None) -> int:
         """Matmul FLOPs of one teacher-forced :meth:`evaluate` forward, per sample (see

@@ -21,14 +21,8 @@ VAR_FILE_SOURCES: dict[str, str] = {
 
 
 def _missing(path: str, what: str) -> FileNotFoundError:
-    """The error for an absent file: where the official release publishes it, or (a
-    ``.safetensors`` Shapes model) where the shipped models live and how they are rebuilt."""
-    if str(path).endswith('.safetensors'):
-        return FileNotFoundError(
-            f'{what} file {path!r} not found. The Shapes base models are shipped in '
-            f'components/benchmarks/weights/ (relative paths are relative to the working '
-            f'directory: run from the repository root) and are rebuilt by '
-            f'tools/pretrain_shapes.py (the command is in each model card, <name>.md).')
+    """The error for an absent file (core's :func:`official_file_missing` with this family's
+    sources)."""
     return official_file_missing(path, what=what, sources=VAR_FILE_SOURCES, family='VAR',
                                  listing='https://huggingface.co/FoundationVision/var')
 
