@@ -324,7 +324,7 @@ def load_training_checkpoint(path: str, map_location: Any = 'cpu') -> dict:
 
 
 def check_state_dict_keys(own: dict, given: dict, *, source: str, owner: str,
-                          ignore: tuple[str, ...] = ()) -> None:
+                          ignore: tuple[str, ...] = (), hint: str = '') -> None:
     """Raise :class:`StateDictMismatch` (one line) naming every key of ``given`` missing from,
     unexpected for, or shaped differently from ``own`` (a module's ``state_dict()``)."""
     missing = sorted(k for k in set(own) - set(given) if k not in ignore)
@@ -339,14 +339,15 @@ def check_state_dict_keys(own: dict, given: dict, *, source: str, owner: str,
             if keys:
                 parts.append(f'{what} ({len(keys)}): {", ".join(keys[:20])}'
                              + (' ...' if len(keys) > 20 else '') + ';')
-        parts.append('check that the config (model size, task, vocabulary) is the one the '
-                     'checkpoint was trained with')
+        parts.append(hint or 'check that the config (model size, task, vocabulary) is the one '
+                             'the checkpoint was trained with')
         raise StateDictMismatch(' '.join(parts))
 
 
 def load_state_dict_strict(module: nn.Module, state_dict: dict, *, source: str = 'checkpoint',
                            ignore: tuple[str, ...] = (),
-                           drop: Optional[Callable[[str], bool]] = None) -> list[str]:
+                           drop: Optional[Callable[[str], bool]] = None,
+                           hint: str = '') -> list[str]:
     """Load ``state_dict`` into ``module``; raise listing every missing, unexpected and
     shape-mismatched key (:func:`check_state_dict_keys`) before anything is loaded.
 
@@ -360,6 +361,8 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict, *, source: str =
         ignore: key names both sides may lack (e.g. non-persistent caches).
         drop: keys of the file that are derived, not learned (an official file's RoPE table or
             KV cache): removed before the check, and returned.
+        hint: the fix named at the end of a mismatch message (default: check the config's
+            model size, task and vocabulary).
 
     Returns:
         the dropped keys, sorted.
@@ -368,7 +371,7 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict, *, source: str =
     if dropped:
         state_dict = {k: v for k, v in state_dict.items() if k not in set(dropped)}
     check_state_dict_keys(module.state_dict(), state_dict, source=source,
-                          owner=type(module).__name__, ignore=ignore)
+                          owner=type(module).__name__, ignore=ignore, hint=hint)
     filtered = {k: v for k, v in state_dict.items() if k not in ignore}
     result = module.load_state_dict(filtered, strict=False)
     bad = [k for k in result.missing_keys if k not in ignore]

@@ -52,4 +52,6 @@ def load_official(module: nn.Module, path: str, *, what: str) -> list[str]:
     mis-shaped key raises :class:`~vargo.core.checkpoint.StateDictMismatch`); return the derived
     keys dropped."""
     return load_state_dict_strict(module, load_official_state_dict(path, what=what),
-                                  source=f'{what} file {path!r}', drop=is_derived_key)
+                                  source=f'{what} file {path!r}', drop=is_derived_key,
+                                  hint='check the arch / task / image_size / vocab_size / '
+                                       'num_classes settings against the file')

@@ -47,4 +47,6 @@ def load_mar_state_dict(path: str, key: str, *, what: str) -> dict[str, Tensor]:
 def load_mar_file(module: nn.Module, path: str, key: str, *, what: str) -> None:
     """Load the ``key`` entry of the MAR file ``path`` into ``module``, strictly."""
     load_state_dict_strict(module, load_mar_state_dict(path, key, what=what),
-                           source=f'{what} file {path!r} [{key!r}]')
+                           source=f'{what} file {path!r} [{key!r}]',
+                           hint='check the arch / image_size / patch_size / num_classes / '
+                                'head_type / tokenizer settings against the file')

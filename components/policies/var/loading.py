@@ -38,4 +38,6 @@ def load_var_file(module: nn.Module, path: str, *, what: str) -> None:
     """Load the file at ``path`` into ``module``, strictly (every missing, unexpected or
     mis-shaped key is named: :class:`vargo.core.checkpoint.StateDictMismatch`)."""
     load_state_dict_strict(module, read_var_file(path, what=what),
-                           source=f'{what} file {path!r}')
+                           source=f'{what} file {path!r}',
+                           hint='check the arch / patch_nums / vocab_size / num_classes / '
+                                'tokenizer settings against the file')
