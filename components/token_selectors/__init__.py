@@ -2,6 +2,8 @@
 and KL terms, composed by multiplication in config order."""
 from .all_tokens import AllTokensSelector
 from .evaluated_actions import EvaluatedActionsSelector
+from .scale_area import ScaleAreaReweightSelector
 from .similarity_reweight import SimilarityReweightSelector
 
-__all__ = ['AllTokensSelector', 'EvaluatedActionsSelector', 'SimilarityReweightSelector']
+__all__ = ['AllTokensSelector', 'EvaluatedActionsSelector', 'ScaleAreaReweightSelector',
+           'SimilarityReweightSelector']
