@@ -6,5 +6,6 @@ from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
 from .loo_fid import LooFidReward
 from .shapes_eval import ShapesEvalReward
 from .stage_entropy import StageEntropyBonus
+from .vmr import VMRReward
 
-__all__ = ['ClipScoreReward', 'CompositeReward', 'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'StageEntropyBonus']
+__all__ = ['ClipScoreReward', 'CompositeReward', 'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'StageEntropyBonus', 'VMRReward']

@@ -2,5 +2,6 @@
 from .ar_sampler import ARSampler
 from .masked import MaskedSampler
 from .next_scale import NextScaleSampler
+from .vmr import VMRSampler
 
-__all__ = ['ARSampler', 'MaskedSampler', 'NextScaleSampler']
+__all__ = ['ARSampler', 'MaskedSampler', 'NextScaleSampler', 'VMRSampler']
