@@ -277,3 +277,28 @@ def test_benchmark_covers_var_rollouts_updates_and_iterations(tmp_path, keep_thr
         assert r['mode'] == 'continuation' and r['steps_timed'] == 1
         assert r['tokens_timed'] == 64 and r['prefill_actions'] == 21
         assert r['tokens_per_s']['median'] == pytest.approx(4 * 64 / r['time_s']['median'])
+
+
+def test_benchmark_reports_the_vmr_completion_cost(tmp_path, keep_threads, capsys):
+    """With the VMRSampler the sampler variants change the family sampler inside it and the
+    iteration split reports the reward's prefix completions against the base rollout."""
+    cfg = tmp_path / 'vmr.py'
+    cfg.write_text(
+        f'_base_ = [{TINY_CFG!r}]\n'
+        "sampler = dict(_delete_=True, type='VMRSampler', split_step=32, prefix_updates=1,\n"
+        "               suffix_updates=1, sampler=dict(type='ARSampler', cfg_scale=1.0,\n"
+        "               temperature=1.0, top_k=0, top_p=1.0, logprob_cfg='none'))\n"
+        "rewards = dict(jpeg=dict(_delete_=True, type='VMRReward', num_completions=2,\n"
+        "               head=dict(type='JpegCompressibilityReward', quality=95)))\n")
+    out = tmp_path / 'bench.json'
+    argv = [str(cfg), '--batch', '4', '--repeat', '2', '--threads', '1', '--gemm-size', '64',
+            '--bandwidth-mb', '1', '--skip-update', '--out', str(out),
+            '--cfg-options', 'policy.arch.dim=32', 'policy.arch.n_layer=1']
+    assert _load_tool().main(argv) == 0
+    assert 'VMR completions / generate' in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert res['rollout']['cfg']['cfg_scale'] == 4.0      # set on the ARSampler inside
+    v = res['iteration']['vmr']
+    assert v['split_step'] == 32 and v['phases'] == ['suffix', 'prefix']   # iterations 1, 2
+    _stat(v['completion_s']), _stat(v['generate_s'])
+    assert v['completion_over_generate'] > 0

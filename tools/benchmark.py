@@ -41,7 +41,11 @@ with ``torch.set_num_threads(--threads)``:
    ``compute_advantages`` / ``reference_eval`` / one ``train_step`` (loss, backward, optimizer
    step with the config's optim_wrapper). ``policy.decode`` is also timed alone (it is part of
    generate). The loop's ``time/rollout``, ``time/reward``, ``time/update`` are generate,
-   score + advantages, and reference + train_step.
+   score + advantages, and reference + train_step. Iteration ``i`` runs with the loop's context
+   (``model.iteration_context(i)``). With the ``VMRSampler`` (VMR, docs/methods/var_rl.md) the
+   phases alternate by iteration; the time of the reward's prefix completions
+   (``vmr/completion_seconds``, part of score) is reported per timed prefix-phase iteration
+   against that iteration's generate (``iteration.vmr``).
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -305,7 +309,10 @@ def sampler_variant(cfg, **changes):
     from vargo.core.registry import SAMPLERS, checked_build
     sampler_cfg = cfg.model.sampler.to_dict() if hasattr(cfg.model.sampler, 'to_dict') else dict(
         cfg.model.sampler)
-    sampler_cfg.update(changes)
+    target = sampler_cfg
+    if sampler_cfg.get('type') == 'VMRSampler':        # a wrapper: change the family sampler
+        target = sampler_cfg['sampler'] = dict(sampler_cfg['sampler'])
+    target.update(changes)
     return checked_build(sampler_cfg, SAMPLERS)
 
 
@@ -440,7 +447,6 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
     from mmengine.registry import DefaultScope
 
     from vargo.core.algorithm import MiniBatch
-    from vargo.core.rng import BatchRNG
 
     with DefaultScope.overwrite_default_scope('vargo'):
         optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
@@ -448,14 +454,20 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
     parts = ('generate', 'score', 'advantages', 'reference', 'train_step')
     record: dict[str, list[float]] = {k: [] for k in parts + ('decode_images',)}
     counter = iter(range(10 ** 9))
+    vmr = callable(getattr(model.sampler, 'phase', None))     # VMRSampler: phases alternate
+    vmr_record: list[tuple[str, float]] = []                  # (phase, completion seconds)
 
     def iteration():
         i = next(counter)
+        ctx = model.iteration_context(i, seed=args.seed, num_conditions=n_cond)
         t = [time.perf_counter()]
-        rollout = model.generate(cond, BatchRNG(args.seed, i, n_cond * g, rank=0, world_size=1))
+        rollout = model.generate(cond, ctx)
         t.append(time.perf_counter())
-        rewards = model.score(rollout, i)
+        rewards = model.score(rollout, ctx)
         t.append(time.perf_counter())
+        if vmr:
+            vmr_record.append((model.sampler.phase(i), sum(
+                r.metrics.get('vmr/completion_seconds', 0.0) for r in rewards.values())))
         adv = model.compute_advantages(rewards, rollout)
         t.append(time.perf_counter())
         ref = model.reference_eval(rollout, n_cond)
@@ -485,7 +497,25 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
     out['loop_split_s'] = {'rollout': med['generate'],
                            'reward': med['score'] + med['advantages'],
                            'update': med['reference'] + med['train_step']}
+    if vmr:
+        out['vmr'] = vmr_cost(model.sampler, vmr_record[-args.repeat:],
+                              record['generate'][-args.repeat:])
     out.update(mem.stop())
+    return out
+
+
+def vmr_cost(sampler, record: list[tuple[str, float]], generate: list[float]) -> dict:
+    """VMR's completion cost (part of ``score``) in the timed prefix-phase iterations, against
+    the base rollout (``generate``) of the same iterations."""
+    phases = [p for p, _ in record]
+    pre = [k for k, p in enumerate(phases) if p == 'prefix']
+    out: dict[str, Any] = {'split_step': sampler.split_step, 'phases': phases,
+                           'completion_s': None, 'generate_s': None,
+                           'completion_over_generate': None}
+    if pre:
+        comp, gen = [record[k][1] for k in pre], [generate[k] for k in pre]
+        out.update(completion_s=stats(comp), generate_s=stats(gen),
+                   completion_over_generate=statistics.median(comp) / statistics.median(gen))
     return out
 
 
@@ -573,6 +603,12 @@ def table(res: dict) -> str:
                          it[f'{p}_s']['min'], 's'))
         rows.append(('  image decoding (part of generate)', it['decode_images_s']['median'],
                      it['decode_images_s']['min'], 's'))
+        v = it.get('vmr')
+        if v and v['completion_s']:
+            rows.append(('  VMR completions (prefix phase, part of score)',
+                         v['completion_s']['median'], v['completion_s']['min'], 's'))
+            rows.append(('  VMR completions / generate', v['completion_over_generate'], None,
+                         'x'))
         rows.append(('  peak memory', it['peak_rss_mb'], None, 'MB'))
     width = max(len(r[0]) for r in rows) + 2
     head = (f'{res["config"]}  arch={res["arch"]}  batch={res["batch"]}  threads={res["threads"]}'
