@@ -1,6 +1,7 @@
 """Reward heads (registry ``REWARD_HEADS``): ``head(rollout, ctx) -> RewardOutput``."""
 from .clip_score import ClipScoreReward
 from .composite import CompositeReward
+from .differentiable import ColourMassReward, DifferentiableReward
 from .hps import HPSv2Reward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
 from .loo_fid import LooFidReward
@@ -8,4 +9,5 @@ from .shapes_eval import ShapesEvalReward
 from .stage_entropy import StageEntropyBonus
 from .vmr import VMRReward
 
-__all__ = ['ClipScoreReward', 'CompositeReward', 'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'StageEntropyBonus', 'VMRReward']
+__all__ = ['ClipScoreReward', 'ColourMassReward', 'CompositeReward', 'DifferentiableReward',
+           'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'StageEntropyBonus', 'VMRReward']

@@ -53,6 +53,21 @@ mention are ignored, as in GenEval. GenEval's detector confidence ordering (only
 confident detections are checked for colour and position) has no counterpart: every
 detection is exact, so a position clause is satisfied by any pair of detections.
 
+Regions (``regions=True``, *our formulation* for mask propagation, docs/methods/var_rl.md
+section 3): ``RewardOutput.regions [B, 32, 32]`` float32 marks where the reward is decided,
+
+    regions[i] = 1 on the whole image        if an object or count clause of image i found
+                                             fewer objects than it asks for (``k < 1``,
+                                             ``k < n``): a missing object could go anywhere
+               = union of the bounding boxes of every connected colour component of image i
+                 (step 2 above, any size, recognised or not)       otherwise
+
+The components are the objects the reward scored and the stray blobs that cost clauses (an
+extra copy breaks a count, a malformed object is not recognised); the black background
+between them decides nothing once every asked-for object is present. An image with no
+component at all gets the whole image (its object clause found nothing). Scores are those of
+``regions=False``; the regions cost no second detection.
+
 Speed: detection runs in numpy on one CPU core (see the note at :func:`segment_colours`);
 scoring 64 images takes about 9 ms (16 ms for 64 noise images).
 """
@@ -72,6 +87,7 @@ from vargo.core.registry import REWARD_HEADS
 from vargo.core.types import RewardContext, RewardOutput, Rollout
 
 __all__ = ['ShapesEvalReward', 'score_images', 'summarize_scores', 'detect_objects',
+           'reward_regions',
            'label_components', 'segment_colours', 'relative_position', 'DetectedObject',
            'ShapesScores']
 
@@ -186,13 +202,21 @@ def detect_objects(images: Tensor, *, max_colour_distance: float = 0.5, min_area
     Returns:
         ``B`` lists of :class:`DetectedObject`, ordered by their top-most, left-most pixel.
     """
+    return _detect(images, max_colour_distance=max_colour_distance, min_area=min_area,
+                   max_extent=max_extent)[0]
+
+
+def _detect(images: Tensor, *, max_colour_distance: float, min_area: int, max_extent: int
+            ) -> tuple[list[list[DetectedObject]], np.ndarray]:
+    """:func:`detect_objects` plus the bounding boxes of *every* connected colour component
+    (recognised or not): ``[N, 5]`` int64 rows ``(image, y0, y1, x0, x1)``, ends exclusive."""
     b, _, h, w = images.shape
     colour_map = segment_colours(images, max_colour_distance)               # [B, H, W]
     lab = label_components(colour_map)
     out: list[list[DetectedObject]] = [[] for _ in range(b)]
     bi, yi, xi = np.nonzero(lab >= 0)                                       # [P] each
     if bi.size == 0:
-        return out
+        return out, np.zeros((0, 5), dtype=np.int64)
     key = bi * (h * w) + lab[bi, yi, xi]                                     # [P] component key
     order = np.argsort(key, kind='stable')
     key, yi, xi = key[order], yi[order], xi[order]
@@ -218,7 +242,7 @@ def detect_objects(images: Tensor, *, max_colour_distance: float = 0.5, min_area
         out[batch[k]].append(DetectedObject(
             COLOURS[colour[k]], SHAPES[shape[k]],
             (float(x0[k]), float(y0[k]), float(x1[k]), float(y1[k])), int(area[k])))
-    return out
+    return out, np.stack([batch, y0, y1, x0, x1], axis=1).astype(np.int64)
 
 
 def relative_position(box_a, box_b, position_threshold: float = 0.1) -> set[str]:
@@ -305,14 +329,18 @@ def score_images(images: Tensor, conditions: Union[Sequence[Condition], Tensor],
         raise ValueError(f'ShapesEval got {images.shape[0]} images but {len(specs)} conditions')
     detections = detect_objects(images, max_colour_distance=max_colour_distance,
                                 min_area=min_area, max_extent=max_extent)
+    return _score_detections(detections, specs, position_threshold, images.device)
+
+
+def _score_detections(detections: list[list[DetectedObject]], specs: list[Spec],
+                      position_threshold: float, dev: torch.device) -> ShapesScores:
+    """The clause credits of :func:`score_images` from the detections."""
     b = len(specs)
     soft = np.zeros(b, dtype=np.float32)
     strict = np.zeros(b, dtype=bool)
     per_clause = {t: np.full(b, np.nan, dtype=np.float32) for t in CLAUSE_TYPES}
     for i, (spec, objs) in enumerate(zip(specs, detections)):
-        found: dict[tuple[str, str], list[DetectedObject]] = {}
-        for o in objs:
-            found.setdefault((o.colour, o.shape), []).append(o)
+        found = _found(objs)
         clauses = spec.clauses
         credits = [_clause_credit(c, found, position_threshold) for c in clauses]
         soft[i] = sum(credits) / len(credits)
@@ -321,9 +349,46 @@ def score_images(images: Tensor, conditions: Union[Sequence[Condition], Tensor],
             sat = [c == 1.0 for cl, c in zip(clauses, credits) if cl.type == t]
             if sat:
                 per_clause[t][i] = sum(sat) / len(sat)
-    dev = images.device
     return ShapesScores(torch.from_numpy(soft).to(dev), torch.from_numpy(strict).to(dev),
                         {t: torch.from_numpy(v).to(dev) for t, v in per_clause.items()})
+
+
+def _found(objs: list[DetectedObject]) -> dict[tuple[str, str], list[DetectedObject]]:
+    found: dict[tuple[str, str], list[DetectedObject]] = {}
+    for o in objs:
+        found.setdefault((o.colour, o.shape), []).append(o)
+    return found
+
+
+def reward_regions(boxes: np.ndarray, detections: list[list[DetectedObject]],
+                   specs: list[Spec], size: tuple[int, int]) -> np.ndarray:
+    """Where the reward of each image is decided (our formulation, see the module docstring).
+
+    Args:
+        boxes: ``[N, 5]`` rows ``(image, y0, y1, x0, x1)`` of every connected colour component.
+        detections: the recognised objects of each image (:func:`detect_objects`).
+        specs: the prompt of each image.
+        size: ``(H, W)`` of the images.
+
+    Returns:
+        ``[B, H, W]`` float32: 1 inside the bounding box of every component; the whole image
+        when an object or count clause found fewer objects than it asks for.
+    """
+    b, (h, w) = len(specs), size
+    rows, cols = np.arange(h), np.arange(w)
+    out = np.zeros((b, h, w), dtype=np.float32)
+    for i in range(b):
+        own = boxes[boxes[:, 0] == i]                                        # [n, 5]
+        r = ((rows >= own[:, 1:2]) & (rows < own[:, 2:3])).astype(np.float32)  # [n, H]
+        c = ((cols >= own[:, 3:4]) & (cols < own[:, 4:5])).astype(np.float32)  # [n, W]
+        out[i] = (r.T @ c) > 0                                               # union of boxes
+        found = _found(detections[i])
+        for clause in specs[i].clauses:
+            asked = {ObjectClause: 1, CountClause: getattr(clause, 'count', 0)}.get(type(clause))
+            if asked and len(found.get((clause.colour, clause.shape), ())) < asked:
+                out[i] = 1.0                                  # a missing object could go anywhere
+                break
+    return out
 
 
 def summarize_scores(scores: ShapesScores,
@@ -361,14 +426,19 @@ class ShapesEvalReward(RewardHead):
             objects have <= 9).
         position_threshold: GenEval's dead zone, a fraction of the summed box sizes per axis
             (default 0.1, as GenEval).
+        regions: also return ``RewardOutput.regions [B, 32, 32]``, where the reward is decided
+            (our formulation, see "Regions" in the module docstring; for mask propagation).
 
     Returns (of ``__call__``):
         ``RewardOutput(scores [B] float32 soft score in [0, 1], strict [B] bool, metrics)``
-        with metrics ``strict``, ``soft``, ``clause/<type>``, ``kind/<kind>``.
+        with metrics ``strict``, ``soft``, ``clause/<type>``, ``kind/<kind>``; with
+        ``regions=True`` also ``regions [B, 32, 32]`` float32 in {0, 1} and the metric
+        ``region_fraction`` (mean fraction of the image inside the regions).
     """
 
     def __init__(self, *, task: str, max_colour_distance: float = 0.5, min_area: int = 12,
-                 max_extent: int = 13, position_threshold: float = 0.1) -> None:
+                 max_extent: int = 13, position_threshold: float = 0.1,
+                 regions: bool = False) -> None:
         if task not in ('c2i', 't2i'):
             raise ValueError(f"ShapesEvalReward task={task!r} is not one of 'c2i' (score "
                              f"rollout.cond.class_ids), 't2i' (score rollout.cond.prompts)")
@@ -384,10 +454,12 @@ class ShapesEvalReward(RewardHead):
         self.settings = dict(max_colour_distance=float(max_colour_distance),
                              min_area=int(min_area), max_extent=int(max_extent),
                              position_threshold=float(position_threshold))
+        self.regions = bool(regions)
 
     def __repr__(self) -> str:
         args = ', '.join(f'{k}={v}' for k, v in self.settings.items())
-        return f'ShapesEvalReward(task={self.task!r}, {args})'
+        extra = ', regions=True' if self.regions else ''
+        return f'ShapesEvalReward(task={self.task!r}, {args}{extra})'
 
     def conditions(self, rollout: Rollout) -> Union[list[str], Tensor]:
         """The class ids (c2i) or prompts (t2i) of the rollout."""
@@ -412,6 +484,21 @@ class ShapesEvalReward(RewardHead):
                              f'{IMAGE_SIZE}], got {tuple(images.shape)}; its pixel thresholds '
                              f'are for the 32-px Shapes world')
         conditions = self.conditions(rollout)
-        res = score_images(images, conditions, **self.settings)
-        return RewardOutput(scores=res.soft, strict=res.strict,
-                            metrics=summarize_scores(res, conditions))
+        if not self.regions:
+            res = score_images(images, conditions, **self.settings)
+            return RewardOutput(scores=res.soft, strict=res.strict,
+                                metrics=summarize_scores(res, conditions))
+        specs = _specs_of(conditions)
+        if len(specs) != images.shape[0]:
+            raise ValueError(f'ShapesEval got {images.shape[0]} images but {len(specs)} '
+                             f'conditions')
+        settings = dict(self.settings)
+        threshold = settings.pop('position_threshold')
+        detections, boxes = _detect(images, **settings)
+        res = _score_detections(detections, specs, threshold, images.device)
+        regions = torch.from_numpy(reward_regions(boxes, detections, specs,
+                                                  tuple(images.shape[-2:]))).to(images.device)
+        metrics = summarize_scores(res, conditions)
+        metrics['region_fraction'] = float(regions.mean())
+        return RewardOutput(scores=res.soft, strict=res.strict, regions=regions,
+                            metrics=metrics)

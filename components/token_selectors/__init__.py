@@ -2,8 +2,9 @@
 and KL terms, composed by multiplication in config order."""
 from .all_tokens import AllTokensSelector
 from .evaluated_actions import EvaluatedActionsSelector
+from .mask_propagation import MaskPropagationSelector
 from .scale_area import ScaleAreaReweightSelector
 from .similarity_reweight import SimilarityReweightSelector
 
-__all__ = ['AllTokensSelector', 'EvaluatedActionsSelector', 'ScaleAreaReweightSelector',
-           'SimilarityReweightSelector']
+__all__ = ['AllTokensSelector', 'EvaluatedActionsSelector', 'MaskPropagationSelector',
+           'ScaleAreaReweightSelector', 'SimilarityReweightSelector']

@@ -273,6 +273,35 @@ class VARPolicy(VARNextScaleDecoding, Policy):
         return torch.cat([self.vae.decode(tokens[i:i + chunk])
                           for i in range(0, tokens.shape[0], chunk)], dim=0)
 
+    def decode_with_step_inputs(self, rollout: Rollout) -> tuple[Tensor, list[Tensor]]:
+        """Decode differentiably from each scale's code vectors (for MP's saliency source,
+        :class:`~vargo.components.token_selectors.mask_propagation.MaskPropagationSelector`).
+
+        With ``e_s [B, Cvae, pn_s, pn_s]`` the code vectors of scale ``s``'s tokens (a leaf
+        tensor that requires grad), exactly as :meth:`decode` computes:
+
+            f_hat = sum_s Phi_s(up_s(e_s))     up_s: bicubic to the last grid (identity at the last)
+            image = (clamp(decoder(post_quant_conv(f_hat)), -1, 1) + 1) / 2
+
+        Returns:
+            ``(images [B, 3, H, W]`` in [0, 1] with a graph to the inputs, equal to
+            ``decode(rollout)``; ``inputs``: the S leaves ``e_s``, coarse to fine).
+        """
+        q = self.vae.quantize
+        tokens = rollout.actions.to(self.device)
+        last = self.patch_nums[-1]
+        inputs = []
+        f_hat = q.embedding.weight.new_zeros(tokens.shape[0], q.Cvae, last, last)  # as decode
+        for si, (ids, pn) in enumerate(zip(self.vae.split_scales(tokens), self.patch_nums)):
+            e = q.embedding(ids).detach().transpose(1, 2).reshape(ids.shape[0], q.Cvae, pn, pn)
+            e.requires_grad_(True)
+            inputs.append(e)
+            h = e if si == q.num_scales - 1 else F.interpolate(e, size=(last, last),
+                                                               mode='bicubic')
+            f_hat = f_hat + q.phi(si)(h)
+        x = self.vae.decoder(self.vae.post_quant_conv(f_hat)).clamp(-1, 1)
+        return (x + 1) * 0.5, inputs
+
     def embed_actions(self, rollout: Rollout) -> Tensor:
         """``[B, L, Cvae]`` VQVAE codebook vectors of the sampled tokens (not normalised: VAR's
         codebook has ``using_znorm=False``; normalise for cosine similarities)."""
