@@ -11,7 +11,8 @@ then ``tools/eval.py`` evaluates its last checkpoint with the same evaluation se
 (``--eval-seed``, default 0: common random numbers, so arms differ only by their weights). What
 is worth committing next to a claim goes to ``OUT/<arm>/seed<S>/``: ``scalars.json`` (every
 logged scalar per iteration), ``eval.json`` and ``run.json`` (command, seconds, threads,
-machine, commit); checkpoints and logs stay in ``OUT/work/`` (not for the repository).
+machine, commit); checkpoints and logs stay in ``--work`` (default ``OUT/work/``; not for the
+repository).
 ``OUT/summary.json``, ``OUT/summary.md`` (mean, sample standard deviation and every seed's
 value per metric) and ``OUT/curves.png`` (per-arm mean with the min-max band across seeds) are
 rebuilt from those files at the end, so a finished run is never repeated: rerun the command to
@@ -43,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='an arm: a name and a training config (repeat for each arm)')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--out', required=True, help='results directory')
+    p.add_argument('--work', default=None,
+                   help='checkpoints and logs (default OUT/work; keep it out of the repository)')
     p.add_argument('--jobs', type=int, default=1, help='runs at a time (default 1)')
     p.add_argument('--threads', type=int, default=1, help='OMP_NUM_THREADS of every run')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
@@ -88,7 +91,7 @@ def _cpu() -> str:
 def run_one(args, arm: str, config: str, seed: int) -> dict:
     """Train and evaluate one (arm, seed); skip what is already done. Returns its run record."""
     res = os.path.join(args.out, arm, f'seed{seed}')
-    work = os.path.join(args.out, 'work', arm, f'seed{seed}')
+    work = os.path.join(args.work or os.path.join(args.out, 'work'), arm, f'seed{seed}')
     record_path = os.path.join(res, 'run.json')
     if os.path.isfile(record_path) and os.path.isfile(os.path.join(res, 'eval.json')):
         return json.load(open(record_path))
