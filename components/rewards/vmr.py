@@ -118,6 +118,7 @@ class VMRReward(RewardHead, Stateful):
         self.needs_reference = bool(getattr(inner, 'needs_reference', False))
 
     def __repr__(self) -> str:
+        """The inner head and the settings."""
         return (f'VMRReward({self.head!r}, num_completions={self.num_completions}, '
                 f'eta={self.eta}, include_rollout={self.include_rollout})')
 
@@ -128,9 +129,11 @@ class VMRReward(RewardHead, Stateful):
 
     # -- a stateful inner head is checkpointed through the wrapper -----------------------------
     def state_dict(self) -> dict:
+        """The inner head's state (empty if it has none)."""
         return self.head.state_dict() if isinstance(self.head, Stateful) else {}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the inner head's state."""
         if isinstance(self.head, Stateful):
             self.head.load_state_dict(state)
 
@@ -163,6 +166,9 @@ class VMRReward(RewardHead, Stateful):
                                stop_at_step=sampler.split_step, rng=rng, ctx=ctx)
 
     def __call__(self, rollout: Rollout, ctx: Optional[RewardContext] = None) -> RewardOutput:
+        """Suffix phase: the inner output; prefix phase: ``scores = V = eta log mean_k
+        exp(R_k / eta)`` over the rollout's own R (with ``include_rollout``) and the
+        completions' (module doc)."""
         sampler = self._sampler(ctx)
         phase = sampler.phase(ctx.iteration)
         own = self._score(rollout, ctx)

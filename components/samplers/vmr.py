@@ -81,6 +81,7 @@ class VMRSampler(Sampler):
         self.suffix_updates = int(suffix_updates)
 
     def __repr__(self) -> str:
+        """The inner sampler and the settings."""
         return (f'VMRSampler({self.inner!r}, split_step={self.split_step}, '
                 f'prefix_updates={self.prefix_updates}, suffix_updates={self.suffix_updates})')
 
