@@ -305,3 +305,38 @@ def test_docstring_examples():
     from vargo.components.token_selectors import mask_propagation
     for mod in (mask_propagation, differentiable):
         assert doctest.testmod(mod).failed == 0, mod.__name__
+
+
+def test_in_a_training_run_with_panw(tmp_path):
+    """A toy run: MP reads the head's regions for its rows inside the loop, composed after PANW
+    (on the toy's raster policy PANW is a no-op and MP uses 'per_sample')."""
+    import os
+
+    from conftest import ROOT
+    from toy_components import RecordingSelector
+    from vargo.core.runner import build_runner, load_config, prepare_config
+    toy = os.path.join(ROOT, 'tests', 'configs', 'toy_grpo.py')
+    cfg = load_config(toy, {
+        'rewards': dict(_delete_=True, r=dict(type='ToyRegionReward')),
+        'token_selectors': dict(_delete_=True,
+                                panw=dict(type='ScaleAreaReweightSelector', alpha=0.7),
+                                mp=dict(type='MaskPropagationSelector', head='r',
+                                        background=0.1),
+                                rec=dict(type='RecordingSelector')),
+        'train_cfg.max_iters': 1, 'train_cfg.mu': 1, 'default_hooks.checkpoint.interval': 100,
+        'default_hooks.image_grid.preview_conditions': 0})
+    cfg = prepare_config(cfg, config_path=toy, work_dir=str(tmp_path))
+    cfg.experiment_name = 'mp'
+    RecordingSelector.seen.clear()
+    runner = build_runner(cfg)
+    runner.train()
+    assert len(RecordingSelector.seen) == 2
+    mp = runner.model.token_selectors['mp']
+    for rec in RecordingSelector.seen:
+        r, rewards = rec['rollout'], rec['rewards']
+        adv = Advantages({'a': torch.zeros(r.batch_size, 1)}, {'a': 1.0}, rewards=rewards)
+        tw = select(mp, r, adv)
+        inside = propagate_mask(rewards['r'].regions.float(), r.action_pos)
+        empty = ~rewards['r'].regions.flatten(1).any(1)
+        gate = torch.where(inside | empty[:, None], 1.0, 0.1)
+        assert torch.allclose(tw.pg, gate / gate.mean(1, keepdim=True))
