@@ -384,8 +384,10 @@ def reward_regions(boxes: np.ndarray, detections: list[list[DetectedObject]],
         out[i] = (r.T @ c) > 0                                               # union of boxes
         found = _found(detections[i])
         for clause in specs[i].clauses:
-            asked = {ObjectClause: 1, CountClause: getattr(clause, 'count', 0)}.get(type(clause))
-            if asked and len(found.get((clause.colour, clause.shape), ())) < asked:
+            if isinstance(clause, PositionClause):
+                continue
+            asked = clause.count if isinstance(clause, CountClause) else 1
+            if len(found.get((clause.colour, clause.shape), ())) < asked:
                 out[i] = 1.0                                  # a missing object could go anywhere
                 break
     return out
