@@ -174,18 +174,20 @@ class RLAlgorithm(BaseModel):
                  ctx: Union[IterationContext, BatchRNG, None] = None) -> Rollout:
         """Sample ``group_size`` samples for every condition (one row per group in ``cond``).
 
-        ``ctx``: the iteration's context (its ``rng`` is the sampling noise), or a bare
-        :class:`BatchRNG`, or None (noise from torch's global generator).
+        ``ctx``: the iteration's context (its ``rng`` is the sampling noise; the training
+        sampler draws), or a bare :class:`BatchRNG` or None (noise from torch's global generator;
+        outside a training iteration, so the sampler's
+        :meth:`~vargo.core.interfaces.Sampler.evaluation_sampler` draws).
         """
         if isinstance(ctx, IterationContext):
-            rng = ctx.rng
+            rng, sampler = ctx.rng, self.sampler
         else:
-            rng, ctx = ctx, None
+            rng, ctx, sampler = ctx, None, self.sampler.evaluation_sampler()
         was_training = self.policy.training
         self.policy.eval()
         try:
             cond = self.policy.encode_conditions(cond.to(self.device))
-            rollout = self.sampler.rollout(self.policy, cond, group_size=self.group_size, rng=rng,
+            rollout = sampler.rollout(self.policy, cond, group_size=self.group_size, rng=rng,
                                            ctx=ctx)
         finally:
             self.policy.train(was_training)

@@ -177,6 +177,15 @@ def check_cfg_scale(value, where: str) -> None:
         raise UsageError(f'{where}: {e}') from None
 
 
+def family_sampler_cfg(sampler_cfg):
+    """The config dict of the sampler that draws the samples: ``sampler_cfg`` itself, or for a
+    wrapper sampler (one that holds its sampler's config under ``sampler``) the innermost one,
+    where settings such as ``cfg_scale`` live."""
+    while isinstance(sampler_cfg.get('sampler'), dict):
+        sampler_cfg = sampler_cfg['sampler']
+    return sampler_cfg
+
+
 def policy_conditioning(policy) -> tuple[str, Optional[int]]:
     """``('text', None)`` for a policy conditioned on prompts, ``('class', num_classes)`` for a
     class-conditional one (``num_classes`` None when the policy does not say).

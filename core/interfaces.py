@@ -89,6 +89,12 @@ class Sampler(abc.ABC):
     def logprob_spec(self) -> LogprobSpec:
         """The distribution ``logp_old`` is recorded under (policy evaluation must match it)."""
 
+    def evaluation_sampler(self) -> 'Sampler':
+        """The sampler that draws samples outside training iterations (evaluation, previews,
+        ``tools/sample.py``): this one, or for a wrapper that changes what training iterations
+        sample (a schedule of partial rollouts) the sampler it wraps."""
+        return self
+
     def check_policy(self, policy: Policy) -> None:
         """Raise ``ValueError`` naming the fix when this sampler cannot sample ``policy``.
 
@@ -107,6 +113,12 @@ class RewardHead(abc.ABC):
 
     #: distribution-level heads see the whole batch of all ranks and may keep state
     distribution_level: bool = False
+
+    def evaluation_head(self) -> 'RewardHead':
+        """The head that scores samples outside training iterations (``tools/eval.py``): this
+        one, or for a wrapper that changes what training iterations are rewarded with (VMR's
+        prefix values) the head it wraps."""
+        return self
 
     @abc.abstractmethod
     def __call__(self, rollout: Rollout, ctx: RewardContext) -> RewardOutput:

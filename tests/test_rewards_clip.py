@@ -274,3 +274,22 @@ def test_head_is_frozen_and_not_in_the_trained_model(trained_ckpt):
     out = model.score(rollout, iteration=0)['clip']                  # 16 px toy images
     assert out.scores.shape == (4,) and torch.isfinite(out.scores).all()
     assert not head.model.training and all(not p.requires_grad for p in head.model.parameters())
+
+
+def test_differentiable_scores_equal_the_scores_and_reach_the_pixels():
+    """MP's saliency source: the same values as the head's scores, a gradient on the images
+    (the 8-bit rounding passes it straight through) and none on the frozen scorer."""
+    from vargo.core.types import Conditions, Rollout
+    head = ClipScoreReward(arch=TINY_VIT, random_init=True, class_names='shapes')
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 32, 32, generator=g)
+    r = Rollout(Conditions(class_ids=torch.tensor([0, 1, 2])), torch.arange(3),
+                torch.zeros(3, 1, dtype=torch.long), torch.zeros(3, 1),
+                torch.ones(3, 1, dtype=torch.bool), torch.zeros(1, dtype=torch.long),
+                torch.zeros(1, 2, dtype=torch.long), images=images)
+    x = images.clone().requires_grad_(True)
+    diff = head.differentiable_scores(x, r)
+    assert torch.allclose(diff.detach(), head(r).scores, atol=1e-5)
+    diff.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in head.model.parameters())

@@ -335,3 +335,25 @@ def test_two_iteration_var_run_covers_both_phases(tmp_path):
     for key in ('vmr/value_mean', 'vmr/completion_seconds', 'vmr/terminal_mean'):
         assert f'train/reward/shapes/{key}' in runner.message_hub.log_scalars, key
     assert runner.message_hub.log_scalars['train/policy/logp_mismatch_max'].current() < 1e-3
+
+
+def test_outside_training_the_wrapped_sampler_and_head_draw_and_score(tmp_path):
+    """Evaluation, previews and tools/sample.py draw whole samples with the family sampler and
+    score them with the wrapped head (no VMR schedule, no completions); --cfg-scale reaches the
+    family sampler's settings."""
+    sampler = vmr_sampler(prefix_updates=3)
+    assert sampler.evaluation_sampler() is sampler.inner
+    head = VMRReward(head=dict(type='ShapesEvalReward', task='c2i'), num_completions=2)
+    assert head.evaluation_head() is head.head
+    for tool, extra in (('sample.py', ['--out', str(tmp_path / 's.png')]),
+                        ('eval.py', ['--max-conditions', '1', '--samples-per-condition', '2',
+                                     '--no-fidelity', '--out', str(tmp_path / 'ev')])):
+        proc = subprocess.run(
+            [sys.executable, os.path.join(ROOT, 'tools', tool),
+             os.path.join(ROOT, 'configs', 'var_rl', 'var_vmr_shapes.py'), '--cfg-scale', '1.5',
+             *extra], cwd=ROOT, capture_output=True, text=True, timeout=300,
+            env=dict(os.environ, OMP_NUM_THREADS='1'))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    record = json.load(open(tmp_path / 'ev' / 'eval.json'))
+    assert record['cfg_scale'] == 1.5 and 'shapes/strict' in record['results']['train']

@@ -117,7 +117,7 @@ import fid_stats  # noqa: E402
 from vargo.components.metrics import frechet  # noqa: E402
 from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
                             UsageError, cfg_scale, check_cfg_scale, checkpoint_file, fail,
-                            load_policy_checkpoint, positive_int)
+                            family_sampler_cfg, load_policy_checkpoint, positive_int)
 
 FIDELITY_METRICS = ('fid', 'isc', 'kid', 'prc')
 FIDELITY_KEYS = ('extractor', 'task', 'weights_path', 'feature_layer', 'reference_stats',
@@ -209,7 +209,8 @@ def evaluate_split(model, dataset, *, per_condition: int, batch_conditions: int,
     everything = Rollout.cat(rollouts)
     metrics = {'num_conditions': n, 'num_samples': everything.batch_size}
     ctx = model.reward_context(0)
-    metrics.update(score_heads(model.reward_heads, everything, ctx))
+    heads = {name: head.evaluation_head() for name, head in model.reward_heads.items()}
+    metrics.update(score_heads(heads, everything, ctx))
     metrics.update(score_heads(metric_heads or {}, everything, ctx))
     if entropies:
         ent = torch.cat(entropies)
@@ -570,19 +571,19 @@ def main(argv=None) -> int:
         if len(set(scales)) != len(scales):
             raise UsageError(f'--cfg-scales: {" ".join(f"{s:g}" for s in scales)} repeats a '
                              f'scale; give each scale once')
+        drawing = family_sampler_cfg(cfg.model.sampler)
         if scales[0] is not None:
-            cfg.model.sampler.cfg_scale = scales[0]
-        elif cfg.model.sampler.get('cfg_scale') is not None:
-            check_cfg_scale(cfg.model.sampler.cfg_scale, 'sampler.cfg_scale (config or '
-                                                         '--cfg-options)')
+            drawing.cfg_scale = scales[0]
+        elif drawing.get('cfg_scale') is not None:
+            check_cfg_scale(drawing.cfg_scale, 'sampler.cfg_scale (config or --cfg-options)')
     except (ConfigError, FileNotFoundError, UsageError) as e:
         return fail(e)
     # -- build (models, metric heads, extractor, samplers), still before sampling ---------------
     try:
         with DefaultScope.overwrite_default_scope('vargo'):
             model = MODELS.build(cfg.model)
-            samplers = [model.sampler] + [
-                checked_build(dict(cfg.model.sampler, cfg_scale=s), SAMPLERS) for s in scales[1:]]
+            samplers = [model.sampler.evaluation_sampler()] + [
+                checked_build(dict(drawing, cfg_scale=s), SAMPLERS) for s in scales[1:]]
         if args.checkpoint:
             load_policy_checkpoint(model.policy, args.checkpoint)
         metric_heads = build_metric_heads(eval_cfg.get('metric_heads') or {})

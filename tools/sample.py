@@ -21,8 +21,8 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
                             UsageError, cfg_scale, check_cfg_scale, check_conditions,
-                            checkpoint_file, fail, load_policy_checkpoint, non_empty_text,
-                            non_negative_int, positive_int)
+                            checkpoint_file, fail, family_sampler_cfg, load_policy_checkpoint,
+                            non_empty_text, non_negative_int, positive_int)
 
 
 def parse_args(argv=None):
@@ -62,11 +62,11 @@ def main(argv=None) -> int:
     try:
         cfg = assemble(load_config(args.config, args.cfg_options))
         check_files(cfg)
+        drawing = family_sampler_cfg(cfg.model.sampler)
         if args.cfg_scale is not None:
-            cfg.model.sampler.cfg_scale = args.cfg_scale
-        elif cfg.model.sampler.get('cfg_scale') is not None:
-            check_cfg_scale(cfg.model.sampler.cfg_scale, 'sampler.cfg_scale (config or '
-                                                         '--cfg-options)')
+            drawing.cfg_scale = args.cfg_scale
+        elif drawing.get('cfg_scale') is not None:
+            check_cfg_scale(drawing.cfg_scale, 'sampler.cfg_scale (config or --cfg-options)')
     except (ConfigError, FileNotFoundError, UsageError) as e:
         return fail(e)
     cfg.model.group_size = max(2, args.per_condition)

@@ -104,7 +104,7 @@ def _resized_size(h: int, w: int, size: tuple[int, int], resize_mode: str) -> tu
 def clip_preprocess(images: Tensor, *, size: Union[int, Sequence[int]], mean: Sequence[float],
                     std: Sequence[float], resize_mode: str = 'shortest',
                     interpolation: str = 'bicubic', antialias: bool = True,
-                    quantize: bool = True, clamp: bool = True) -> Tensor:
+                    quantize: bool = True, clamp: bool = True, keep_grad: bool = False) -> Tensor:
     """CLIP preprocessing of float images on tensors, batched (see the module docstring).
 
     Args:
@@ -117,6 +117,7 @@ def clip_preprocess(images: Tensor, *, size: Union[int, Sequence[int]], mean: Se
         antialias: low-pass filter when downsampling (PIL and torchvision >= 0.17 do).
         quantize: round to 8 bits first (``round(255 x) / 255``), as for a saved image.
         clamp: clamp the resized image to [0, 1] (PIL's 8-bit output is clamped).
+        keep_grad: keep the autograd graph to ``images`` (default: detached).
 
     Returns:
         ``[B, 3, h, w]`` float32 normalised images, on the input's device.
@@ -135,7 +136,7 @@ def clip_preprocess(images: Tensor, *, size: Union[int, Sequence[int]], mean: Se
         raise ValueError(f"interpolation={interpolation!r} is not one of 'bicubic' (CLIP), "
                          f"'bilinear'")
     size = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
-    x = images.detach().float()
+    x = images.float() if keep_grad else images.detach().float()
     if quantize:
         x = (x * 255.0).round().clamp(0.0, 255.0) / 255.0
     h, w = x.shape[-2:]
@@ -477,6 +478,23 @@ class ClipScoreReward(RewardHead):
                 f = model.encode_image(x)
             outs.append(F.normalize(f.float(), dim=-1))
         return torch.cat(outs)
+
+    def differentiable_scores(self, images: Tensor, rollout: Rollout,
+                              ctx: Optional[RewardContext] = None) -> Tensor:
+        """``[B]`` scores of ``images`` against ``rollout``'s conditions, differentiable in
+        ``images`` (the scorer stays frozen): the saliency source of mask propagation
+        (docs/methods/var_rl.md, section 3). The values equal :meth:`__call__`'s; the 8-bit
+        rounding of the preprocessing passes the gradient straight through."""
+        model = self._model_on(images.device)
+        txt = self.text_features(self.condition_keys(rollout), images.device)     # [B, D]
+        settings = dict(self.preprocess)
+        x = images
+        if settings.pop('quantize', True):
+            x = x + ((x * 255.0).round().clamp(0.0, 255.0) / 255.0 - x).detach()
+        x = clip_preprocess(x, quantize=False, keep_grad=True, **settings)
+        with self._autocast(images.device):
+            f = model.encode_image(x)
+        return self.scale * (F.normalize(f.float(), dim=-1) * txt).sum(-1)
 
     @torch.no_grad()
     def __call__(self, rollout: Rollout, ctx: Optional[RewardContext] = None) -> RewardOutput:

@@ -117,6 +117,10 @@ class VMRReward(RewardHead, Stateful):
         self.include_rollout = include_rollout
         self.needs_reference = bool(getattr(inner, 'needs_reference', False))
 
+    def evaluation_head(self) -> RewardHead:
+        """The wrapped head: evaluation scores finished samples with their terminal reward."""
+        return self.head.evaluation_head()
+
     def __repr__(self) -> str:
         """The inner head and the settings."""
         return (f'VMRReward({self.head!r}, num_completions={self.num_completions}, '

@@ -103,6 +103,10 @@ class VMRSampler(Sampler):
         return self.phase(0 if ctx is None else ctx.iteration)
 
     # ---- delegation -------------------------------------------------------------------------
+    def evaluation_sampler(self) -> Sampler:
+        """The wrapped sampler: evaluation and previews draw whole samples, no VMR schedule."""
+        return self.inner.evaluation_sampler()
+
     def logprob_spec(self) -> LogprobSpec:
         """The inner sampler's spec."""
         return self.inner.logprob_spec()
