@@ -64,6 +64,8 @@ def shrink(cfg):
         policy['num_classes'] = min(policy['num_classes'], 1000)
     for head in cfg.rewards.values():
         shrink_reward(head)
+    if cfg.sampler.get('type') == 'VMRSampler':
+        cfg.sampler['split_step'] = 1       # the tiny policies have few decode steps
     for reg in cfg.get('regularizers', {}).values():
         if reg and 'vocab_size' in reg:
             reg['vocab_size'] = policy['vocab_size']
@@ -84,6 +86,8 @@ def shrink_reward(head):
             shrink_reward(sub)
     elif head['type'] == 'StageEntropyBonus':
         shrink_reward(head['base'])
+    elif head['type'] == 'VMRReward':
+        shrink_reward(head['head'])
     elif head['type'] in TINY_REWARDS:
         head.update(TINY_REWARDS[head['type']])
         if head['type'] == 'LooFidReward':
