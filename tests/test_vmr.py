@@ -357,3 +357,27 @@ def test_outside_training_the_wrapped_sampler_and_head_draw_and_score(tmp_path):
     import json
     record = json.load(open(tmp_path / 'ev' / 'eval.json'))
     assert record['cfg_scale'] == 1.5 and 'shapes/strict' in record['results']['train']
+
+
+def test_vmr_split_table_attributes_a_first_token_reward_to_every_prefix():
+    """tools/vmr_split.py: a reward that only reads the first scale's token is decided by every
+    prefix (explained 1, no completion disagrees); one that reads the last scale is not."""
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import vmr_split
+    from vargo.components.samplers import NextScaleSampler
+
+    class FirstToken(RewardHead):
+        def __call__(self, rollout, ctx=None):
+            return RewardOutput(scores=rollout.actions[:, 0].float())
+
+    class LastScale(RewardHead):
+        def __call__(self, rollout, ctx=None):
+            return RewardOutput(scores=rollout.actions[:, -16:].float().mean(1))
+
+    policy, sampler = tiny_policy(), NextScaleSampler(**SAMPLING, decode_images=False)
+    cond = policy.encode_conditions(Conditions(class_ids=torch.arange(12) % 18))
+    rows = vmr_split.split_table(policy, sampler, FirstToken(), cond, completions=4, seed=0)
+    assert [r['m'] for r in rows] == [1, 2]
+    assert all(math.isclose(r['explained'], 1.0) and r['disagree'] == 0.0 for r in rows)
+    rows = vmr_split.split_table(policy, sampler, LastScale(), cond, completions=4, seed=0)
+    assert all(r['explained'] < 0.5 and r['disagree'] > 0.5 for r in rows)

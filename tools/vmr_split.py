@@ -57,9 +57,9 @@ def split_table(policy, sampler, head, cond, *, completions: int, seed: int) -> 
                                stop_at_step=m, rng=BatchRNG(seed, m, n * completions, rank=0,
                                                             world_size=1))
         r = head(comp).scores.view(n, completions).double()
-        total = r.var()
-        within = r.var(dim=1).mean()
-        between = r.mean(dim=1).var() - within / completions
+        total = r.var(unbiased=False)                      # = var_p(mean) + mean_p var_k
+        within = r.var(dim=1).mean()                       # unbiased within-prefix variance
+        between = r.mean(dim=1).var(unbiased=False) - within / completions
         rows.append(dict(m=m, explained=float(between / total) if total > 0 else float('nan'),
                          disagree=float((r.std(dim=1) > 0).double().mean()),
                          mean=float(r.mean())))
