@@ -64,6 +64,9 @@ def shrink(cfg):
         policy['num_classes'] = min(policy['num_classes'], 1000)
     for head in cfg.rewards.values():
         shrink_reward(head)
+    for selector in cfg.get('token_selectors', {}).values():
+        if selector and selector.get('saliency_reward'):
+            shrink_reward(selector['saliency_reward'])
     if cfg.sampler.get('type') == 'VMRSampler':
         cfg.sampler['split_step'] = 1       # the tiny policies have few decode steps
     for reg in cfg.get('regularizers', {}).values():
