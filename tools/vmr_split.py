@@ -39,12 +39,16 @@ def parse_args(argv=None):
     p.add_argument('--prefixes', type=positive_int, default=72)
     p.add_argument('--completions', type=positive_int, default=8,
                    help='completions per prefix, >= 2 (default 8)')
+    p.add_argument('--splits', type=positive_int, nargs='+', default=None, metavar='M',
+                   help='the splits to measure (default every one; a raster model has one per '
+                        'token, so give e.g. the row starts 8 16 24 32)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, default=[])
     return p.parse_args(argv)
 
 
-def split_table(policy, sampler, head, cond, *, completions: int, seed: int) -> list[dict]:
+def split_table(policy, sampler, head, cond, *, completions: int, seed: int,
+                splits=None) -> list[dict]:
     """One row per split ``m``: ``m``, ``explained`` (prefix share of the reward variance),
     ``disagree`` (fraction of prefixes with reward spread) and ``mean`` (mean reward)."""
     from vargo.core.rng import BatchRNG
@@ -52,7 +56,10 @@ def split_table(policy, sampler, head, cond, *, completions: int, seed: int) -> 
     base = sampler.rollout(policy, cond, group_size=1, rng=BatchRNG(seed, 0, n, rank=0,
                                                                     world_size=1))
     rows = []
-    for m in range(1, sampler.num_steps_of(policy)):
+    num_steps = sampler.num_steps_of(policy)
+    for m in (splits or range(1, num_steps)):
+        if not 0 < m < num_steps:
+            raise UsageError(f'--splits {m}: a split keeps 1 to {num_steps - 1} decode steps')
         comp = sampler.rollout(policy, base.cond, group_size=completions, prefix=base,
                                stop_at_step=m, rng=BatchRNG(seed, m, n * completions, rank=0,
                                                             world_size=1))
@@ -92,8 +99,11 @@ def main(argv=None) -> int:
     head = next(iter(model.reward_heads.values())).evaluation_head()
     items = [dataset[i % len(dataset)] for i in range(args.prefixes)]
     cond = policy.encode_conditions(conditions_from_batch(default_collate(items)))
-    rows = split_table(policy, sampler, head, cond, completions=args.completions,
-                       seed=args.seed)
+    try:
+        rows = split_table(policy, sampler, head, cond, completions=args.completions,
+                           seed=args.seed, splits=args.splits)
+    except UsageError as e:
+        return fail(e)
     unit = getattr(sampler, 'step_unit', 'steps')
     print(f'{args.prefixes} prefixes x {args.completions} completions, reward '
           f'{next(iter(model.reward_heads))!r}; m = {unit} kept')
