@@ -95,7 +95,8 @@ class MARExtras(FamilyExtras):
         z: ``[B, N, C]`` conditional AR latent of each token at its commit step (the latent of
             every step that conditions an action; detached).
         z_uncond: ``[B, N, C]`` unconditional latent at the commit step (CFG rollouts), or None.
-        x_t: ``[B, A, D]`` chain state before each transition (``actions`` is the state after).
+        x_t: ``[B, A, D]`` chain state before each transition (``actions`` is the state after);
+            with ``mte_chains = S > 0``: ``[B, (1 + S) A_0, D]``, see below.
         x0_pred: ``[B, S, N, D]`` each AR step's ``t = 0`` head sample for every token (still
             masked tokens: a fresh full chain from that step's latent; committed tokens: their
             value), or None when the sampler does not record predictions.
@@ -110,6 +111,18 @@ class MARExtras(FamilyExtras):
             :class:`~vargo.components.modules.diffusion.FlowSDESchedule`) (shared).
         selection: the (AR step, diffusion step) pairs :meth:`MARPolicy.evaluate` recomputes when
             called without ``select`` (None: all pairs).
+        mte_chains: ``S``, the extra head chains per token drawn after the rollout for MAR-GRPO's
+            multi-trajectory expectation (``MaskedSampler(mte_chains=S)``; 0: none) (shared).
+        mte_x0: ``[B, S, N, D]`` the final sample ``x0`` of each extra chain (the tokens'
+            uncertainty), or None.
+
+    Action layout with ``S = mte_chains > 0`` (chain-major blocks of ``A_0 = N K``): the rollout
+    has ``A = (1 + S) A_0`` actions; action ``c A_0 + j K + k`` is transition ``k`` of token
+    ``j`` in chain ``c`` (``c = 0`` the rollout's own chain, the one decoded and rewarded;
+    ``c = 1 .. S`` the extra chains, drawn from fresh noise conditioned on the same commit-step
+    latent ``z``). ``actions``, ``logp_old``, ``action_mask``, ``action_step``, ``action_pos``,
+    ``x_t`` and ``log_variance`` all follow it, so ``view(B, 1 + S, N, K, ...)`` separates the
+    chains. With ``S = 0`` the layout is the plain ``A = N K`` one.
     """
 
     orders: Optional[Tensor] = None
@@ -128,12 +141,19 @@ class MARExtras(FamilyExtras):
     head_sampler: str = 'ddpm'
     sde_noise_level: Optional[float] = None
     selection: Optional[MARSelection] = None
+    mte_chains: int = 0
+    mte_x0: Optional[Tensor] = None
 
     batch_fields: ClassVar[tuple[str, ...]] = ('orders', 'commit_step', 'tokens', 'z', 'z_uncond',
-                                               'x_t', 'x0_pred', 'log_variance')
+                                               'x_t', 'x0_pred', 'log_variance', 'mte_x0')
 
     @property
     def num_transitions(self) -> int:
         """K = num_sampling_steps - 1 stochastic transitions per token."""
         return self.num_sampling_steps - 1
+
+    @property
+    def num_chains(self) -> int:
+        """``1 + mte_chains``: the chain blocks on the action axis (see the layout above)."""
+        return 1 + int(self.mte_chains)
 

@@ -50,6 +50,12 @@ sample ``G`` times in its order, keeping the tokens of its first ``m`` AR steps 
 :meth:`MaskedSampler.extra_chains` redraws ``S`` full chains for every token from fresh noise,
 conditioned on the token's recorded commit-step latent, guided as the rollout was (MAR-GRPO's
 multi-trajectory expectation; the official code's unguided MTE chains are a bug we do not copy).
+With ``MaskedSampler(mte_chains=S)`` every rollout appends these chains to its action axis
+(``A = (1 + S) N K``, chain-major blocks, layout in
+:class:`~vargo.components.modules.masked.MARExtras`), so :meth:`MARPolicy.evaluate` recomputes
+their log-probs in the same forward as the rollout's own chain and the
+``MultiTrajectorySelector`` token selector turns the single-chain surrogate into the mean over
+the chains for the selected tokens.
 
 Policy protocol: :class:`MaskedDecoding` is all the sampler calls (``seq_len``, ``token_dim``,
 ``latent_dim``, ``device``, ``encode_conditions``, ``class_embedding``, ``null_class_embedding``,
@@ -160,13 +166,20 @@ class MARChains:
 
     def as_rollout(self, rollout: Rollout, s: int) -> Rollout:
         """``rollout`` with chain ``s`` in place of the sampled chains (same tokens, orders and
-        latents), for :meth:`MARPolicy.evaluate` of the extra chain."""
+        latents), for :meth:`MARPolicy.evaluate` of the extra chain (a rollout that carries
+        its own MTE chains, ``extras.mte_chains > 0``, keeps its first block's mask and steps
+        and drops the others)."""
         if not 0 <= s < self.num_chains:
             raise ValueError(f'chain index {s} is not in [0, {self.num_chains})')
+        a0 = self.x_t.shape[2]
         extras = dataclasses.replace(rollout.extras, x_t=self.x_t[:, s], log_variance=None
-                                     if self.log_variance is None else self.log_variance[:, s])
+                                     if self.log_variance is None else self.log_variance[:, s],
+                                     mte_chains=0, mte_x0=None)
         return dataclasses.replace(rollout, actions=self.actions[:, s],
-                                   logp_old=self.logp_old[:, s], extras=extras)
+                                   logp_old=self.logp_old[:, s], extras=extras,
+                                   action_mask=rollout.action_mask[:, :a0],
+                                   action_step=rollout.steps()[:, :a0],
+                                   action_pos=rollout.action_pos[..., :a0, :])
 
 
 @SAMPLERS.register_module()
@@ -198,6 +211,14 @@ class MaskedSampler(RolloutSampler):
             recomputes; the others keep ``logp_old`` (ratio 1, no gradient). Pair it with the
             ``EvaluatedActionsSelector`` token selector so the loss averages over the evaluated
             transitions only. None (default): every transition is evaluated.
+        mte_chains: ``S`` extra head chains per token for MAR-GRPO's multi-trajectory
+            expectation (NOVA 3, Harmon 5; 0, the default: none). After each rollout (and after
+            its ``selection`` draw) :meth:`extra_chains` draws them, vectorised over the chains,
+            from the rollout's ``rng`` (rank-invariant), and they are appended to the action
+            axis (``A = (1 + S) N K``; layout in
+            :class:`~vargo.components.modules.masked.MARExtras`, final samples in
+            ``extras.mte_x0``). They are neither decoded nor rewarded; pair with the
+            ``MultiTrajectorySelector`` token selector, which sets their loss weights.
 
     Examples:
         >>> s = MaskedSampler(num_iter=64, num_sampling_steps=25, cfg_scale=3.0,
@@ -213,7 +234,8 @@ class MaskedSampler(RolloutSampler):
                  cfg_schedule: str, temperature: float, logprob_cfg: str,
                  record_predictions: bool = False, decode_images: bool = True,
                  head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None,
-                 loss_ar_steps: Optional[int] = None, loss_diffusion_steps: Optional[int] = None):
+                 loss_ar_steps: Optional[int] = None, loss_diffusion_steps: Optional[int] = None,
+                 mte_chains: int = 0):
         check_int('MaskedSampler', 'num_iter', num_iter, lo=1, hint='AR steps (official 64)')
         check_int('MaskedSampler', 'num_sampling_steps', num_sampling_steps, lo=2,
                   hint='head steps T (official 100; MAR-GRPO 25)')
@@ -257,6 +279,9 @@ class MaskedSampler(RolloutSampler):
                              f'{num_sampling_steps - 1} transitions per token of '
                              f'num_sampling_steps={num_sampling_steps}')
         self.loss_ar_steps, self.loss_diffusion_steps = loss_ar_steps, loss_diffusion_steps
+        check_int('MaskedSampler', 'mte_chains', mte_chains, lo=0,
+                  hint='extra head chains per token for MTE (NOVA 3, Harmon 5; 0 = off)')
+        self.mte_chains = int(mte_chains)
         self.num_iter = int(num_iter)
         self.num_sampling_steps = int(num_sampling_steps)
         self.cfg_schedule = cfg_schedule
@@ -461,8 +486,9 @@ class MaskedSampler(RolloutSampler):
                                  'this sampler\'s schedule: it was drawn with another seq_len or '
                                  'num_iter')
             tokens[given] = gx.tokens[given]       # masked positions' values are never read
-            x_t_all[given] = gx.x_t.view(b, n, kk, d)[given]
-            act_all[given] = prefix.actions.view(b, n, kk, d)[given]
+            a0 = n * kk                            # the prefix's own chain (before MTE chains)
+            x_t_all[given] = gx.x_t[:, :a0].reshape(b, n, kk, d)[given]
+            act_all[given] = prefix.actions[:, :a0].reshape(b, n, kk, d)[given]
             z_rec[given] = gx.z[given]
             need_zu = use_cfg and gx.z_uncond is None
             if use_cfg and not need_zu:
@@ -536,11 +562,45 @@ class MaskedSampler(RolloutSampler):
             extras.selection = MARSelection.sample(
                 extras, self.loss_ar_steps, self.loss_diffusion_steps,
                 generator=None if rng is None else rng.generator)
-        return Rollout(cond=cond, group_ids=torch.arange(b, device=dev),
-                       actions=act_all.view(b, n * kk, d), logp_old=logp_all.view(b, n * kk),
-                       action_mask=(~given).repeat_interleave(kk, dim=1),
-                       action_step=step, action_pos=policy.rollout_axes(kk), images=None,
-                       extras=extras, prefix_steps=kept, logp_old_cfg=spec.mode)
+        out = Rollout(cond=cond, group_ids=torch.arange(b, device=dev),
+                      actions=act_all.view(b, n * kk, d), logp_old=logp_all.view(b, n * kk),
+                      action_mask=(~given).repeat_interleave(kk, dim=1),
+                      action_step=step, action_pos=policy.rollout_axes(kk), images=None,
+                      extras=extras, prefix_steps=kept, logp_old_cfg=spec.mode)
+        if self.mte_chains:
+            out = self.append_extra_chains(policy, out, rng)
+        return out
+
+    def append_extra_chains(self, policy: Policy, rollout: Rollout,
+                            rng: Optional[BatchRNG] = None) -> Rollout:
+        """``rollout`` (a plain one, ``A_0 = N K`` actions) with :attr:`mte_chains` = ``S``
+        extra chains per token (:meth:`extra_chains`, noise ``rng.randn(S, N, T, D)`` drawn
+        after everything else the rollout drew) appended as ``S`` more chain blocks of the
+        action axis: ``actions``, ``logp_old``, ``extras.x_t`` and ``extras.log_variance``
+        become ``[B, (1 + S) A_0, ...]`` (block ``c`` = chain ``c``, ``c = 0`` the rollout's);
+        ``action_mask``, ``action_step`` and ``action_pos`` are repeated per block (an extra
+        chain of a kept prefix token stays out of the mask); ``extras.mte_chains = S`` and
+        ``extras.mte_x0 [B, S, N, D]`` the extra chains' final samples. Nothing is decoded."""
+        ex: MARExtras = rollout.extras
+        if ex.mte_chains:
+            raise ValueError(f'the rollout already carries {ex.mte_chains} MTE chains')
+        s = self.mte_chains
+        ch = self.extra_chains(policy, rollout, num_chains=s, rng=rng)
+
+        def blocks(main: Tensor, extra: Tensor) -> Tensor:    # [B, A0, ...], [B, S, A0, ...]
+            return torch.cat([main.unsqueeze(1), extra.to(main.dtype)], 1).flatten(1, 2)
+
+        extras = dataclasses.replace(
+            ex, x_t=blocks(ex.x_t, ch.x_t), log_variance=blocks(ex.log_variance, ch.log_variance),
+            mte_chains=s, mte_x0=ch.x0)
+        c = 1 + s
+        pos = rollout.action_pos
+        return dataclasses.replace(
+            rollout, actions=blocks(rollout.actions, ch.actions),
+            logp_old=blocks(rollout.logp_old, ch.logp_old),
+            action_mask=rollout.action_mask.repeat(1, c), action_step=rollout.steps().repeat(1, c),
+            action_pos=pos.repeat(c, 1) if pos.dim() == 2 else pos.repeat(1, c, 1),
+            extras=extras)
 
     # ---- MTE ------------------------------------------------------------------------------------
     @torch.no_grad()

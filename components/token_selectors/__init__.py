@@ -4,9 +4,10 @@ from .all_tokens import AllTokensSelector
 from .consistency import ConsistencySelector
 from .evaluated_actions import EvaluatedActionsSelector
 from .mask_propagation import MaskPropagationSelector
+from .multi_trajectory import MultiTrajectorySelector
 from .scale_area import ScaleAreaReweightSelector
 from .similarity_reweight import SimilarityReweightSelector
 
 __all__ = ['AllTokensSelector', 'ConsistencySelector', 'EvaluatedActionsSelector',
            'MaskPropagationSelector',
-           'ScaleAreaReweightSelector', 'SimilarityReweightSelector']
+           'MultiTrajectorySelector', 'ScaleAreaReweightSelector', 'SimilarityReweightSelector']

@@ -317,6 +317,12 @@ class MARPolicy(Policy):
         distribution (weight of step ``i`` from :func:`cfg_scales` with the rollout's schedule),
         variance from the conditional half.
 
+        A rollout with ``S = extras.mte_chains`` extra chains per token (MAR-GRPO's MTE,
+        ``MaskedSampler(mte_chains=S)``; ``A = (1 + S) N K``, chain-major, layout in
+        :class:`MARExtras`) is evaluated in the same pass: ``z_i`` is computed once per AR step
+        and the head runs on the selected transitions of all ``1 + S`` chains of the tokens
+        committed at ``i`` (the same (AR step, diffusion step) subset for every chain).
+
         Args:
             rollout: a :class:`MaskedSampler` rollout (or a minibatch of one).
             spec: the sampler's :class:`LogprobSpec`.
@@ -340,14 +346,18 @@ class MARPolicy(Policy):
         select = select if select is not None else ex.selection
         sched = self.schedule(ex.num_sampling_steps, head_sampler=ex.head_sampler,
                               sde_noise_level=ex.sde_noise_level)
-        kk = ex.num_transitions
+        kk, nc = ex.num_transitions, ex.num_chains
         cond = self.encode_conditions(rollout.cond)
         dev = self.device
         b, n, d = ex.tokens.shape
         tokens = ex.tokens.to(dev)
         commit = ex.commit_step.to(dev)
-        x_t = ex.x_t.to(dev).view(b, n, kk, d)
-        x_prev = rollout.actions.to(dev).view(b, n, kk, d)
+
+        def per_token(x: Tensor) -> Tensor:         # [B, nc N K, ...] -> [B, N, nc, K, ...]
+            return x.to(dev).view(b, nc, n, kk, *x.shape[2:]).transpose(1, 2)
+
+        x_t = per_token(ex.x_t)
+        x_prev = per_token(rollout.actions)
         ar_steps = range(ex.num_iter) if select is None else [int(i) for i in select.ar_steps]
         ks = (torch.arange(kk, device=dev) if select is None
               else torch.as_tensor(list(select.diffusion_steps), dtype=torch.long, device=dev))
@@ -356,17 +366,17 @@ class MARPolicy(Policy):
                              f'num_sampling_steps - 1 transitions per token)')
         use_cfg = spec.uses_cfg
         weights = cfg_scales(spec.cfg_scale, ex.cfg_schedule, n, ex.num_iter) if use_cfg else None
-        logp = rollout.logp_old.to(dev).detach().view(b, n, kk)
+        logp = per_token(rollout.logp_old.detach())
         stored_lv = None
         if self.logprob_sigma == 'stored':
             if ex.log_variance is None:
                 raise ValueError("logprob_sigma='stored' scores with the rollout's recorded "
                                  "variances but extras.log_variance is None: draw the rollout "
                                  "with MaskedSampler, or use logprob_sigma='recomputed'")
-            stored_lv = ex.log_variance.to(dev).detach().view(b, n, kk, d)
-        mean_all = torch.zeros(b, n, kk, d, device=dev)
-        ent = torch.zeros(b, n, kk, device=dev) if with_entropy else None
-        evaluated = torch.zeros(b, n, kk, dtype=torch.bool, device=dev)
+            stored_lv = per_token(ex.log_variance.detach())
+        mean_all = torch.zeros(b, n, nc, kk, d, device=dev)
+        ent = torch.zeros(b, n, nc, kk, device=dev) if with_entropy else None
+        evaluated = torch.zeros(b, n, nc, kk, dtype=torch.bool, device=dev)
         for i in ar_steps:
             if not 0 <= i < ex.num_iter:
                 raise ValueError(f'AR step {i} is not in [0, {ex.num_iter})')
@@ -383,33 +393,38 @@ class MARPolicy(Policy):
             else:
                 zc, zu = self.latents(tokens, mask, emb)[sel], None
             nk = ks.numel()
-            xs = x_t[sel][:, ks].reshape(-1, d)                               # [B n_i nk, D]
-            xp = x_prev[sel][:, ks].reshape(-1, d)
-            t = (kk - ks).repeat(b * n_i)
-            zc = zc.repeat_interleave(nk, dim=0)
-            zu = None if zu is None else zu.repeat_interleave(nk, dim=0)
+            xs = x_t[sel][:, :, ks].reshape(-1, d)                         # [B n_i nc nk, D]
+            xp = x_prev[sel][:, :, ks].reshape(-1, d)
+            t = (kk - ks).repeat(b * n_i * nc)
+            zc = zc.repeat_interleave(nc * nk, dim=0)   # one z per token, shared by its chains
+            zu = None if zu is None else zu.repeat_interleave(nc * nk, dim=0)
             out = self.head_transition(xs, t, zc, sched, z_uncond=zu,
                                        cfg=weights[i] if use_cfg else 1.0)
             mu = out['mean']
             # 'stored' (official MAR-GRPO): the sampler's std_dev_t, no gradient via the variance
             lv = (out['log_variance'] if stored_lv is None
-                  else stored_lv[sel][:, ks].reshape(-1, d))
+                  else stored_lv[sel][:, :, ks].reshape(-1, d))
             lp = gaussian_transition_logp(xp, mu, lv, spec.temperature)
             bi, ji = sel.nonzero(as_tuple=True)
-            bi = bi.repeat_interleave(nk)
-            ji = ji.repeat_interleave(nk)
-            ki = ks.repeat(b * n_i)
-            logp = logp.index_put((bi, ji, ki), lp)
-            mean_all = mean_all.index_put((bi, ji, ki), mu)
-            evaluated[bi, ji, ki] = True
+            bi = bi.repeat_interleave(nc * nk)
+            ji = ji.repeat_interleave(nc * nk)
+            ci = torch.arange(nc, device=dev).repeat_interleave(nk).repeat(b * n_i)
+            ki = ks.repeat(b * n_i * nc)
+            logp = logp.index_put((bi, ji, ci, ki), lp)
+            mean_all = mean_all.index_put((bi, ji, ci, ki), mu)
+            evaluated[bi, ji, ci, ki] = True
             if ent is not None:
                 log_s = 0.5 * lv + math.log(spec.temperature)
-                ent = ent.index_put((bi, ji, ki),
+                ent = ent.index_put((bi, ji, ci, ki),
                                     (log_s + 0.5 * (1 + math.log(2 * math.pi))).sum(-1))
-        return PolicyEval(logp=logp.view(b, n * kk),
-                          entropy=None if ent is None else ent.view(b, n * kk),
-                          extras={'evaluated': evaluated.view(b, n * kk),
-                                  'mean': mean_all.view(b, n * kk, d)})
+
+        def action_axis(x: Tensor) -> Tensor:       # [B, N, nc, K, ...] -> [B, nc N K, ...]
+            return x.transpose(1, 2).reshape(b, nc * n * kk, *x.shape[4:])
+
+        return PolicyEval(logp=action_axis(logp),
+                          entropy=None if ent is None else action_axis(ent),
+                          extras={'evaluated': action_axis(evaluated),
+                                  'mean': action_axis(mean_all)})
 
     def flops_per_sample(self, spec: Optional[LogprobSpec] = None,
                          rollout: Optional[Rollout] = None, *, num_iter: int = 64,
@@ -425,17 +440,19 @@ class MARPolicy(Policy):
           (qkv) + ``2 L C^2`` (proj) + ``4 L C h`` (MLP, ``h = mlp_ratio C``) + ``4 L^2 C``
           (attention); ``decoder_embed`` ``2 L C C_d``;
         * decoder: the same per block on ``buf + N`` rows at width ``C_d``;
-        * head, per evaluated transition (``n_i k`` rows): time MLP ``2 (256 W + W^2)``, cond
+        * head, per evaluated transition (``n_i k (1 + S)`` rows, ``S = extras.mte_chains``
+          extra chains): time MLP ``2 (256 W + W^2)``, cond
           and input projections ``2 W (C_d + D)``, per res-block ``4 W^2 + 6 W^2``, final layer
           ``4 W^2 + 2 W out``.
 
         With ``spec.uses_cfg`` everything counts twice (the doubled batch).
         """
         cfg = self.cfg
-        sel = None
+        sel, nc = None, 1
         if rollout is not None:
             ex: MARExtras = rollout.extras
             num_iter, num_sampling_steps, sel = ex.num_iter, ex.num_sampling_steps, ex.selection
+            nc = ex.num_chains
         n, d, buf = cfg.seq_len, cfg.token_dim, cfg.buffer_size
         c, cd, w = cfg.embed_dim, cfg.decoder_embed_dim, cfg.diffloss_w
         kk = int(num_sampling_steps) - 1
@@ -457,7 +474,7 @@ class MARPolicy(Policy):
                 continue
             enc_rows = buf + n - rem[i]
             total += (2 * n * d * c + blocks(enc_rows, c, cfg.depth) + 2 * enc_rows * c * cd
-                      + blocks(buf + n, cd, cfg.decoder_depth) + n_i * nk * head_row)
+                      + blocks(buf + n, cd, cfg.decoder_depth) + n_i * nk * nc * head_row)
         return total * (2 if spec is not None and spec.uses_cfg else 1)
 
     # ---- pretraining ---------------------------------------------------------------------------
