@@ -12,8 +12,8 @@ from conftest import ROOT
 from test_mar import COND, LOGP_ATOL, _policy, _rollout, _sampler
 from vargo.components.modules.masked import MARExtras
 from vargo.components.token_selectors import EvaluatedActionsSelector, MultiTrajectorySelector
-from vargo.components.token_selectors.multi_trajectory import (mte_weights, token_uncertainty,
-                                                               top_fraction_tokens)
+from vargo.components.modules.masked import token_uncertainty, top_fraction_tokens
+from vargo.components.token_selectors.multi_trajectory import mte_weights
 from vargo.core.objective import ObjectiveConfig, policy_loss
 from vargo.core.rng import BatchRNG
 from vargo.core.types import Advantages, Conditions, PolicyEval, Rollout
@@ -192,6 +192,54 @@ def test_extra_chains_are_on_policy_and_leave_the_rollout_unchanged(policy, cfg,
     assert single.num_actions == a0 and single.extras.mte_chains == 0
 
 
+def test_sampler_top_fraction_restricts_the_evaluated_extra_chains_not_the_loss(policy):
+    """MaskedSampler(mte_top_fraction=f): evaluate recomputes only the top-f uncertain tokens'
+    extra chains; the MTE loss and its gradient equal those of evaluating all chains."""
+    kw = dict(num_iter=4, num_sampling_steps=5, mte_chains=3, loss_ar_steps=3,
+              loss_diffusion_steps=3)
+    full = _rollout(policy, _sampler(2.0, 'rollout', **kw), seed=7)
+    sampler = _sampler(2.0, 'rollout', mte_top_fraction=0.25, **kw)
+    r = _rollout(policy, sampler, seed=7)
+    assert torch.equal(r.actions, full.actions) and full.extras.mte_tokens is None
+    b, n, kk, s = r.batch_size, r.extras.seq_len, r.extras.num_transitions, 3
+    top = r.extras.mte_tokens
+    assert torch.equal(top, top_fraction_tokens(token_uncertainty(r.extras.mte_x0), 0.25))
+    assert top.sum(1).tolist() == [4] * b                       # 25% of 16 tokens
+    spec = sampler.logprob_spec()
+    selector = MultiTrajectorySelector(selection='uncertain', top_fraction=0.25)
+    obj = ObjectiveConfig(clip_eps=0.2, ratio_level='token',
+                          aggregation='sample_mean_of_token_means')
+    adv = torch.linspace(-1, 1, b).view(b, 1).expand(b, r.num_actions)
+    losses, grads = [], []
+    for roll in (full, r):
+        policy.zero_grad(set_to_none=True)
+        ev = policy.evaluate(roll, spec=spec)
+        w = (EvaluatedActionsSelector()(roll, ev, None, None, policy=policy, group_size=2)
+             * selector(roll, ev, None, None, policy=policy, group_size=2))
+        loss, _ = policy_loss(obj, ev.logp, roll.logp_old, {'a': adv}, {'a': 1.0},
+                              roll.action_mask, w.pg)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()
+                                if p.grad is not None]))
+        e = ev.extras['evaluated'].view(b, 1 + s, n, kk)
+        if roll is r:       # extra chains evaluated on the top tokens only, main chain on all
+            assert not e[:, 1:][~top.unsqueeze(1).expand(b, s, n)].any()
+            assert torch.equal(e[:, 1:].any(-1), (e[:, :1].any(-1) & top.unsqueeze(1)
+                                                  ).expand(b, s, n))
+            torch.testing.assert_close(ev.logp, roll.logp_old, rtol=1e-4, atol=LOGP_ATOL)
+    policy.zero_grad(set_to_none=True)
+    torch.testing.assert_close(losses[0], losses[1])
+    assert float(grads[0].abs().sum()) > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+    # a selector that selects more than the sampler evaluated refuses
+    with pytest.raises(ValueError, match='mte_top_fraction'):
+        MultiTrajectorySelector(top_fraction=0.5)(r, None, None, None, policy=policy,
+                                                  group_size=2)
+    with pytest.raises(ValueError, match='mte_top_fraction'):
+        _sampler(mte_top_fraction=0.3)
+
+
 def test_stored_sigma_scores_extra_chains_with_their_variance():
     pol = _policy(seed=3, logprob_sigma='stored')
     sampler = _sampler(2.0, 'rollout', mte_chains=2)
@@ -238,6 +286,7 @@ def test_one_iteration_of_the_shapes_mar_config_with_mte(tmp_path):
     path = os.path.join(ROOT, 'configs', 'grpo', 'mar_grpo_shapes.py')
     cfg = shrink(load_config(path))
     cfg.sampler['mte_chains'] = 3
+    cfg.sampler['mte_top_fraction'] = 0.3
     cfg.token_selectors['mte'] = dict(type='MultiTrajectorySelector', selection='uncertain',
                                       top_fraction=0.3)
     cfg = prepare_config(cfg, config_path=path, work_dir=str(tmp_path))

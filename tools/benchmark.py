@@ -45,7 +45,12 @@ with ``torch.set_num_threads(--threads)``:
    (``model.iteration_context(i)``). With the ``VMRSampler`` (VMR, docs/methods/var_rl.md) the
    phases alternate by iteration; the time of the reward's prefix completions
    (``vmr/completion_seconds``, part of score) is reported per timed prefix-phase iteration
-   against that iteration's generate (``iteration.vmr``).
+   against that iteration's generate (``iteration.vmr``). With MAR-GRPO's multi-trajectory
+   expectation (``MaskedSampler(mte_chains=S)``) the time of drawing the ``S`` extra chains
+   (``append_extra_chains``, part of generate) is reported per iteration, with its share of the
+   iteration (``iteration.mte``); their evaluation in the update is part of reference and
+   train_step. The whole MTE cost is the ratio of this iteration to the same config's with
+   ``--cfg-options sampler.mte_chains=0`` and without the ``MultiTrajectorySelector``.
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -456,6 +461,17 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
     counter = iter(range(10 ** 9))
     vmr = callable(getattr(model.sampler, 'phase', None))     # VMRSampler: phases alternate
     vmr_record: list[tuple[str, float]] = []                  # (phase, completion seconds)
+    mte = int(getattr(model.sampler, 'mte_chains', 0) or 0)   # MAR-GRPO's extra head chains
+    mte_record: list[float] = []
+    if mte:
+        draw = model.sampler.append_extra_chains
+
+        def timed_draw(*a, **kw):
+            t0 = time.perf_counter()
+            out = draw(*a, **kw)
+            mte_record.append(time.perf_counter() - t0)
+            return out
+        model.sampler.append_extra_chains = timed_draw
 
     def iteration():
         i = next(counter)
@@ -484,7 +500,11 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
         record['decode_images'].append(time.perf_counter() - t0)
 
     mem.start()
-    timed(iteration, args.repeat)
+    try:
+        timed(iteration, args.repeat)
+    finally:
+        if mte:
+            del model.sampler.append_extra_chains            # the class's method again
     out: dict[str, Any] = {'group_size': g, 'samples': n_cond * g,
                            'decodes_images': bool(getattr(model.sampler, 'decode_images', False))}
     for name, values in record.items():
@@ -497,6 +517,10 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
     out['loop_split_s'] = {'rollout': med['generate'],
                            'reward': med['score'] + med['advantages'],
                            'update': med['reference'] + med['train_step']}
+    if mte:
+        chains = stats(mte_record[-args.repeat:])
+        out['mte'] = {'chains': mte, 'extra_chains_s': chains,
+                      'extra_chains_over_iteration': chains['median'] / out['total_s']['median']}
     if vmr:
         out['vmr'] = vmr_cost(model.sampler, vmr_record[-args.repeat:],
                               record['generate'][-args.repeat:])
@@ -609,6 +633,12 @@ def table(res: dict) -> str:
                          v['completion_s']['median'], v['completion_s']['min'], 's'))
             rows.append(('  VMR completions / generate', v['completion_over_generate'], None,
                          'x'))
+        mt = it.get('mte')
+        if mt:
+            rows.append((f'  MTE: {mt["chains"]} extra chains (part of generate)',
+                         mt['extra_chains_s']['median'], mt['extra_chains_s']['min'], 's'))
+            rows.append(('  MTE extra chains / iteration', mt['extra_chains_over_iteration'],
+                         None, 'x'))
         rows.append(('  peak memory', it['peak_rss_mb'], None, 'MB'))
     width = max(len(r[0]) for r in rows) + 2
     head = (f'{res["config"]}  arch={res["arch"]}  batch={res["batch"]}  threads={res["threads"]}'

@@ -16,7 +16,8 @@ from torch import Tensor
 
 from vargo.core.types import FamilyExtras
 
-__all__ = ['mask_schedule', 'cfg_scales', 'MARSelection', 'MARExtras']
+__all__ = ['mask_schedule', 'cfg_scales', 'MARSelection', 'MARExtras', 'token_uncertainty',
+           'top_fraction_tokens']
 
 
 def mask_schedule(seq_len: int, num_iter: int) -> tuple[list[int], list[float]]:
@@ -56,6 +57,21 @@ def cfg_scales(cfg: float, schedule: str, seq_len: int, num_iter: int) -> list[f
         out.append(float(1 + (cfg - 1) * (seq_len - t) / seq_len))
     return out
 
+
+def token_uncertainty(x0: Tensor) -> Tensor:
+    """MAR-GRPO's token uncertainty ``u [B, N]``: the population standard deviation
+    (``unbiased=False``) over the ``S`` chains of their final samples ``x0 [B, S, N, D]``,
+    averaged over the ``D`` channels, ``u_j = (1/D) sum_d std_s(x0^(s)_{j,d})``."""
+    return x0.float().std(dim=1, unbiased=False).mean(-1)
+
+
+def top_fraction_tokens(u: Tensor, fraction: float) -> Tensor:
+    """``[B, N]`` bool: the ``k = floor(fraction N + 1/2)`` tokens of largest ``u [B, N]`` in
+    each row; equal values are taken in raster order (a stable sort: deterministic)."""
+    b, n = u.shape
+    k = int(math.floor(float(fraction) * n + 0.5))
+    order = torch.sort(-u, dim=1, stable=True).indices[:, :k]
+    return torch.zeros(b, n, dtype=torch.bool, device=u.device).scatter_(1, order, True)
 
 
 @dataclass
@@ -115,6 +131,10 @@ class MARExtras(FamilyExtras):
             multi-trajectory expectation (``MaskedSampler(mte_chains=S)``; 0: none) (shared).
         mte_x0: ``[B, S, N, D]`` the final sample ``x0`` of each extra chain (the tokens'
             uncertainty), or None.
+        mte_tokens: ``[B, N]`` bool, the tokens whose extra chains :meth:`MARPolicy.evaluate`
+            recomputes (``MaskedSampler(mte_top_fraction=f)``: the top ``f`` uncertain tokens of
+            each image), or None: every token's. The other extra-chain transitions keep their
+            ``logp_old`` (ratio 1, no gradient) and are not marked ``evaluated``.
 
     Action layout with ``S = mte_chains > 0`` (chain-major blocks of ``A_0 = N K``): the rollout
     has ``A = (1 + S) A_0`` actions; action ``c A_0 + j K + k`` is transition ``k`` of token
@@ -143,9 +163,11 @@ class MARExtras(FamilyExtras):
     selection: Optional[MARSelection] = None
     mte_chains: int = 0
     mte_x0: Optional[Tensor] = None
+    mte_tokens: Optional[Tensor] = None
 
     batch_fields: ClassVar[tuple[str, ...]] = ('orders', 'commit_step', 'tokens', 'z', 'z_uncond',
-                                               'x_t', 'x0_pred', 'log_variance', 'mte_x0')
+                                               'x_t', 'x0_pred', 'log_variance', 'mte_x0',
+                                               'mte_tokens')
 
     @property
     def num_transitions(self) -> int:

@@ -82,7 +82,8 @@ from vargo.core.rng import BatchRNG
 from vargo.core.types import Conditions, LogprobSpec, Rollout
 
 from ..modules.diffusion import gaussian_transition_logp
-from ..modules.masked import MARExtras, MARSelection, cfg_scales, mask_schedule
+from ..modules.masked import (MARExtras, MARSelection, cfg_scales, mask_schedule,
+                              token_uncertainty, top_fraction_tokens)
 from .base import RolloutSampler
 from .checks import check_bool, check_int, check_real, check_sampling
 
@@ -219,6 +220,14 @@ class MaskedSampler(RolloutSampler):
             :class:`~vargo.components.modules.masked.MARExtras`, final samples in
             ``extras.mte_x0``). They are neither decoded nor rewarded; pair with the
             ``MultiTrajectorySelector`` token selector, which sets their loss weights.
+        mte_top_fraction: with ``mte_chains``: record in ``extras.mte_tokens`` the top
+            ``mte_top_fraction`` uncertain tokens of each image
+            (:func:`~vargo.components.modules.masked.token_uncertainty` of the extra chains'
+            ``x0``), the only tokens whose extra chains :meth:`MARPolicy.evaluate` (policy and
+            reference) then recomputes: the others' extra chains have no loss weight under
+            ``MultiTrajectorySelector(top_fraction=mte_top_fraction)``, so this saves
+            ``1 - mte_top_fraction`` of the extra chains' update work without changing the loss.
+            None (default): every token's extra chains are evaluated.
 
     Examples:
         >>> s = MaskedSampler(num_iter=64, num_sampling_steps=25, cfg_scale=3.0,
@@ -235,7 +244,7 @@ class MaskedSampler(RolloutSampler):
                  record_predictions: bool = False, decode_images: bool = True,
                  head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None,
                  loss_ar_steps: Optional[int] = None, loss_diffusion_steps: Optional[int] = None,
-                 mte_chains: int = 0):
+                 mte_chains: int = 0, mte_top_fraction: Optional[float] = None):
         check_int('MaskedSampler', 'num_iter', num_iter, lo=1, hint='AR steps (official 64)')
         check_int('MaskedSampler', 'num_sampling_steps', num_sampling_steps, lo=2,
                   hint='head steps T (official 100; MAR-GRPO 25)')
@@ -282,6 +291,14 @@ class MaskedSampler(RolloutSampler):
         check_int('MaskedSampler', 'mte_chains', mte_chains, lo=0,
                   hint='extra head chains per token for MTE (NOVA 3, Harmon 5; 0 = off)')
         self.mte_chains = int(mte_chains)
+        if mte_top_fraction is not None:
+            check_real('MaskedSampler', 'mte_top_fraction', mte_top_fraction, lo=0.0, hi=1.0,
+                       hint="MAR-GRPO's share of uncertain tokens (0.3), or None for all")
+            if not 0.0 <= float(mte_top_fraction) <= 1.0 or not self.mte_chains:
+                raise ValueError(f'mte_top_fraction={mte_top_fraction} must be in [0, 1] and '
+                                 f'needs mte_chains >= 1 (got {mte_chains})')
+            mte_top_fraction = float(mte_top_fraction)
+        self.mte_top_fraction = mte_top_fraction
         self.num_iter = int(num_iter)
         self.num_sampling_steps = int(num_sampling_steps)
         self.cfg_schedule = cfg_schedule
@@ -580,7 +597,9 @@ class MaskedSampler(RolloutSampler):
         become ``[B, (1 + S) A_0, ...]`` (block ``c`` = chain ``c``, ``c = 0`` the rollout's);
         ``action_mask``, ``action_step`` and ``action_pos`` are repeated per block (an extra
         chain of a kept prefix token stays out of the mask); ``extras.mte_chains = S`` and
-        ``extras.mte_x0 [B, S, N, D]`` the extra chains' final samples. Nothing is decoded."""
+        ``extras.mte_x0 [B, S, N, D]`` the extra chains' final samples, and with
+        :attr:`mte_top_fraction` ``extras.mte_tokens [B, N]`` the uncertain tokens whose extra
+        chains the update evaluates. Nothing is decoded."""
         ex: MARExtras = rollout.extras
         if ex.mte_chains:
             raise ValueError(f'the rollout already carries {ex.mte_chains} MTE chains')
@@ -592,7 +611,9 @@ class MaskedSampler(RolloutSampler):
 
         extras = dataclasses.replace(
             ex, x_t=blocks(ex.x_t, ch.x_t), log_variance=blocks(ex.log_variance, ch.log_variance),
-            mte_chains=s, mte_x0=ch.x0)
+            mte_chains=s, mte_x0=ch.x0,
+            mte_tokens=None if self.mte_top_fraction is None else top_fraction_tokens(
+                token_uncertainty(ch.x0), self.mte_top_fraction))
         c = 1 + s
         pos = rollout.action_pos
         return dataclasses.replace(

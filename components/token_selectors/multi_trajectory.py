@@ -37,6 +37,12 @@ the ``D`` channels, ``u_j = (1/D) sum_d std_s(x0^(s)_{j,d})``; in each image the
 ``k = floor(top_fraction N + 1/2)`` tokens of largest ``u`` are selected (ties: the lower raster
 position first). ``selection='all'`` selects every token (MTE everywhere).
 
+Cost: the policy update evaluates every token's extra chains unless the sampler restricts them
+to its top-``f`` uncertain tokens (``MaskedSampler(mte_top_fraction=f)``, recorded in
+``extras.mte_tokens``; the extra chains of the other tokens have weight 0 here anyway). With
+such a rollout the selector checks that every token it selects had its extra chains evaluated
+(``top_fraction <= f`` with the same ranking), and raises otherwise.
+
 Compose with ``EvaluatedActionsSelector`` (after it or before: weights multiply) when the
 sampler evaluates a subset: the extra chains' transitions follow the same (AR step, diffusion
 step) subset as the rollout's. Use a token-level ratio: a sequence-level ratio would average
@@ -44,7 +50,6 @@ the log-ratio over all chains' actions.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -55,25 +60,12 @@ from vargo.core.interfaces import Policy, TokenSelector
 from vargo.core.registry import TOKEN_SELECTORS
 from vargo.core.types import Advantages, PolicyEval, Rollout, TokenWeights
 
+from ..modules.masked import token_uncertainty, top_fraction_tokens
+
 __all__ = ['MultiTrajectorySelector', 'token_uncertainty', 'top_fraction_tokens',
            'mte_weights']
 
 SELECTIONS = ('uncertain', 'all')
-
-
-def token_uncertainty(x0: Tensor) -> Tensor:
-    """``u [B, N]``: the population std (``unbiased=False``) over the chains of ``x0
-    [B, S, N, D]``, averaged over the ``D`` channels."""
-    return x0.float().std(dim=1, unbiased=False).mean(-1)
-
-
-def top_fraction_tokens(u: Tensor, fraction: float) -> Tensor:
-    """``[B, N]`` bool: the ``k = floor(fraction N + 1/2)`` tokens of largest ``u [B, N]`` in
-    each row; equal values are taken in raster order (stable sort, deterministic)."""
-    b, n = u.shape
-    k = int(math.floor(fraction * n + 0.5))
-    order = torch.sort(-u, dim=1, stable=True).indices[:, :k]
-    return torch.zeros(b, n, dtype=torch.bool, device=u.device).scatter_(1, order, True)
 
 
 def mte_weights(selected: Tensor, num_chains: int, num_transitions: int
@@ -126,11 +118,21 @@ class MultiTrajectorySelector(TokenSelector):
                              'the sampler\'s mte_chains=S (MAR-GRPO: NOVA 3, Harmon 5)')
         u = token_uncertainty(ex.mte_x0)
         if self.selection == 'all':
-            return torch.ones_like(u, dtype=torch.bool), u
-        if s < 2:
+            sel = torch.ones_like(u, dtype=torch.bool)
+        elif s < 2:
             raise ValueError("selection='uncertain' needs mte_chains >= 2: the spread of one "
                              "chain is 0 for every token")
-        return top_fraction_tokens(u, self.top_fraction), u
+        else:
+            sel = top_fraction_tokens(u, self.top_fraction)
+        evaluated = getattr(ex, 'mte_tokens', None)
+        if evaluated is not None and bool((sel & ~evaluated.to(sel.device)).any()):
+            raise ValueError(f'MultiTrajectorySelector(selection={self.selection!r}, '
+                             f'top_fraction={self.top_fraction}) selects tokens whose extra '
+                             f'chains the policy did not evaluate (the sampler\'s '
+                             f'mte_top_fraction keeps {int(evaluated[0].sum())} of '
+                             f'{evaluated.shape[1]} tokens per image): set the sampler\'s '
+                             f'mte_top_fraction to the selector\'s top_fraction (or None)')
+        return sel, u
 
     def __call__(self, rollout: Rollout, policy_eval: PolicyEval, ref_eval: Optional[PolicyEval],
                  adv: Advantages, *, policy: Policy, group_size: int,

@@ -321,7 +321,9 @@ class MARPolicy(Policy):
         ``MaskedSampler(mte_chains=S)``; ``A = (1 + S) N K``, chain-major, layout in
         :class:`MARExtras`) is evaluated in the same pass: ``z_i`` is computed once per AR step
         and the head runs on the selected transitions of all ``1 + S`` chains of the tokens
-        committed at ``i`` (the same (AR step, diffusion step) subset for every chain).
+        committed at ``i`` (the same (AR step, diffusion step) subset for every chain); with
+        ``extras.mte_tokens`` only those tokens' extra chains (the rollout's chain of every
+        token).
 
         Args:
             rollout: a :class:`MaskedSampler` rollout (or a minibatch of one).
@@ -358,6 +360,9 @@ class MARPolicy(Policy):
 
         x_t = per_token(ex.x_t)
         x_prev = per_token(rollout.actions)
+        chains = torch.ones(b, n, nc, dtype=torch.bool, device=dev)      # chains to evaluate
+        if nc > 1 and ex.mte_tokens is not None:
+            chains[:, :, 1:] = ex.mte_tokens.to(dev).unsqueeze(-1)
         ar_steps = range(ex.num_iter) if select is None else [int(i) for i in select.ar_steps]
         ks = (torch.arange(kk, device=dev) if select is None
               else torch.as_tensor(list(select.diffusion_steps), dtype=torch.long, device=dev))
@@ -393,23 +398,27 @@ class MARPolicy(Policy):
             else:
                 zc, zu = self.latents(tokens, mask, emb)[sel], None
             nk = ks.numel()
-            xs = x_t[sel][:, :, ks].reshape(-1, d)                         # [B n_i nc nk, D]
-            xp = x_prev[sel][:, :, ks].reshape(-1, d)
-            t = (kk - ks).repeat(b * n_i * nc)
-            zc = zc.repeat_interleave(nc * nk, dim=0)   # one z per token, shared by its chains
-            zu = None if zu is None else zu.repeat_interleave(nc * nk, dim=0)
+            # rows (token, chain, transition) of the tokens committed at i, chain-masked
+            rows = chains[sel].unsqueeze(-1).expand(-1, nc, nk)           # [B n_i, nc, nk]
+            xs = x_t[sel][:, :, ks][rows]                                 # [M, D]
+            xp = x_prev[sel][:, :, ks][rows]
+            t = (kk - ks).expand(b * n_i, nc, nk)[rows]
+            # one z per token, shared by its chains
+            zc = zc.view(-1, 1, 1, zc.shape[-1]).expand(-1, nc, nk, -1)[rows]
+            zu = None if zu is None else zu.view(-1, 1, 1, zu.shape[-1]).expand(
+                -1, nc, nk, -1)[rows]
             out = self.head_transition(xs, t, zc, sched, z_uncond=zu,
                                        cfg=weights[i] if use_cfg else 1.0)
             mu = out['mean']
             # 'stored' (official MAR-GRPO): the sampler's std_dev_t, no gradient via the variance
             lv = (out['log_variance'] if stored_lv is None
-                  else stored_lv[sel][:, :, ks].reshape(-1, d))
+                  else stored_lv[sel][:, :, ks][rows])
             lp = gaussian_transition_logp(xp, mu, lv, spec.temperature)
             bi, ji = sel.nonzero(as_tuple=True)
-            bi = bi.repeat_interleave(nc * nk)
-            ji = ji.repeat_interleave(nc * nk)
-            ci = torch.arange(nc, device=dev).repeat_interleave(nk).repeat(b * n_i)
-            ki = ks.repeat(b * n_i * nc)
+            bi = bi.view(-1, 1, 1).expand(-1, nc, nk)[rows]
+            ji = ji.view(-1, 1, 1).expand(-1, nc, nk)[rows]
+            ci = torch.arange(nc, device=dev).view(1, -1, 1).expand(b * n_i, nc, nk)[rows]
+            ki = ks.expand(b * n_i, nc, nk)[rows]
             logp = logp.index_put((bi, ji, ci, ki), lp)
             mean_all = mean_all.index_put((bi, ji, ci, ki), mu)
             evaluated[bi, ji, ci, ki] = True
