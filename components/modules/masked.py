@@ -66,10 +66,12 @@ def token_uncertainty(x0: Tensor) -> Tensor:
 
 
 def top_fraction_tokens(u: Tensor, fraction: float) -> Tensor:
-    """``[B, N]`` bool: the ``k = floor(fraction N + 1/2)`` tokens of largest ``u [B, N]`` in
-    each row; equal values are taken in raster order (a stable sort: deterministic)."""
+    """``[B, N]`` bool: the ``k = max(1, floor(fraction N))`` tokens of largest ``u [B, N]`` in
+    each row (the official ``max(1, int(L * top_percent))``; ``k = 0`` for ``fraction = 0``);
+    equal values are taken in raster order (a stable sort: deterministic, where the official
+    ``topk`` is not)."""
     b, n = u.shape
-    k = int(math.floor(float(fraction) * n + 0.5))
+    k = min(n, max(1, int(float(fraction) * n))) if fraction > 0 else 0
     order = torch.sort(-u, dim=1, stable=True).indices[:, :k]
     return torch.zeros(b, n, dtype=torch.bool, device=u.device).scatter_(1, order, True)
 

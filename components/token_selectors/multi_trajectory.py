@@ -34,8 +34,8 @@ and the KL term equals the non-MTE KL term.
 Uncertainty (``selection='uncertain'``): per token the population standard deviation
 (``unbiased=False``) across the ``S`` extra chains of their final sample ``x0``, averaged over
 the ``D`` channels, ``u_j = (1/D) sum_d std_s(x0^(s)_{j,d})``; in each image the
-``k = floor(top_fraction N + 1/2)`` tokens of largest ``u`` are selected (ties: the lower raster
-position first). ``selection='all'`` selects every token (MTE everywhere).
+``k = max(1, floor(top_fraction N))`` tokens of largest ``u`` are selected (the official count;
+ties: the lower raster position first). ``selection='all'`` selects every token (MTE everywhere).
 
 Cost: the policy update evaluates every token's extra chains unless the sampler restricts them
 to its top-``f`` uncertain tokens (``MaskedSampler(mte_top_fraction=f)``, recorded in
