@@ -301,3 +301,28 @@ def test_one_iteration_of_the_shapes_mar_config_with_mte(tmp_path):
     n = runner.model.policy.seq_len
     assert frac == pytest.approx(int(0.3 * n) / n)
     assert math.isfinite(scalars['train/loss'].current())
+
+
+def test_benchmark_times_the_extra_chains(tmp_path, capsys):
+    """tools/benchmark.py reports the extra chains' draw (part of generate) per iteration."""
+    import importlib.util
+    import json
+    spec = importlib.util.spec_from_file_location('vargo_tools_benchmark_mte',
+                                                  os.path.join(ROOT, 'tools', 'benchmark.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    out = tmp_path / 'bench.json'
+    threads = torch.get_num_threads()
+    try:
+        assert tool.main([os.path.join(ROOT, 'configs', 'grpo', 'mar_grpo_shapes.py'),
+                          '--batch', '4', '--repeat', '1', '--threads', '1', '--gemm-size', '64',
+                          '--bandwidth-mb', '1', '--skip-rollout', '--skip-update',
+                          '--out', str(out), '--cfg-options', 'sampler.mte_chains=2',
+                          'sampler.mte_top_fraction=0.3',
+                          'token_selectors.mte.type=MultiTrajectorySelector']) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert 'MTE extra chains / iteration' in capsys.readouterr().out
+    mte = json.loads(out.read_text())['iteration']['mte']
+    assert mte['chains'] == 2 and mte['extra_chains_s']['median'] > 0
+    assert 0 < mte['extra_chains_over_iteration'] < 1

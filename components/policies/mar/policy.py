@@ -450,7 +450,8 @@ class MARPolicy(Policy):
           (attention); ``decoder_embed`` ``2 L C C_d``;
         * decoder: the same per block on ``buf + N`` rows at width ``C_d``;
         * head, per evaluated transition (``n_i k (1 + S)`` rows, ``S = extras.mte_chains``
-          extra chains): time MLP ``2 (256 W + W^2)``, cond
+          extra chains; ``S`` times the share of ``extras.mte_tokens`` when recorded; the share
+          of sample 0, the same for all): time MLP ``2 (256 W + W^2)``, cond
           and input projections ``2 W (C_d + D)``, per res-block ``4 W^2 + 6 W^2``, final layer
           ``4 W^2 + 2 W out``.
 
@@ -462,6 +463,8 @@ class MARPolicy(Policy):
             ex: MARExtras = rollout.extras
             num_iter, num_sampling_steps, sel = ex.num_iter, ex.num_sampling_steps, ex.selection
             nc = ex.num_chains
+            if nc > 1 and ex.mte_tokens is not None:     # only these tokens' extra chains
+                nc = 1 + ex.mte_chains * float(ex.mte_tokens[0].float().mean())
         n, d, buf = cfg.seq_len, cfg.token_dim, cfg.buffer_size
         c, cd, w = cfg.embed_dim, cfg.decoder_embed_dim, cfg.diffloss_w
         kk = int(num_sampling_steps) - 1
@@ -483,7 +486,7 @@ class MARPolicy(Policy):
                 continue
             enc_rows = buf + n - rem[i]
             total += (2 * n * d * c + blocks(enc_rows, c, cfg.depth) + 2 * enc_rows * c * cd
-                      + blocks(buf + n, cd, cfg.decoder_depth) + n_i * nk * nc * head_row)
+                      + blocks(buf + n, cd, cfg.decoder_depth) + int(n_i * nk * nc * head_row))
         return total * (2 if spec is not None and spec.uses_cfg else 1)
 
     # ---- pretraining ---------------------------------------------------------------------------
