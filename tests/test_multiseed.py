@@ -52,3 +52,31 @@ def test_bad_arguments_are_named(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit):
         multiseed.parse_args(argv + ['--out', str(tmp_path)])
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('metric, a, b, outcome', [
+    ('eval/shapes/strict', [0.50, 0.52, 0.51], [0.80, 0.82, 0.81], 'better'),
+    ('eval/fidelity/fid', [5.0, 5.1, 5.2], [8.0, 8.1, 8.2], 'worse'),          # lower is better
+    ('eval/fidelity/fid', [8.0, 8.1, 8.2], [5.0, 5.1, 5.2], 'better'),
+    ('eval/shapes/strict', [0.5, 0.7, 0.6], [0.55, 0.75, 0.5], 'no difference'),
+    ('eval/shapes/strict', [0.5], [0.9], 'undecided'),
+])
+def test_verdicts_follow_the_bootstrap_interval(metric, a, b, outcome):
+    v = multiseed.verdict(metric, 'grpo', 'panw', a, b)
+    assert v['outcome'] == outcome, v['text']
+    lo, hi = v['ci95']
+    assert lo <= v['difference'] <= hi
+    assert multiseed.bootstrap_difference(a, b) == multiseed.bootstrap_difference(a, b)
+
+
+def test_summary_writes_the_verdicts(tmp_path):
+    for seed, s in enumerate([0.50, 0.52, 0.51]):
+        _write_run(tmp_path, 'grpo', seed, s, [0.1])
+    for seed, s in enumerate([0.80, 0.82, 0.81]):
+        _write_run(tmp_path, 'panw', seed, s, [0.2])
+    args = multiseed.parse_args(['--arm', f'grpo={CFG}', '--arm', f'panw={CFG}', '--out',
+                                 str(tmp_path), '--summarise-only',
+                                 '--verdict-metrics', 'eval/strict'])
+    summary = multiseed.summarise(args)
+    assert [v['outcome'] for v in summary['verdicts']] == ['better']
+    assert 'panw beats grpo on eval/strict by 0.3' in (tmp_path / 'summary.md').read_text()

@@ -16,7 +16,10 @@ repository).
 ``OUT/summary.json``, ``OUT/summary.md`` (mean, sample standard deviation and every seed's
 value per metric) and ``OUT/curves.png`` (per-arm mean with the min-max band across seeds) are
 rebuilt from those files at the end, so a finished run is never repeated: rerun the command to
-add seeds or arms, or with ``--summarise-only``.
+add seeds or arms, or with ``--summarise-only``. Against a baseline arm (``--baseline``, default
+the first) the summary states a verdict per arm and metric: the difference of means with its 95%
+percentile bootstrap interval (seeds resampled within each arm), "beats" / "is worse than" when
+the interval excludes 0 (FID and KID: lower is better), "no difference detectable" otherwise.
 """
 from __future__ import annotations
 
@@ -52,6 +55,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='overrides for every arm (training and evaluation)')
     p.add_argument('--eval-args', default='', help='extra arguments of tools/eval.py')
     p.add_argument('--eval-seed', type=int, default=0)
+    p.add_argument('--baseline', default=None, metavar='ARM',
+                   help='compare every other arm with this one: bootstrap 95%% CI of the '
+                        'difference of means and a verdict per metric (default: the first arm)')
+    p.add_argument('--verdict-metrics', nargs='+', default=None, metavar='METRIC',
+                   help='metrics the verdicts cover (default: every */shapes/strict, '
+                        '*/fidelity/fid, */fidelity/recall and */fidelity/precision found)')
     p.add_argument('--curve', action='append', default=None, metavar='SCALAR',
                    help='logged scalar(s) to plot (default: every reward/<head>/mean)')
     p.add_argument('--summarise-only', action='store_true')
@@ -66,6 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         arms[name] = config
     if args.jobs < 1 or args.threads < 1:
         p.error('--jobs and --threads must be >= 1')
+    if args.baseline is not None and args.baseline not in arms:
+        p.error(f'--baseline {args.baseline!r} is not one of the arms {sorted(arms)}')
     args.arms = arms
     return args
 
@@ -156,6 +167,47 @@ def _load_scalars(path: str) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
+LOWER_IS_BETTER = ('fid', 'kid')
+
+
+def lower_is_better(metric: str) -> bool:
+    """FID and KID fall when samples improve; every other tabulated metric rises."""
+    return metric.rsplit('/', 1)[-1] in LOWER_IS_BETTER
+
+
+def bootstrap_difference(a: list[float], b: list[float], *, resamples: int = 10000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """``(mean(b) - mean(a), lo, hi)``: the difference of means and its 95% percentile
+    bootstrap interval, resampling the seeds of each arm independently (deterministic)."""
+    import random
+    rng = random.Random(seed)
+    diffs = sorted(statistics.fmean(rng.choices(b, k=len(b)))
+                   - statistics.fmean(rng.choices(a, k=len(a))) for _ in range(resamples))
+    return (statistics.fmean(b) - statistics.fmean(a), diffs[int(0.025 * resamples)],
+            diffs[int(0.975 * resamples) - 1])
+
+
+def verdict(metric: str, base: str, arm: str, a: list[float], b: list[float]) -> dict:
+    """One comparison in plain words: does ``arm`` beat ``base`` on ``metric`` (the 95%
+    bootstrap interval of the difference excludes 0), lose, or is no difference detectable."""
+    diff, lo, hi = bootstrap_difference(a, b)
+    better = -diff if lower_is_better(metric) else diff
+    if len(a) < 2 or len(b) < 2:
+        text = f'{arm} vs {base} on {metric}: {diff:+.4g} (fewer than 2 seeds per arm: no verdict)'
+        outcome = 'undecided'
+    elif lo > 0 or hi < 0:
+        outcome = 'better' if better > 0 else 'worse'
+        text = (f'{arm} {"beats" if outcome == "better" else "is worse than"} {base} on {metric} '
+                f'by {abs(diff):.4g} (difference {diff:+.4g}, 95% CI [{lo:+.4g}, {hi:+.4g}], '
+                f'{len(b)} vs {len(a)} seeds)')
+    else:
+        outcome = 'no difference'
+        text = (f'{arm} vs {base} on {metric}: no difference detectable (difference {diff:+.4g}, '
+                f'95% CI [{lo:+.4g}, {hi:+.4g}] includes 0, {len(b)} vs {len(a)} seeds)')
+    return dict(metric=metric, base=base, arm=arm, difference=diff, ci95=[lo, hi],
+                outcome=outcome, text=text)
+
+
 def summarise(args) -> dict:
     """summary.json / summary.md / curves.png from the per-run files under ``args.out``."""
     table: dict[str, dict[str, dict[int, float]]] = {}
@@ -188,11 +240,26 @@ def summarise(args) -> dict:
             row.append(f'{mean:.4g} ± {sd:.2g} (n={len(xs)})')
         summary['metrics'][metric] = entry
         lines.append(f'| {metric} | ' + ' | '.join(row) + ' |')
+    base = args.baseline or next(iter(args.arms))
+    wanted = args.verdict_metrics or sorted(
+        m for m in table if m.endswith(('/shapes/strict', '/fidelity/fid', '/fidelity/recall',
+                                        '/fidelity/precision')))
+    summary['verdicts'] = []
+    for metric in wanted:
+        a = list(table.get(metric, {}).get(base, {}).values())
+        for arm in args.arms:
+            b = list(table.get(metric, {}).get(arm, {}).values())
+            if arm != base and a and b:
+                summary['verdicts'].append(verdict(metric, base, arm, a, b))
     with open(os.path.join(args.out, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(args.out, 'summary.md'), 'w') as f:
         f.write('Mean ± sample standard deviation across seeds (n = seeds); per-seed values in '
                 'summary.json.\n\n' + '\n'.join(lines) + '\n')
+        if summary['verdicts']:
+            f.write(f'\nAgainst {base} (95% percentile bootstrap interval of the difference of '
+                    f'means, seeds resampled per arm):\n\n'
+                    + ''.join(f'- {v["text"]}\n' for v in summary['verdicts']))
     keys = args.curve or sorted(k for k in curves if k.startswith('reward/') and k.endswith('/mean'))
     _plot(curves, keys, list(args.arms), os.path.join(args.out, 'curves.png'))
     return summary
