@@ -397,3 +397,8 @@ class PlainCheckpointHook(Hook):
         for key in list(checkpoint):
             checkpoint[key] = to_plain(checkpoint[key], key)
         checkpoint['vargo_checkpoint_format'] = CHECKPOINT_FORMAT
+
+
+# registered in HOOKS on import of this module (the registry's location)
+from .monitor import RewardHackingMonitorHook  # noqa: E402,F401
+from .run_report import RunReportHook  # noqa: E402,F401

@@ -6,8 +6,10 @@ from .hps import HPSv2Reward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
 from .loo_fid import LooFidReward
 from .shapes_eval import ShapesEvalReward
+from .shapes_frechet import ShapesFrechetReward
 from .stage_entropy import StageEntropyBonus
 from .vmr import VMRReward
 
 __all__ = ['ClipScoreReward', 'ColourMassReward', 'CompositeReward', 'DifferentiableReward',
-           'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'StageEntropyBonus', 'VMRReward']
+           'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'ShapesFrechetReward',
+           'StageEntropyBonus', 'VMRReward']

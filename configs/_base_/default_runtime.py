@@ -12,6 +12,8 @@ default_hooks = dict(
     rl_state=dict(type='RLStateHook'),
     image_grid=dict(type='ImageGridHook', interval=10, max_images=64, preview_conditions=4),
     curves=dict(type='CurvesHook', interval=10),
+    # report.html at the end of the run (tools/report.py rebuilds it from the work dir)
+    report=dict(type='RunReportHook'),
 )
 
 env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
