@@ -91,6 +91,19 @@ def test_warning_fires_once_with_one_line():
     assert list(hub.data[0]) == [0.1, 0.35, 0.5, 0.9]
 
 
+def test_resumed_monitor_compares_with_the_first_measurement_of_the_run():
+    first = RewardHackingMonitorHook(interval=20)
+    runner = _fake_runner()
+    runner.message_hub = MessageHub.get_instance('test_monitor_resume')
+    base = dict(saturation=0.4, colour_entropy=4.0, edge_density=0.2, duplicate_rate=0.1)
+    first.record(runner, base, step=0)
+    first.record(runner, {**base, 'duplicate_rate': 0.2}, step=20)
+    resumed = RewardHackingMonitorHook(interval=20)     # a new process, the checkpoint's hub
+    resumed._resume_baseline(runner)
+    lines = resumed.record(runner, {**base, 'duplicate_rate': 0.45}, step=40)
+    assert len(lines) == 1 and 'first measured 0.1 at iteration 0' in lines[0]
+
+
 # -- tiny runs: the monitor changes no training number; the report -------------------------
 def _run(work_dir, monitor: bool):
     cfg = shrink(load_config(TINY_CONFIG))
