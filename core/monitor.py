@@ -89,7 +89,7 @@ def duplicate_rate(images: torch.Tensor, group_size: int, tolerance: float = 0.0
         return 0.0
     x = images.float().flatten(1)
     x = x[:len(x) // g * g].view(-1, g, x.shape[1])                          # [B, G, D]
-    dist = (x[:, :, None, :] - x[:, None, :, :]).abs().mean(-1)              # [B, G, G]
+    dist = torch.cdist(x.double(), x.double(), p=1) / x.shape[-1]          # [B, G, G]
     i, j = torch.triu_indices(g, g, offset=1)
     return float((dist[:, i, j] < tolerance).float().mean())
 
