@@ -20,8 +20,9 @@
 # as the official code, which scores the CFG rollout with the conditional forward).
 #
 # Normalisation of the policy term: the official sum(w) runs over one group (one prompt per
-# GPU); here over the rank's minibatch of 2 groups. samples_per_rank=8 on 16 GPUs makes it
-# exactly per group.
+# GPU); here too: the group_weighted_token_mean aggregation (configs/_base_/algorithms/
+# stage.py) takes the weighted token mean within each group, then the mean over the groups, so
+# two groups per rank give the same loss as one group per GPU.
 _base_ = [
     '../_base_/policies/llamagen-xl_t2i_256.py', '../_base_/algorithms/stage.py',
     '../_base_/default_runtime.py'
