@@ -8,11 +8,12 @@
 # at CFG 2 (model card), so groups hold both right and wrong samples from the first iteration
 # and the reward visibly rises in minutes. Read the result with configs/stage/README.md
 # ("Shapes, class-conditional"), which has the measurements: the reward is 0/1 here, so most
-# samples tie at the group maximum, but the entropy reward stays tiny because policy and
-# reference entropies stay close; and the similarity weights put the update on the few tokens
-# where right and wrong samples differ (the black background gets weight ~0), which on these
-# mostly-black images moves the shapes towards the top-left corner. The paper-like comparison on
-# compositional prompts is llamagen_stage_shapes-t2i.py and its ablations.
+# samples tie at the group maximum; the entropy bonus is tiny (policy and reference entropies
+# stay close) but in a group where every sample tied it is the only spread, and group
+# normalisation makes those advantages of order 1; the similarity weights put the update on the
+# few tokens where right and wrong samples differ (the black background gets weight ~0). The
+# paper-like comparison on compositional prompts is llamagen_stage_shapes-t2i.py and its
+# ablations.
 #
 # Schedule and optimizer as configs/grpo/llamagen_grpo_shapes.py
 # (configs/_base_/schedules/grpo_cpu_shapes.py) except one optimizer step on all 128 samples per
