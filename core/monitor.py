@@ -9,8 +9,9 @@ from its first measurement.
 
 Statistics of ``[N, 3, H, W]`` images in [0, 1] (:func:`image_statistics`), ``N = groups x G``:
 
-* ``saturation``: mean over pixels of the HSV saturation ``S = (max_c - min_c) / max_c``
-  (``S = 0`` where ``max_c = 0``); 0 for any grey image.
+* ``saturation``: mean over pixels of the HSV saturation ``S = (max_c - min_c) / max_c``,
+  with ``S = 0`` where the value ``max_c < 0.1`` (near black, where ``S`` is decoder noise);
+  0 for any grey image.
 * ``colour_entropy``: each channel quantised to ``bins`` levels (``bins**3`` colours), ``p`` the
   colour histogram of one image, ``H = -sum p log2 p`` bits, averaged over images; 0 for a
   single-coloured image, at most ``3 log2 bins``.
@@ -55,11 +56,11 @@ DEFAULT_RULES = {
 HEAD_RULE = dict(direction='down', delta=0.5, relative=True)
 
 
-def saturation(images: torch.Tensor) -> float:
-    """Mean HSV saturation ``(max - min) / max`` over all pixels (0 where max = 0)."""
+def saturation(images: torch.Tensor, min_value: float = 0.1) -> float:
+    """Mean HSV saturation ``(max - min) / max`` over all pixels (0 where max < min_value)."""
     x = images.float()
     hi, lo = x.max(dim=1).values, x.min(dim=1).values
-    s = torch.where(hi > 0, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi))
+    s = torch.where(hi >= min_value, (hi - lo) / hi.clamp_min(1e-12), torch.zeros_like(hi))
     return float(s.mean())
 
 
