@@ -4,7 +4,8 @@ Everything is read back from the work dir, so the page can be rebuilt at any tim
 
 * the config as run (``<work_dir>/*.py``, else the newest ``<timestamp>/vis_data/config.py``);
 * the environment: the ``run environment:`` line :class:`RunReportHook` writes to the log
-  (torch, Python, CPU, threads), else MMEngine's ``Python:`` / ``PyTorch:`` lines;
+  (torch, Python, CPU, threads) and a ``run.json`` record's machine fields, else MMEngine's
+  ``Python:`` / ``PyTorch:`` lines;
 * curves of the main scalars of every ``<timestamp>/vis_data/scalars.json`` (a resumed run's
   files merged, later values winning per step): reward means, KL, entropy, grad_norm and every
   ``monitor/`` statistic, drawn with matplotlib;
@@ -64,10 +65,12 @@ def _run_dirs(work_dir: str) -> list[str]:
 
 
 def read_scalars(work_dir: str) -> dict[str, dict[int, float]]:
-    """``{name: {step: value}}`` of every scalars.json of the work dir (later files win)."""
+    """``{name: {step: value}}`` of ``<work_dir>/scalars.json`` and every
+    ``<timestamp>/vis_data/scalars.json`` (later files win)."""
     out: dict[str, dict[int, float]] = {}
-    for d in _run_dirs(work_dir):
-        path = os.path.join(d, 'vis_data', 'scalars.json')
+    paths = [os.path.join(work_dir, 'scalars.json')]   # a copied-out record (configs/*/results)
+    paths += [os.path.join(d, 'vis_data', 'scalars.json') for d in _run_dirs(work_dir)]
+    for path in paths:
         if not os.path.isfile(path):
             continue
         with open(path, encoding='utf-8') as f:
@@ -97,10 +100,25 @@ def _log_lines(work_dir: str, needle: str) -> list[str]:
     return lines
 
 
+def _run_record(work_dir: str) -> list[str]:
+    """The machine fields of a ``run.json`` record (configs/*/results), if any."""
+    path = os.path.join(work_dir, 'run.json')
+    try:
+        with open(path, encoding='utf-8') as f:
+            rec = json.load(f)
+    except (OSError, ValueError):
+        return []
+    keys = ('cpu', 'cpus', 'threads', 'concurrent_jobs', 'commit', 'train_seconds')
+    return ['run.json: ' + ', '.join(f'{k} {rec[k]}' for k in keys if k in rec)] \
+        if isinstance(rec, dict) else []
+
+
 def _environment(work_dir: str) -> list[str]:
     found = _log_lines(work_dir, ENV_TAG)
     if found:
-        return [found[-1].split(ENV_TAG, 1)[1].strip()]
+        return [found[-1].split(ENV_TAG, 1)[1].strip()] + _run_record(work_dir)
+    if _run_record(work_dir):
+        return _run_record(work_dir)
     lines = [ln.strip() for ln in _log_lines(work_dir, 'Python: ') + _log_lines(work_dir, 'PyTorch: ')
              if re.match(r'\s*(Python|PyTorch): ', ln)]
     return lines or ['not recorded in the log; this page was written with: '
