@@ -80,3 +80,8 @@ def test_summary_writes_the_verdicts(tmp_path):
     summary = multiseed.summarise(args)
     assert [v['outcome'] for v in summary['verdicts']] == ['better']
     assert 'panw beats grpo on eval/strict by 0.3' in (tmp_path / 'summary.md').read_text()
+
+
+def test_no_verdict_below_three_seeds():
+    v = multiseed.verdict('eval/shapes/strict', 'grpo', 'panw', [0.50, 0.51], [0.80, 0.81])
+    assert v['outcome'] == 'undecided' and 'fewer than 3 seeds' in v['text']

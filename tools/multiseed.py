@@ -187,13 +187,20 @@ def bootstrap_difference(a: list[float], b: list[float], *, resamples: int = 100
             diffs[int(0.975 * resamples) - 1])
 
 
-def verdict(metric: str, base: str, arm: str, a: list[float], b: list[float]) -> dict:
+#: the seeds per arm below which no verdict is given (the project's standard for a claim)
+MIN_SEEDS = 3
+
+
+def verdict(metric: str, base: str, arm: str, a: list[float], b: list[float], *,
+            min_seeds: int = MIN_SEEDS) -> dict:
     """One comparison in plain words: does ``arm`` beat ``base`` on ``metric`` (the 95%
-    bootstrap interval of the difference excludes 0), lose, or is no difference detectable."""
+    bootstrap interval of the difference excludes 0), lose, or is no difference detectable;
+    no verdict with fewer than ``min_seeds`` seeds in either arm."""
     diff, lo, hi = bootstrap_difference(a, b)
     better = -diff if lower_is_better(metric) else diff
-    if len(a) < 2 or len(b) < 2:
-        text = f'{arm} vs {base} on {metric}: {diff:+.4g} (fewer than 2 seeds per arm: no verdict)'
+    if len(a) < min_seeds or len(b) < min_seeds:
+        text = (f'{arm} vs {base} on {metric}: {diff:+.4g} (fewer than {min_seeds} seeds per '
+                f'arm: no verdict)')
         outcome = 'undecided'
     elif lo > 0 or hi < 0:
         outcome = 'better' if better > 0 else 'worse'
