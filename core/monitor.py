@@ -28,6 +28,7 @@ above ``d`` (up), below ``-d`` (down) or beyond ``d`` in size (either).
 from __future__ import annotations
 
 import math
+import numbers
 import random
 from typing import Mapping, Optional
 
@@ -54,6 +55,59 @@ DEFAULT_RULES = {
 }
 #: default threshold of a held-out head's mean score (higher is better, as for rewards)
 HEAD_RULE = dict(direction='down', delta=0.5, relative=True)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_rule(name: str, rule) -> None:
+    if rule is None:
+        return
+    if not isinstance(rule, dict) or set(rule) - {'direction', 'delta', 'relative'}:
+        raise ValueError(f'RewardHackingMonitorHook rules[{name!r}]={rule!r} must be None or a '
+                         f"dict(direction='up'|'down'|'either', delta=<number>, "
+                         f'relative=True|False)')
+    if rule.get('direction', 'either') not in ('up', 'down', 'either'):
+        raise ValueError(f"RewardHackingMonitorHook rules[{name!r}].direction="
+                         f"{rule.get('direction')!r} is not one of 'up', 'down', 'either'")
+    delta = rule.get('delta', 0.5)
+    if not _is_real(delta):
+        raise ValueError(f'RewardHackingMonitorHook rules[{name!r}].delta={delta!r} must be a '
+                         f'finite number (the change that triggers the warning)')
+    if not isinstance(rule.get('relative', True), bool):
+        raise ValueError(f"RewardHackingMonitorHook rules[{name!r}].relative="
+                         f"{rule.get('relative')!r} must be True or False")
+
+
+def _check_settings(*, interval, num_conditions, seed, heads, rules, colour_bins,
+                    edge_threshold, duplicate_tolerance) -> None:
+    """One-line ``ValueError`` naming the first bad setting of the monitor and its fix."""
+    for name, value, lo in (('interval', interval, 1), ('num_conditions', num_conditions, 1),
+                            ('colour_bins', colour_bins, 2)):
+        if not _is_int(value) or value < lo:
+            raise ValueError(f'RewardHackingMonitorHook {name}={value!r} must be an int >= {lo}')
+    if not _is_int(seed):
+        raise ValueError(f'RewardHackingMonitorHook seed={seed!r} must be an int')
+    for name, value in (('edge_threshold', edge_threshold),
+                        ('duplicate_tolerance', duplicate_tolerance)):
+        if not _is_real(value) or value < 0:
+            raise ValueError(f'RewardHackingMonitorHook {name}={value!r} must be a finite number '
+                             f'>= 0')
+    if heads is not None and (not isinstance(heads, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) and 'type' in v for k, v in heads.items())):
+        raise ValueError(f'RewardHackingMonitorHook heads={heads!r} must be None or a dict of '
+                         f'name -> reward head config (dict(type=...))')
+    if rules is not None:
+        if not isinstance(rules, dict):
+            raise ValueError(f'RewardHackingMonitorHook rules={rules!r} must be None or a dict of '
+                             f'statistic -> rule dict')
+        for name, rule in rules.items():
+            _check_rule(name, rule)
 
 
 def saturation(images: torch.Tensor, min_value: float = 0.1) -> float:
@@ -164,6 +218,9 @@ class RewardHackingMonitorHook(Hook):
                  heads: Optional[dict] = None, rules: Optional[dict] = None,
                  colour_bins: int = 4, edge_threshold: float = 0.1,
                  duplicate_tolerance: float = 0.02):
+        _check_settings(interval=interval, num_conditions=num_conditions, seed=seed,
+                        heads=heads, rules=rules, colour_bins=colour_bins,
+                        edge_threshold=edge_threshold, duplicate_tolerance=duplicate_tolerance)
         self.interval = int(interval)
         self.num_conditions = int(num_conditions)
         self.seed = int(seed)
@@ -172,7 +229,24 @@ class RewardHackingMonitorHook(Hook):
         self.rules['seconds'] = None   # the monitor's own cost, logged, never a warning
         self.settings = dict(colour_bins=int(colour_bins), edge_threshold=float(edge_threshold),
                              duplicate_tolerance=float(duplicate_tolerance))
-        self._heads = None
+        from .registry import REWARD_HEADS, checked_build
+        py_state, np_state = random.getstate(), np.random.get_state()
+        try:        # building a head may initialise weights: never from the training RNG
+            with torch.random.fork_rng(devices=[]):
+                self._heads = {}
+                if self.head_cfgs:
+                    REWARD_HEADS.import_from_location()
+                for name, cfg in self.head_cfgs.items():                 # bad heads fail here
+                    kind = cfg.get('type')
+                    if not isinstance(kind, str) or kind not in REWARD_HEADS.module_dict:
+                        raise ValueError(
+                            f'RewardHackingMonitorHook heads[{name!r}].type={kind!r} is not a '
+                            f'registered reward head; one of: '
+                            f'{", ".join(sorted(REWARD_HEADS.module_dict))}')
+                    self._heads[name] = checked_build(cfg, REWARD_HEADS)
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
         self._cond = None
         self._first: dict[str, tuple[float, int]] = {}
         self._warned: set[str] = set()
@@ -182,12 +256,9 @@ class RewardHackingMonitorHook(Hook):
         from torch.utils.data import default_collate
 
         from .loop import conditions_from_batch
-        from .registry import REWARD_HEADS, checked_build
         dataset = runner.train_loop.dataloader.dataset
         items = [dataset[i] for i in range(min(self.num_conditions, len(dataset)))]
         self._cond = conditions_from_batch(default_collate(items))
-        self._heads = {name: checked_build(cfg, REWARD_HEADS)
-                       for name, cfg in self.head_cfgs.items()}
 
     def measure(self, runner) -> dict[str, float]:
         """Draw the fixed samples and compute every statistic; global RNG states untouched."""
