@@ -1,13 +1,11 @@
 """The iteration context (core/context.py): fields, named RNG streams, reward signals reaching
 token selectors, and DAPO's all-rank token count for ``global_token_mean``."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_two_ranks
 from vargo.core.context import IterationContext, RewardContext
 from vargo.core.objective import ObjectiveConfig, aggregate, policy_loss
 from vargo.core.rng import BatchRNG
@@ -131,6 +129,7 @@ def test_loop_gives_every_component_the_context(tmp_path):
 # ----------------------------------------------------------------------------------------
 _DIST_SCRIPT = r"""
 import sys
+
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -194,16 +193,7 @@ def loss_of(model, actions, logp_old, adv, mask, ctx):
 
 @pytest.mark.distributed
 def test_global_token_mean_two_processes_equal_one_process(tmp_path):
-    script = tmp_path / 'gtm_dist.py'
-    script.write_text(_DIST_SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    env['PYTHONPATH'] = os.path.join(ROOT, 'tests') + os.pathsep + env.get('PYTHONPATH', '')
-    proc = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-         str(script), str(tmp_path / 'out'), os.path.join(ROOT, 'tests')],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f'out.rank{k}.pt', weights_only=True) for k in (0, 1)]
+    ranks = run_two_ranks(_DIST_SCRIPT, tmp_path)
     assert [r['active'] for r in ranks] == [19, 8]
     both = torch.cat([regions_of(0), regions_of(1)])
     assert all(r['regions'].dtype == torch.bool and torch.equal(r['regions'], both) for r in ranks)

@@ -335,7 +335,6 @@ def test_flops_per_sample_counts_the_evaluated_matmuls(ddpm_policy, cfg):
 def test_benchmark_covers_mar(tmp_path, capsys):
     """tools/benchmark.py on the tiny MAR (a GRPO + JPEG config written here: configs/ has no full
     MAR job yet): tokens are committed tokens, transitions the head actions."""
-    import importlib.util
     import json
     import os
 
@@ -345,10 +344,8 @@ def test_benchmark_covers_mar(tmp_path, capsys):
     parts = ['policies/mar-tiny_c2i.py', 'rewards/jpeg.py', 'algorithms/grpo.py',
              'schedules/grpo_cpu_short.py', 'datasets/ten_classes.py', 'default_runtime.py']
     cfg.write_text('_base_ = ' + repr([os.path.join(base, p) for p in parts]) + '\n')
-    spec = importlib.util.spec_from_file_location('vargo_tools_benchmark_mar',
-                                                  os.path.join(ROOT, 'tools', 'benchmark.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from conftest import load_tool
+    tool = load_tool('benchmark')
     out = tmp_path / 'bench.json'
     threads = torch.get_num_threads()
     try:

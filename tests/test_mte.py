@@ -1,7 +1,6 @@
 """MAR-GRPO's multi-trajectory expectation and uncertain tokens: ``MaskedSampler(mte_chains=S)``
 (the extra chains on the action axis), ``MARPolicy.evaluate`` of them, and
 ``MultiTrajectorySelector`` (components/token_selectors/multi_trajectory.py)."""
-import dataclasses
 import math
 import os
 
@@ -16,7 +15,7 @@ from vargo.components.modules.masked import token_uncertainty, top_fraction_toke
 from vargo.components.token_selectors.multi_trajectory import mte_weights
 from vargo.core.objective import ObjectiveConfig, policy_loss
 from vargo.core.rng import BatchRNG
-from vargo.core.types import Advantages, Conditions, PolicyEval, Rollout
+from vargo.core.types import Conditions, PolicyEval, Rollout
 
 
 @pytest.fixture(scope='module')
@@ -305,12 +304,9 @@ def test_one_iteration_of_the_shapes_mar_config_with_mte(tmp_path):
 
 def test_benchmark_times_the_extra_chains(tmp_path, capsys):
     """tools/benchmark.py reports the extra chains' draw (part of generate) per iteration."""
-    import importlib.util
     import json
-    spec = importlib.util.spec_from_file_location('vargo_tools_benchmark_mte',
-                                                  os.path.join(ROOT, 'tools', 'benchmark.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from conftest import load_tool
+    tool = load_tool('benchmark')
     out = tmp_path / 'bench.json'
     threads = torch.get_num_threads()
     try:

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_two_ranks
 from vargo.components.rewards.vmr import VMRReward, soft_value
 from vargo.components.samplers.vmr import VMRSampler
 from vargo.core.context import IterationContext
@@ -296,16 +296,7 @@ def rank_rows(rank, world_size):
 
 
 def test_two_processes_draw_the_rows_of_one_process(tmp_path):
-    script = tmp_path / 'vmr_dist.py'
-    script.write_text(_DIST_SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS='1')
-    env['PYTHONPATH'] = os.path.join(ROOT, 'tests') + os.pathsep + env.get('PYTHONPATH', '')
-    proc = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-         str(script), str(tmp_path / 'out'), os.path.join(ROOT, 'tests')],
-        env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f'out.rank{k}.pt', weights_only=True) for k in (0, 1)]
+    ranks = run_two_ranks(_DIST_SCRIPT, tmp_path)
     single = rank_rows(0, 1)
     for key, value in single.items():
         assert torch.equal(torch.cat([r[key] for r in ranks]), value), key
