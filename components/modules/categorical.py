@@ -51,6 +51,16 @@ def cfg_mix(cond: Tensor, uncond: Optional[Tensor], cfg_scale: float,
     return mixed
 
 
+def top_k_keep_mask(z: Tensor, top_k: int) -> Optional[Tensor]:
+    """bool ``[N, V]``: every logit >= the k-th largest of its row (ties kept), or None when
+    ``top_k`` is off (0) or keeps the whole vocabulary. The top-k step of both truncation
+    rules."""
+    if not 0 < top_k < z.shape[-1]:
+        return None
+    kth = torch.topk(z, top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    return z >= kth
+
+
 def truncation_keep_mask(z: Tensor, top_k: int, top_p: float) -> Optional[Tensor]:
     """bool ``[N, V]`` of the tokens top-k then top-p sampling keeps (None: no truncation).
 
@@ -59,11 +69,7 @@ def truncation_keep_mask(z: Tensor, top_k: int, top_p: float) -> Optional[Tensor
     descending order exceeds ``top_p``, shifted by one so the token crossing the threshold is kept.
     ``z`` are the tempered (CFG-mixed) logits ``[N, V]``.
     """
-    v = z.shape[-1]
-    keep = None
-    if 0 < top_k < v:
-        kth = torch.topk(z, top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        keep = z >= kth
+    keep = top_k_keep_mask(z, top_k)
     if top_p < 1.0:
         zk = z if keep is None else z.masked_fill(~keep, float('-inf'))
         sorted_z, order = torch.sort(zk, dim=-1, descending=True)
@@ -216,11 +222,7 @@ def var_truncation_keep_mask(z: Tensor, top_k: int, top_p: float) -> Optional[Te
     ascending and removes the tokens whose ascending cumulative probability is ``<= 1 - top_p``,
     never the most likely one. vargo's ``top_p = 1`` (and the official ``top_p = 0``) is off.
     """
-    v = z.shape[-1]
-    keep = None
-    if 0 < top_k < v:
-        kth = torch.topk(z, top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        keep = z >= kth
+    keep = top_k_keep_mask(z, top_k)
     if 0 < top_p < 1.0:
         zk = z if keep is None else z.masked_fill(~keep, float('-inf'))
         sorted_z, order = zk.sort(dim=-1, descending=False)
