@@ -11,7 +11,8 @@ Everything is read back from the work dir, so the page can be rebuilt at any tim
   ``monitor/`` statistic, drawn with matplotlib;
 * ``grids/preview_before.png``, ``grids/preview_after.png`` and the newest
   ``grids/samples_iter*.png``;
-* every ``eval.json`` under the work dir, as tables;
+* every ``eval.json`` under the work dir, as tables, each with its evaluation protocol
+  (:func:`vargo.core.eval_protocol.format_protocol`) under it;
 * the reward-hacking monitor's warning lines of the logs (:data:`vargo.core.monitor.WARNING_TAG`).
 
 Images are embedded as base64 PNG and there are no scripts or external assets: the page opens
@@ -33,10 +34,11 @@ from typing import Optional
 
 from mmengine.hooks import Hook
 
+from .eval_protocol import format_protocol
 from .registry import HOOKS
 
-__all__ = ['write_report', 'build_report', 'read_scalars', 'environment_line', 'RunReportHook',
-           'CURVE_KEYS']
+__all__ = ['write_report', 'build_report', 'read_scalars', 'read_scalars_file',
+           'environment_line', 'RunReportHook', 'CURVE_KEYS']
 
 #: scalars drawn (exact names or prefixes ending in '/'); reward heads' means are added
 CURVE_KEYS = ('kl/mean', 'entropy/mean', 'grad_norm', 'policy/clip_frac', 'monitor/')
@@ -64,6 +66,25 @@ def _run_dirs(work_dir: str) -> list[str]:
                   if os.path.isdir(os.path.join(d, 'vis_data')) or glob.glob(os.path.join(d, '*.log')))
 
 
+def read_scalars_file(path: str, out: Optional[dict] = None) -> dict[str, dict[int, float]]:
+    """``{name: {step: value}}`` of one ``scalars.json`` (MMEngine's one JSON object per line),
+    merged into ``out`` (this file's values win)."""
+    out = {} if out is None else out
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue   # a line cut by a kill
+            step = row.get('step', row.get('iter'))
+            if step is None:
+                continue
+            for key, value in row.items():
+                if key not in ('step', 'iter') and isinstance(value, (int, float)):
+                    out.setdefault(key, {})[int(step)] = float(value)
+    return out
+
+
 def read_scalars(work_dir: str) -> dict[str, dict[int, float]]:
     """``{name: {step: value}}`` of ``<work_dir>/scalars.json`` and every
     ``<timestamp>/vis_data/scalars.json`` (later files win)."""
@@ -71,20 +92,8 @@ def read_scalars(work_dir: str) -> dict[str, dict[int, float]]:
     paths = [os.path.join(work_dir, 'scalars.json')]   # a copied-out record (configs/*/results)
     paths += [os.path.join(d, 'vis_data', 'scalars.json') for d in _run_dirs(work_dir)]
     for path in paths:
-        if not os.path.isfile(path):
-            continue
-        with open(path, encoding='utf-8') as f:
-            for line in f:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue   # a line cut by a kill
-                step = row.get('step', row.get('iter'))
-                if step is None:
-                    continue
-                for key, value in row.items():
-                    if key not in ('step', 'iter') and isinstance(value, (int, float)):
-                        out.setdefault(key, {})[int(step)] = float(value)
+        if os.path.isfile(path):
+            read_scalars_file(path, out)
     return out
 
 
@@ -198,11 +207,13 @@ def _eval_tables(work_dir: str) -> list[str]:
         except (OSError, ValueError) as err:
             parts.append(f'<p>{html.escape(path)}: unreadable ({html.escape(str(err))})</p>')
             continue
+        data = data if isinstance(data, dict) else {'value': data}
         rows = ''.join(f'<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>'
-                       for k, v in _flatten(data if isinstance(data, dict) else {'value': data})
+                       for k, v in _flatten({k: v for k, v in data.items() if k != 'protocol'})
                        .items())
+        protocol = '\n'.join(format_protocol(data.get('protocol')))
         parts.append(f'<h3>{html.escape(os.path.relpath(path, work_dir))}</h3>'
-                     f'<table>{rows}</table>')
+                     f'<table>{rows}</table><pre class="protocol">{html.escape(protocol)}</pre>')
     return parts
 
 

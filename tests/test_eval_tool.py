@@ -9,10 +9,12 @@
   precision/recall);
 * IS with an extractor without class logits is an error naming it;
 * ``tools/eval.py`` with ``eval_cfg.fidelity.reference_stats``, ``eval_cfg.metric_heads`` (a tiny
-  random CLIP) and ``--cfg-scales 1 1.5``: both result keys, the head's ``clip/mean``, FID, IS;
+  random CLIP) and ``--cfg-scales 1 1.5``: both result keys, the head's ``clip/mean``, FID, IS,
+  and the protocol (both scales, the statistics file's sha256) in the JSON and the printout;
 * missing extractor weights, statistics and metric-head files: exit code 2 before sampling, each
   file named with where it is published.
 """
+import hashlib
 import importlib.util
 import json
 import math
@@ -188,6 +190,15 @@ def test_eval_metric_heads_and_several_cfg_scales(tmp_path, real_stats):
     assert record['results']['train@cfg1']['fidelity/fid'] != \
         record['results']['train@cfg1.5']['fidelity/fid']
     assert 'train@cfg1.5' in proc.stdout and 'clip/mean' in proc.stdout
+    # the protocol: both scales, the statistics file with its sha256, the extra head
+    protocol = record['protocol']
+    assert protocol['sampler']['cfg_scale'] == [1.0, 1.5]
+    stats = protocol['fidelity']['references']['train']['fid_statistics']
+    assert stats['path'] == str(real_stats)
+    assert stats['sha256'] == hashlib.sha256(real_stats.read_bytes()).hexdigest()
+    assert protocol['metric_heads']['clip']['type'] == 'ClipScoreReward'
+    assert protocol['fidelity']['metrics'] == ['fid', 'isc']
+    assert stats['sha256'] in proc.stdout.split('evaluation protocol:')[1]
     assert (tmp_path / 'out' / 'grid_train_cfg1.5.png').stat().st_size > 0
 
 

@@ -115,6 +115,7 @@ if os.path.dirname(os.path.abspath(__file__)) not in sys.path:    # tools/fid_st
 
 import fid_stats  # noqa: E402
 from vargo.components.metrics import frechet  # noqa: E402
+from vargo.core import eval_protocol  # noqa: E402
 from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
                             UsageError, cfg_scale, check_cfg_scale, checkpoint_file, fail,
                             family_sampler_cfg, load_policy_checkpoint, positive_int)
@@ -357,6 +358,74 @@ class Fidelity:
                                     f'weights not found: {self.weights_path}')
         self.metrics = metrics
 
+    # -- the protocol: what the numbers depend on ------------------------------------------------
+    def protocol(self) -> dict:
+        """The extractor (name, layer, weights file and its sha256), the metrics and, per split,
+        the reference: statistics files with their sha256, or the real images."""
+        if self.shapes_benchmark:
+            return self._shapes_protocol()
+        weights = eval_protocol.file_record(self.weights_path) if self.weights_path else None
+        extractor = dict(name=self.extractor_name, feature_layer=self.fid_layer, weights=weights)
+        if 'isc' in self.metrics:
+            extractor['isc_layer'] = self.isc_layer
+        return dict(extractor=extractor, metrics=list(self.metrics),
+                    references={split: self._reference_record(split) for split in self.splits},
+                    settings=self._metric_settings(self.metrics))
+
+    def _metric_settings(self, metrics) -> dict:
+        out = {}
+        if 'kid' in metrics:
+            out.update(kid_subset_size=int(self.cfg.get('kid_subset_size', 1000)),
+                       kid_subsets=int(self.cfg.get('kid_subsets', 100)))
+        return out
+
+    def _reference_record(self, split: str) -> dict:
+        ref = {}
+        if self.cfg.get('reference_stats') is not None and 'fid' in self.metrics:
+            path = _per_split(self.cfg['reference_stats'], split, 'reference_stats')
+            prefix = _per_split(self.cfg.get('reference_stats_prefix') or '', split,
+                                'reference_stats_prefix')
+            ref['fid_statistics'] = eval_protocol.file_record(path, prefix=prefix)
+        if self.cfg.get('reference_images') is not None and set(self.metrics) - {'isc'}:
+            source = _per_split(self.cfg['reference_images'], split, 'reference_images')
+            if isinstance(source, dict):
+                record = {'dataset': eval_protocol.plain(source)}
+            elif os.path.isdir(os.path.expanduser(str(source))):
+                record = eval_protocol.folder_record(source)
+            else:
+                record = {'config_file': eval_protocol.file_record(source)}
+            ref['real_images'] = dict(record, num_reference=self.cfg.get('num_reference'),
+                                      image_size=self.cfg.get('image_size'))
+        return ref
+
+    def _shapes_protocol(self) -> dict:
+        import inspect
+
+        from vargo.components.benchmarks import shapes_features as sf
+        task = self.cfg['task']
+        metrics = tuple(self.metrics or inspect.signature(sf.shapes_fidelity)
+                        .parameters['metrics'].default)
+        layer = frechet.extractor_registry()[sf.EXTRACTOR_NAME] \
+            .get_default_feature_layer_for_metric('fid')
+        refs = {}
+        for split in self.splits:
+            ref = {}
+            if 'fid' in metrics:
+                ref['fid_statistics'] = eval_protocol.file_record(
+                    sf.DEFAULT_STATS_PATH, prefix=f'{task}_{split}_')
+            if {'kid', 'prc'} & set(metrics):
+                ref['real_images'] = dict(
+                    dataset=dict(type='ShapesImageDataset', split=split, task=task,
+                                 num_samples=sf.REFERENCE_NUM_SAMPLES, seed=sf.REFERENCE_SEED),
+                    used='the first num_gen images (as many as the samples)')
+            refs[split] = ref
+        weights = eval_protocol.file_record(self.weights_path or sf.DEFAULT_WEIGHTS_PATH)
+        defaults = inspect.signature(sf.shapes_fidelity).parameters
+        settings = {k: defaults[k].default for k in ('kid_subset_size', 'kid_subsets')
+                    if 'kid' in metrics}
+        return dict(extractor=dict(name=sf.EXTRACTOR_NAME, feature_layer=layer, weights=weights),
+                    metrics=list(metrics), references=refs, settings=settings)
+
     # -- before sampling: build and read ----------------------------------------------------------
     def prepare(self) -> 'Fidelity':
         """Build the extractor and read (and check) reference statistics; idempotent."""
@@ -495,6 +564,26 @@ def build_metric_heads(heads_cfg: dict) -> dict:
         return {name: checked_build(dict(c), REWARD_HEADS) for name, c in heads_cfg.items()}
 
 
+def evaluation_protocol(*, drawing: dict, samplers: list, model, eval_cfg, splits: list,
+                        sampling: dict, fidelity: Optional[Fidelity]) -> dict:
+    """The ``protocol`` of eval.json (``vargo.core.eval_protocol``): the drawing sampler's
+    settings as used, the sampling settings, the splits, the scored heads and the fidelity
+    references with the sha256 of every file."""
+    from vargo.core.registry import SAMPLERS
+    sampler = eval_protocol.resolved_settings(drawing, SAMPLERS.get(drawing['type']))
+    sampler['type'] = type(samplers[0]).__name__
+    scales = [float(s.logprob_spec().cfg_scale) for s in samplers]
+    sampler['cfg_scale'] = scales if len(scales) > 1 else scales[0]
+    heads = {name: type(head.evaluation_head()).__name__
+             for name, head in model.reward_heads.items()}
+    return dict(version=eval_protocol.PROTOCOL_VERSION, sampler=sampler, sampling=sampling,
+                splits={s: eval_protocol.plain(eval_cfg.splits[s]) for s in splits},
+                scored_heads=heads,
+                metric_heads=eval_protocol.plain(eval_cfg.get('metric_heads') or {}),
+                fidelity=fidelity.protocol() if fidelity is not None else None,
+                vargo_commit=eval_protocol.vargo_commit())
+
+
 def print_table(results: dict) -> None:
     keys = sorted({k for r in results.values() for k in r})
     cols = list(results)
@@ -589,6 +678,11 @@ def main(argv=None) -> int:
         metric_heads = build_metric_heads(eval_cfg.get('metric_heads') or {})
         if fidelity is not None:
             fidelity.prepare()
+        protocol = evaluation_protocol(
+            drawing=drawing, samplers=samplers, model=model, eval_cfg=eval_cfg, splits=splits,
+            sampling=dict(seed=args.seed, samples_per_condition=per_condition,
+                          max_conditions=max_conditions, batch_conditions=args.batch_conditions),
+            fidelity=fidelity)
     except (ConfigError, FileNotFoundError, UsageError) as e:
         return fail(e)
     model.eval()
@@ -630,9 +724,11 @@ def main(argv=None) -> int:
     else:
         record['cfg_scale'] = model.sampler.logprob_spec().cfg_scale
     record['results'] = results
+    record['protocol'] = protocol
     with open(os.path.join(out_dir, 'eval.json'), 'w') as f:
         json.dump(record, f, indent=2)
     print_table(results)
+    print('\n'.join(eval_protocol.format_protocol(protocol)))
     print(f'wrote {out_dir}/eval.json and grid_<split>{"_cfg<S>" if multi else ""}.png')
     return 0
 
