@@ -2,5 +2,6 @@
 from .llamagen import LlamaGenPolicy
 from .mar import MARPolicy
 from .var import VARPolicy
+from .vqgan import VQGANTransformerPolicy
 
-__all__ = ['LlamaGenPolicy', 'MARPolicy', 'VARPolicy']
+__all__ = ['LlamaGenPolicy', 'MARPolicy', 'VARPolicy', 'VQGANTransformerPolicy']
