@@ -298,6 +298,19 @@ def test_actions_embeddings_axes_and_state_dict():
                                           tokenizer=TINY_TOK)), VQGANTransformerPolicy)
 
 
+def test_flops_count_the_matmuls_of_a_teacher_forced_forward():
+    pol = make_policy()                          # T = 16, C = 32, 2 layers, V = 64
+    s, c = 16, 32
+    per_layer = 4 * (2 * s * c * c) + 2 * (2 * s * c * 4 * c) + 2 * c * s * (s + 1)
+    assert pol.flops_per_sample() == 2 * per_layer + 2 * s * c * V
+    with torch.device('meta'):
+        cin = VQGANTransformerPolicy()
+    # 1.4B parameters over 256 positions: about 2 * params * 256 plus attention
+    assert cin.flops_per_sample() == 48 * (2 * 256 * 1536 * 12 * 1536
+                                           + 2 * 1536 * 256 * 257) + 2 * 256 * 1536 * 16384
+    assert 7.0e11 < cin.flops_per_sample() < 7.5e11
+
+
 def test_pretrain_loss_is_next_token_cross_entropy():
     pol = make_policy()
     tokens = torch.randint(0, V, (3, 16))
@@ -395,7 +408,6 @@ def test_mismatched_official_files_raise_one_line_naming_the_key(tmp_path, edit,
 
 
 def test_a_file_with_code_is_refused(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, 'tests'))
     from crafted_files import reduce_payload
     marker = tmp_path / 'pwned'
     (tmp_path / 'last.ckpt').write_bytes(reduce_payload(str(marker)))

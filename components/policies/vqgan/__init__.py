@@ -68,11 +68,15 @@ Deviations (none changes a number under the official settings beyond float round
   equal the sampler's); ``pkeep`` token corruption and ``n_unmasked`` are not implemented (the
   cin model uses neither).
 
-Parity with the official code (measured 2026-12 on CPU, fp32, at commit 3ba01b2 of the official
-repository, with pytorch_lightning / omegaconf stubbed and transformers 4.3.1's
-``top_k_top_p_filtering`` taken from its wheel; random weights loaded strictly into both from one
-crafted Lightning ``last.ckpt``; a 3-layer, width-64 transformer over a 512-code VQGAN with ch 32,
-ch_mult (1, 1, 2), attention at 8 px, 32-px images):
+Parity with the official code, measured 2026-12 on CPU in fp32 by a harness kept outside the
+repository (the official code is not part of it): the official modules imported from a checkout
+of CompVis/taming-transformers at commit 3ba01b2 (``Net2NetTransformer`` built from its configs
+with ``instantiate_from_config``; ``pytorch_lightning.LightningModule`` stubbed by
+``torch.nn.Module``; ``transformers.top_k_top_p_filtering`` taken from the transformers 4.3.1
+wheel, ``pip download transformers==4.3.1 --no-deps``), random weights written into a crafted
+Lightning ``last.ckpt`` (with the ``ModelCheckpoint`` class key) and loaded strictly by vargo, the
+two run side by side with the same inputs and ``torch.manual_seed``; a 3-layer, width-64
+transformer over a 512-code VQGAN (ch 32, ch_mult (1, 1, 2), attention at 8 px, 32-px images):
 
 * official cin sizes built on the meta device: transformer 1,410,640,896 parameters, 821 keys (48
   masks included), VQGAN 76,073,859 parameters, 343 keys; the sha256 of the sorted ``key:shape``

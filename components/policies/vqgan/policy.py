@@ -191,6 +191,17 @@ class VQGANTransformerPolicy(Policy):
                                             with_entropy=with_entropy)
         return PolicyEval(logp=logp, entropy=ent)
 
+    def flops_per_sample(self, spec: Optional[LogprobSpec] = None) -> int:
+        """Matmul FLOPs of one teacher-forced :meth:`evaluate` forward, per sample (two per
+        multiply-add; the conventions of LlamaGen's ``teacher_forced_flops``): over the ``S = T``
+        input positions, per layer ``2 S C (4 C)`` for ``key, query, value, proj``, ``2 S C (8 C)``
+        for the MLP and ``2 C S (S + 1)`` for ``QK^T`` and ``AV`` over the causal pairs; the head
+        ``2 T C V``. Embeddings, norms and softmaxes are not counted; ``spec`` is accepted for the
+        interface (no guidance: never doubled)."""
+        s, c, cfg = self.num_actions, self.cfg.n_embd, self.cfg
+        per_layer = 2 * s * c * 12 * c + 2 * c * s * (s + 1)
+        return cfg.n_layer * per_layer + 2 * s * c * cfg.vocab_size
+
     @torch.no_grad()
     def decode(self, rollout: Rollout, *, chunk: int = 16) -> Tensor:
         """``[B, 3, H, W]`` images in [0, 1] of the rollout's tokens (VQGAN decoder, ``chunk``
