@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vargo.components.policies.vqgan import (LIGHTNING_CALLBACK_KEYS, MinGPT, MinGPTConfig,
+from vargo.components.policies.vqgan import (LIGHTNING_CALLBACK_KEYS, MinGPTConfig,
                                              VQGANTransformerPolicy)
 from vargo.components.samplers import ARSampler
 from vargo.components.tokenizers.vqgan import VQGAN, VQGAN_PRESETS, build_vqgan
@@ -97,8 +97,8 @@ def _digest(state):
 
 #: the cin Net2NetTransformer: GPT(16384, 256, n_layer=48, n_head=24, n_embd=1536), VQModel
 #: f16-16384 (embed_dim 256), Labelator(1000) (no weights), lossconfig without weights
-CIN = dict(net2net_keys=1164, net2net_digest='101f12a113a92c5e3e6e0f6b7ab5e679ed592b25dc84843dbf4f0e'
-                                             '700c84e3d0',
+CIN = dict(net2net_keys=1164,
+           net2net_digest='101f12a113a92c5e3e6e0f6b7ab5e679ed592b25dc84843dbf4f0e700c84e3d0',
            transformer_keys=821, transformer_params=1_410_640_896,
            transformer_state_numel=1_413_786_624,   # + 48 causal masks [1, 1, 256, 256]
            transformer_digest='70a89cae7b4dbdbd8d602e10a926de412466bbd4b417f37db58322d14350e19d',
@@ -382,6 +382,52 @@ def test_official_lightning_checkpoint_loads_strictly_without_lightning(tmp_path
                     monkeypatch)
     other = make_policy(tokenizer_checkpoint=str(vq_file))
     assert torch.equal(other.vq.decoder.conv_out.weight, src.vq.decoder.conv_out.weight)
+
+
+def _project_yaml(folder, *, n_head=4, cond='taming.modules.util.Labelator', ch_mult=(1, 2, 2)):
+    (folder / 'configs').mkdir(parents=True, exist_ok=True)
+    (folder / 'configs' / '2021-04-03T19-39-50-project.yaml').write_text(f'''model:
+  base_learning_rate: 4.5e-06
+  target: taming.models.cond_transformer.Net2NetTransformer
+  params:
+    cond_stage_key: class_label
+    transformer_config:
+      target: taming.modules.transformer.mingpt.GPT
+      params: {{vocab_size: {V}, block_size: 16, n_layer: 2, n_head: {n_head}, n_embd: 32}}
+    first_stage_config:
+      target: taming.models.vqgan.VQModel
+      params:
+        embed_dim: 8
+        n_embed: {V}
+        ddconfig: {{double_z: false, z_channels: 16, resolution: 16, in_channels: 3, out_ch: 3,
+                   ch: 16, ch_mult: {list(ch_mult)}, num_res_blocks: 1, attn_resolutions: [4],
+                   dropout: 0.0}}
+        lossconfig: {{target: taming.modules.losses.DummyLoss}}
+    cond_stage_config:
+      target: {cond}
+      params: {{n_classes: 1000}}
+''')
+
+
+def test_the_release_project_yaml_is_checked_against_the_settings(tmp_path, monkeypatch):
+    release = tmp_path / '2021-04-03T19-39-50_cin_transformer'
+    path = release / 'checkpoints' / 'last.ckpt'
+    path.parent.mkdir(parents=True)
+    src = make_policy()
+    _lightning_ckpt(path, _net2net_state(src), monkeypatch)
+    _project_yaml(release)
+    dst = make_policy(checkpoint=str(path))                     # matches: loads
+    assert torch.equal(dst.transformer.head.weight, src.transformer.head.weight)
+    _project_yaml(release, n_head=8)
+    with pytest.raises(ValueError, match=r'transformer n_head: file 8 vs config 4; set arch'):
+        make_policy(checkpoint=str(path))
+    _project_yaml(release, ch_mult=(1, 1, 2))
+    with pytest.raises(ValueError, match=r'tokenizer ch_mult: file \(1, 1, 2\) vs config '
+                                         r'\(1, 2, 2\)'):
+        make_policy(checkpoint=str(path))
+    _project_yaml(release, cond='taming.modules.util.SOSProvider')
+    with pytest.raises(ValueError, match='not the class-label Labelator'):
+        make_policy(checkpoint=str(path))
 
 
 @pytest.mark.parametrize('edit,match', [

@@ -142,6 +142,10 @@ class VQGAN(nn.Module):
         self.quant_conv = nn.Conv2d(z_channels, embed_dim, 1)
         self.post_quant_conv = nn.Conv2d(embed_dim, z_channels, 1)
         self.codebook_size, self.embed_dim = n_embed, embed_dim
+        #: the official ``ddconfig`` fields of this model (what a release's project.yaml sets)
+        self.ddconfig = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+                             attn_resolutions=tuple(attn_resolutions), resolution=resolution,
+                             z_channels=z_channels)
         self.downsample = 2 ** (len(ch_mult) - 1)
 
     # ---- official API (images in [-1, 1]) ------------------------------------------------

@@ -33,7 +33,10 @@ name (and ``EarlyStopping``'s) mapped to an inert stand-in, and nothing else all
 VQGAN releases (``vqgan_imagenet_f16_16384``) also carry their training losses (``loss.*``: LPIPS
 and discriminator), which are dropped with a log line. Any other missing, unexpected or
 mis-shaped key raises :class:`~vargo.core.checkpoint.StateDictMismatch` naming it (the official
-``init_from_ckpt`` uses ``strict=False``).
+``init_from_ckpt`` uses ``strict=False``). The weights do not fix every setting (``n_head`` has
+no tensor of its own): when the release folder's ``configs/*-project.yaml`` sits next to
+``checkpoints/``, it is read (YAML, data only) and every differing ``transformer_config`` /
+``first_stage_config`` field fails with one line (:func:`.loading.check_release_config`).
 
 Faithful details:
 
@@ -104,11 +107,13 @@ Modules: :mod:`.model` (minGPT), :mod:`.loading` (official files, strict loading
 """
 from vargo.core.checkpoint import StateDictMismatch
 
-from .loading import (LIGHTNING_CALLBACK_KEYS, TAMING_FILE_SOURCES, load_first_stage,
-                      load_transformer, read_official_state_dict, split_net2net)
+from .loading import (LIGHTNING_CALLBACK_KEYS, TAMING_FILE_SOURCES, check_release_config,
+                      load_first_stage, load_transformer, read_official_state_dict,
+                      split_net2net)
 from .model import MINGPT_ARCHS, MinGPT, MinGPTConfig, derived_mask_keys
 from .policy import VQGANTransformerPolicy
 
 __all__ = ['MINGPT_ARCHS', 'MinGPT', 'MinGPTConfig', 'VQGANTransformerPolicy', 'StateDictMismatch',
            'TAMING_FILE_SOURCES', 'LIGHTNING_CALLBACK_KEYS', 'read_official_state_dict',
-           'split_net2net', 'load_transformer', 'load_first_stage', 'derived_mask_keys']
+           'split_net2net', 'load_transformer', 'load_first_stage', 'derived_mask_keys',
+           'check_release_config']

@@ -3,8 +3,9 @@ them, splitting a ``Net2NetTransformer`` state dict into its transformer and fir
 loading each strictly through core's one loader."""
 from __future__ import annotations
 
+import glob
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
@@ -15,7 +16,8 @@ from vargo.core.checkpoint import (StateDictMismatch, load_state_dict_strict,
 from .model import MinGPT, derived_mask_keys
 
 __all__ = ['TAMING_FILE_SOURCES', 'read_official_state_dict', 'split_net2net',
-           'load_transformer', 'load_first_stage', 'LIGHTNING_CALLBACK_KEYS']
+           'load_transformer', 'load_first_stage', 'LIGHTNING_CALLBACK_KEYS',
+           'check_release_config']
 
 #: where the official files are published (taming-transformers README, "Overview of pretrained
 #: models"); a released log folder holds ``checkpoints/last.ckpt`` and ``configs/*-project.yaml``
@@ -144,3 +146,59 @@ def load_first_stage(vq: nn.Module, state: dict[str, Tensor], *, source: str) ->
                                   hint='check the tokenizer settings (n_embed, embed_dim, ch, '
                                        'ch_mult, attn_resolutions, resolution) against the file '
                                        '(the release\'s configs/*-project.yaml, ddconfig)')
+
+
+def _release_yaml(ckpt_path: str) -> Optional[str]:
+    """The ``configs/*-project.yaml`` of the release folder holding ``<folder>/checkpoints/
+    <file>``, or None."""
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(str(ckpt_path))))
+    found = sorted(glob.glob(os.path.join(folder, 'configs', '*-project.yaml')))
+    return found[-1] if found else None
+
+
+def check_release_config(ckpt_path: str, *, transformer: dict[str, Any],
+                         first_stage: Optional[dict[str, Any]] = None) -> Optional[str]:
+    """Compare the architecture vargo builds with the release's own ``configs/*-project.yaml``
+    (next to ``checkpoints/``), which the weights alone do not fix (``n_head`` has no tensor of
+    its own). Returns the YAML checked, or None when the folder has none.
+
+    Args:
+        ckpt_path: the release's ``checkpoints/last.ckpt``.
+        transformer: vargo's values of ``transformer_config.params`` fields (``vocab_size``,
+            ``block_size``, ``n_layer``, ``n_head``, ``n_embd``).
+        first_stage: vargo's values of ``first_stage_config.params`` (``n_embed``,
+            ``embed_dim``) and of its ``ddconfig`` fields (other keys), or None.
+
+    Raises:
+        ValueError: one line naming every differing field (file value vs config value), or a
+            cond stage other than the class-label ``Labelator``.
+    """
+    path = _release_yaml(ckpt_path)
+    if path is None:
+        return None
+    import yaml
+    with open(path, encoding='utf-8') as f:
+        params = ((yaml.safe_load(f) or {}).get('model') or {}).get('params') or {}
+    cond = (params.get('cond_stage_config') or {})
+    target = cond.get('target', '') if isinstance(cond, dict) else str(cond)
+    if not str(target).endswith('Labelator'):
+        raise ValueError(f'{path}: cond_stage_config is {target!r}, not the class-label '
+                         f'Labelator: vargo loads the class-conditional (cin) transformer only')
+    bad = []
+    gpt = (params.get('transformer_config') or {}).get('params') or {}
+    for key, ours in transformer.items():
+        if key in gpt and gpt[key] != ours:
+            bad.append(f'transformer {key}: file {gpt[key]!r} vs config {ours!r}')
+    if first_stage is not None:
+        fs = (params.get('first_stage_config') or {}).get('params') or {}
+        dd = fs.get('ddconfig') or {}
+        for key, ours in first_stage.items():
+            theirs = fs.get(key, dd.get(key))
+            if isinstance(theirs, list):
+                theirs = tuple(theirs)
+            if theirs is not None and theirs != ours:
+                bad.append(f'tokenizer {key}: file {theirs!r} vs config {ours!r}')
+    if bad:
+        raise ValueError(f'{path} does not match the policy settings: {"; ".join(bad)}; set '
+                         f'arch / vocab_size / block_size / tokenizer as the release does')
+    return path

@@ -18,8 +18,8 @@ from ...modules.categorical import logp_entropy_under_spec
 from ...modules.kv_cache import StaticKVCache
 from ...tokenizers.vqgan import VQGAN, build_vqgan
 from ..frozen import exclude_frozen_submodules
-from .loading import (TAMING_FILE_SOURCES, load_first_stage, load_transformer,
-                      read_official_state_dict, split_net2net)
+from .loading import (TAMING_FILE_SOURCES, check_release_config, load_first_stage,
+                      load_transformer, read_official_state_dict, split_net2net)
 from .model import MinGPT, MinGPTConfig
 
 __all__ = ['VQGANTransformerPolicy']
@@ -65,6 +65,10 @@ class VQGANTransformerPolicy(Policy):
 
     Attributes:
         file_sources: official release folder -> where it is published.
+
+    A release folder's ``configs/*-project.yaml`` next to ``checkpoints/`` is read (YAML, data
+    only) and compared with these settings when its checkpoint is loaded: a differing field (e.g.
+    ``n_head``, which no tensor fixes) fails with one line.
     """
 
     file_sources: dict[str, str] = TAMING_FILE_SOURCES
@@ -136,6 +140,13 @@ class VQGANTransformerPolicy(Policy):
         """Load an official cin ``last.ckpt`` (or a bare transformer file) strictly; with
         ``tokenizer`` also its first stage, if it holds one."""
         state = read_official_state_dict(path, what='VQGAN transformer')
+        checked = check_release_config(
+            path, transformer=dict(vocab_size=self.cfg.vocab_size,
+                                   block_size=self.cfg.block_size, n_layer=self.cfg.n_layer,
+                                   n_head=self.cfg.n_head, n_embd=self.cfg.n_embd),
+            first_stage=self._tokenizer_fields() if tokenizer else None)
+        if checked:
+            _log(f'{path}: architecture checked against {checked}')
         gpt, first = split_net2net(state, source=f'VQGAN transformer file {path!r}')
         dropped = load_transformer(self.transformer, gpt,
                                    source=f'VQGAN transformer file {path!r} (transformer.*)')
@@ -147,9 +158,15 @@ class VQGANTransformerPolicy(Policy):
             _log(f'{path}: dropped {len(dropped)} derived / training-only tensors (causal masks, '
                  f'first-stage losses), e.g. {dropped[0]}')
 
+    def _tokenizer_fields(self) -> dict:
+        """The tokenizer's official ``first_stage_config`` values (for the release check)."""
+        vq = self.vq
+        return dict(n_embed=vq.codebook_size, embed_dim=vq.embed_dim, **vq.ddconfig)
+
     def load_tokenizer(self, path: str) -> None:
         """Load a standalone VQGAN file (or the first stage of a cin file) strictly."""
         state = read_official_state_dict(path, what='VQGAN tokenizer')
+        check_release_config(path, transformer={}, first_stage=self._tokenizer_fields())
         if any(k.startswith('first_stage_model.') for k in state):
             _, state = split_net2net(state, source=f'VQGAN tokenizer file {path!r}')
         load_first_stage(self.vq, state, source=f'VQGAN tokenizer file {path!r}')

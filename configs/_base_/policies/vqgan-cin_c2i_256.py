@@ -2,8 +2,8 @@
 # 16 x 16 VQGAN f16 codes over a 16384-entry codebook) on the official weights, and its sampler.
 # File (download yourself): the 2021-04-03T19-39-50_cin_transformer folder, https://k00.fr/s511rwcv
 # (taming-transformers README); its checkpoints/last.ckpt holds the transformer and the VQGAN
-# (first_stage_model.*), both loaded strictly. Check transformer_config in the folder's
-# configs/*-project.yaml against arch='cin' (n_layer=48, n_head=24, n_embd=1536).
+# (first_stage_model.*), both loaded strictly; keep the folder whole: its configs/*-project.yaml is
+# checked against these settings at load (arch='cin': n_layer=48, n_head=24, n_embd=1536).
 policy = dict(
     type='VQGANTransformerPolicy',
     arch='cin',
