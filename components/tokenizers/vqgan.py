@@ -31,6 +31,11 @@ e`` (no L2 normalisation, unlike LlamaGen's VQ). The official ``encode`` returns
 z).detach()`` (the straight-through estimator, equal to ``e`` up to one rounding); vargo's
 :meth:`VQGAN.encode_raw` returns the code vectors ``e`` themselves (the same indices).
 
+Why not diffusers' ``VQModel``: its blocks rename every key (``down_blocks.N.resnets.M``,
+``attentions`` with ``to_q``/``to_k``/``to_v`` linears instead of 1x1 convs), so the official files
+would need a converter, and its attention runs another kernel (different rounding); this module
+loads the official files unchanged and matches them bit for bit.
+
 Not implemented (vargo only encodes and decodes with a frozen tokenizer): the training losses
 (LPIPS + discriminator, ``loss.*`` keys of a standalone VQGAN checkpoint, which the loader of the
 family drops), index remapping (``remap``), Gumbel and EMA quantizers.

@@ -154,6 +154,9 @@ class VQGANTransformerPolicy(Policy):
             dropped += load_first_stage(self.vq, first,
                                         source=f'VQGAN transformer file {path!r} '
                                                f'(first_stage_model.*)')
+        elif tokenizer:
+            _log(f'{path} holds no first stage (first_stage_model.*): the VQGAN tokenizer keeps '
+                 f'its random weights; set tokenizer_checkpoint to a VQGAN file')
         if dropped:
             _log(f'{path}: dropped {len(dropped)} derived / training-only tensors (causal masks, '
                  f'first-stage losses), e.g. {dropped[0]}')
