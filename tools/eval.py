@@ -97,7 +97,15 @@ Output (``--out``, default ``work_dirs/<config>/eval_<checkpoint or base>``)
 (``cfg_scales`` with ``--cfg-scales``) and ``results`` ``{key: {metric: value}}`` with
 ``num_conditions``, ``num_samples``, ``cfg_scale``, ``<head>/mean|strict|...``,
 ``entropy/mean|normalized``, ``fidelity/fid|kid|kid_std|precision|recall|f_score|isc|isc_std|
-num_gen|num_real``, ``time_s``; and ``grid_<key>.png``.
+num_gen|num_real``, ``time_s``; ``protocol``, what the numbers depend on besides the weights
+(``vargo.core.eval_protocol``): the drawing sampler's type and every setting as used
+(``cfg_scale`` a list with ``--cfg-scales``; top-k/top-p/temperature or the family's
+equivalents, defaults filled in), ``sampling`` (``seed``, ``samples_per_condition``,
+``max_conditions``, ``batch_conditions``), the evaluated ``splits``' dataset configs, the scored
+heads' classes and ``metric_heads``' configs, ``fidelity`` (extractor name, layer, weights file
+and its sha256; metrics; per split the reference statistics file(s) with sha256 and key prefix,
+or the real images) and ``vargo_commit``; and ``grid_<key>.png``. The protocol is printed under
+the table; ``tools/multiseed.py`` and the run report print it under theirs.
 """
 from __future__ import annotations
 

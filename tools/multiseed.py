@@ -6,11 +6,25 @@ each final checkpoint, and summarise mean and spread across seeds with curves an
         --out results/var_rl_shapes [--cfg-options train_cfg.max_iters=60] \\
         [--eval-args "--samples-per-condition 16 --no-fidelity"]
 
+An arm is ``--arm NAME=CONFIG [KEY=VALUE ...]``: a name, a training config and optionally
+``--cfg-options`` of this arm only, so arms can be variants of one config::
+
+    --arm kl04=configs/grpo/llamagen_grpo_shapes.py \\
+    --arm kl03=configs/grpo/llamagen_grpo_shapes.py regularizers.kl.beta=0.03
+
+An arm's options come after the global ``--cfg-options`` (they win on the same key), reach both
+``tools/train.py`` and ``tools/eval.py``, and are recorded in ``run.json`` (``arm_options``, and
+``cfg_options``: everything passed). ``randomness.seed`` is set by ``--seeds`` and refused as an
+option. A finished run whose ``run.json`` names another config or other options than its arm
+now does is an error (pick a new arm name or ``--out``), never silently reused.
+
 Each run trains with ``randomness.seed=<seed>`` and ``OMP_NUM_THREADS=--threads`` (recorded),
 then ``tools/eval.py`` evaluates its last checkpoint with the same evaluation seed for every arm
 (``--eval-seed``, default 0: common random numbers, so arms differ only by their weights). What
-is worth committing next to a claim goes to ``OUT/<arm>/seed<S>/``: ``scalars.json`` (every
-logged scalar per iteration), ``eval.json`` and ``run.json`` (command, seconds, threads,
+is worth committing next to a claim goes to ``OUT/<arm>/seed<S>/``: ``scalars.json`` (the logged
+scalars per iteration; with ``--keep-scalars KEY ...`` only those keys, a prefix ending in ``/``
+keeping all keys under it, so the file is small enough to ship as a reference curve),
+``eval.json`` (with its evaluation protocol) and ``run.json`` (command, seconds, threads,
 machine, commit); checkpoints and logs stay in ``--work`` (default ``OUT/work/``; not for the
 repository).
 ``OUT/summary.json``, ``OUT/summary.md`` (mean, sample standard deviation and every seed's
@@ -20,6 +34,16 @@ add seeds or arms, or with ``--summarise-only``. Against a baseline arm (``--bas
 the first) the summary states a verdict per arm and metric: the difference of means with its 95%
 percentile bootstrap interval (seeds resampled within each arm), "beats" / "is worse than" when
 the interval excludes 0 (FID and KID: lower is better), "no difference detectable" otherwise.
+
+Evaluation protocols: summary.md ends with one block per distinct protocol of the runs' eval.json
+(``vargo.core.eval_protocol``: sampler settings, seeds, samples per condition, splits, reference
+statistics with their sha256, extractor) naming the runs evaluated under it. When the runs were
+evaluated under more than one protocol, summary.md opens with a WARNING naming the settings that
+differ, the same line goes to stderr, and every verdict between arms evaluated differently is
+"invalid" instead of a comparison. Runs whose eval.json predates protocols are listed as not
+checkable.
+
+A user's run against these results (the band of an arm's seeds): ``tools/reference.py``.
 """
 from __future__ import annotations
 
@@ -37,14 +61,18 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from vargo.core import eval_protocol
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                epilog=__doc__.split('\n\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--arm', action='append', required=True, metavar='NAME=CONFIG',
-                   help='an arm: a name and a training config (repeat for each arm)')
+    p.add_argument('--arm', action='append', nargs='+', required=True,
+                   metavar=('NAME=CONFIG', 'KEY=VALUE'), help='an arm: a name, a training config and '
+                   "this arm's own --cfg-options, if any (repeat for each arm)")
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--out', required=True, help='results directory')
     p.add_argument('--work', default=None,
@@ -55,6 +83,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='overrides for every arm (training and evaluation)')
     p.add_argument('--eval-args', default='', help='extra arguments of tools/eval.py')
     p.add_argument('--eval-seed', type=int, default=0)
+    p.add_argument('--keep-scalars', nargs='+', default=None, metavar='KEY',
+                   help='copy only these logged scalars to OUT/<arm>/seed<S>/scalars.json (a key '
+                        'ending in / keeps every key under it), e.g. reward/ kl/mean '
+                        'entropy/mean (default: all)')
     p.add_argument('--baseline', default=None, metavar='ARM',
                    help='compare every other arm with this one: bootstrap 95%% CI of the '
                         'difference of means and a verdict per metric (default: the first arm)')
@@ -65,20 +97,44 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='logged scalar(s) to plot (default: every reward/<head>/mean)')
     p.add_argument('--summarise-only', action='store_true')
     args = p.parse_args(argv)
-    arms = {}
-    for item in args.arm:
-        name, sep, config = item.partition('=')
-        if not sep or not name or not os.path.isfile(config):
-            p.error(f'--arm {item!r}: give NAME=CONFIG with an existing config file')
-        if name in arms:
-            p.error(f'--arm {item!r}: the name {name!r} is used twice')
-        arms[name] = config
+    try:
+        args.arms, args.arm_options = parse_arms(args.arm)
+        check_options(args.cfg_options, '--cfg-options')
+    except ValueError as e:
+        p.error(str(e))
     if args.jobs < 1 or args.threads < 1:
         p.error('--jobs and --threads must be >= 1')
-    if args.baseline is not None and args.baseline not in arms:
-        p.error(f'--baseline {args.baseline!r} is not one of the arms {sorted(arms)}')
-    args.arms = arms
+    if args.baseline is not None and args.baseline not in args.arms:
+        p.error(f'--baseline {args.baseline!r} is not one of the arms {sorted(args.arms)}')
     return args
+
+
+def check_options(options: list, where: str) -> None:
+    """Every option is ``KEY=VALUE``; the seed is not one (``--seeds`` sets it)."""
+    for opt in options:
+        key, sep, _ = opt.partition('=')
+        if not sep or not key:
+            raise ValueError(f'{where}: {opt!r} is not KEY=VALUE (e.g. train_cfg.max_iters=60)')
+        if key == 'randomness.seed':
+            raise ValueError(f'{where}: {opt!r}: the training seed is set by --seeds; drop it')
+
+
+def parse_arms(items: list) -> tuple[dict, dict]:
+    """``({name: config}, {name: [KEY=VALUE, ...]})`` of the ``--arm`` values."""
+    arms, options = {}, {}
+    for item in items:
+        name, sep, config = item[0].partition('=')
+        if not sep or not name or not os.path.isfile(config):
+            raise ValueError(f'--arm {" ".join(item)!r}: give NAME=CONFIG [KEY=VALUE ...] with '
+                             f'an existing config file')
+        if name in arms:
+            raise ValueError(f'--arm {" ".join(item)!r}: the name {name!r} is used twice')
+        if '/' in name or name.startswith('.'):
+            raise ValueError(f'--arm {" ".join(item)!r}: the name {name!r} is a directory name '
+                             f'under --out; use letters, digits, - and _')
+        check_options(item[1:], f'--arm {name}')
+        arms[name], options[name] = config, list(item[1:])
+    return arms, options
 
 
 def _git_commit() -> str:
@@ -99,16 +155,52 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def _arm_options(args, arm: str) -> list:
+    """The ``--cfg-options`` of ``arm``'s runs: the global ones, then the arm's own."""
+    return list(args.cfg_options) + list(args.arm_options.get(arm, []))
+
+
+def _check_record(record: dict, arm: str, config: str, opts: list, path: str) -> dict:
+    """A finished run is reused only if it ran this arm's config and options."""
+    same_config = os.path.normpath(str(record.get('config'))) == os.path.normpath(config)
+    if not same_config or list(record.get('cfg_options', [])) != opts:
+        raise RuntimeError(
+            f'{path} ran config {record.get("config")} with options '
+            f'{record.get("cfg_options", [])}, but --arm {arm} now gives {config} with {opts}: '
+            f'use another arm name or --out (finished runs are never silently reused)')
+    return record
+
+
+def copy_scalars(src: str, dst: str, keep=None) -> None:
+    """Copy a ``scalars.json``; with ``keep`` (keys, or prefixes ending in ``/``) only those
+    keys (and ``step``/``iter``) of every line that has one."""
+    if keep is None:
+        shutil.copyfile(src, dst)
+        return
+    def kept(key):
+        return any(key == k or (k.endswith('/') and key.startswith(k)) for k in keep)
+    with open(src, encoding='utf-8') as f, open(dst, 'w', encoding='utf-8') as out:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            small = {k: v for k, v in row.items() if kept(k)}
+            if small:
+                small.update({k: row[k] for k in ('iter', 'step') if k in row})
+                out.write(json.dumps(small) + '\n')
+
+
 def run_one(args, arm: str, config: str, seed: int) -> dict:
     """Train and evaluate one (arm, seed); skip what is already done. Returns its run record."""
     res = os.path.join(args.out, arm, f'seed{seed}')
     work = os.path.join(args.work or os.path.join(args.out, 'work'), arm, f'seed{seed}')
     record_path = os.path.join(res, 'run.json')
+    opts = _arm_options(args, arm)
     if os.path.isfile(record_path) and os.path.isfile(os.path.join(res, 'eval.json')):
-        return json.load(open(record_path))
+        return _check_record(json.load(open(record_path)), arm, config, opts, record_path)
     os.makedirs(res, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    opts = list(args.cfg_options)
     train = [sys.executable, os.path.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work,
              '--cfg-options', f'randomness.seed={seed}', *opts]
     t0 = time.time()
@@ -121,7 +213,7 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
     train_s = time.time() - t0
     ckpt = os.path.join(work, open(os.path.join(work, 'last_checkpoint')).read().strip())
     scalars = sorted(glob.glob(os.path.join(work, '*', 'vis_data', 'scalars.json')))
-    shutil.copyfile(scalars[-1], os.path.join(res, 'scalars.json'))
+    copy_scalars(scalars[-1], os.path.join(res, 'scalars.json'), args.keep_scalars)
     evaluate = [sys.executable, os.path.join(ROOT, 'tools', 'eval.py'), config, ckpt, '--out',
                 os.path.join(work, 'eval'), '--seed', str(args.eval_seed),
                 *shlex.split(args.eval_args)]
@@ -135,10 +227,12 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
                            f'{work}.eval.log')
     shutil.copyfile(os.path.join(work, 'eval', 'eval.json'), os.path.join(res, 'eval.json'))
     record = dict(arm=arm, config=config, seed=seed, threads=args.threads,
-                  cfg_options=opts, eval_args=args.eval_args, eval_seed=args.eval_seed,
+                  cfg_options=opts, arm_options=args.arm_options.get(arm, []),
+                  eval_args=args.eval_args, eval_seed=args.eval_seed,
                   train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1),
                   checkpoint=os.path.basename(ckpt), commit=_git_commit(), cpu=_cpu(),
                   cpus=os.cpu_count(), concurrent_jobs=args.jobs,
+                  kept_scalars=args.keep_scalars,
                   train_command=' '.join(shlex.quote(c) for c in train[1:]),
                   eval_command=' '.join(shlex.quote(c) for c in evaluate[1:]))
     with open(record_path, 'w') as f:
@@ -215,22 +309,103 @@ def verdict(metric: str, base: str, arm: str, a: list[float], b: list[float], *,
                 outcome=outcome, text=text)
 
 
-def summarise(args) -> dict:
-    """summary.json / summary.md / curves.png from the per-run files under ``args.out``."""
+def _collect(args):
+    """Per-run results under ``args.out``: ``(table, curves, runs, protocols)`` with
+    ``table[metric][arm][seed]``, ``curves[scalar][arm][seed]`` and ``protocols[arm][seed]``."""
     table: dict[str, dict[str, dict[int, float]]] = {}
     curves: dict[str, dict[str, dict[int, list]]] = {}
-    runs = {}
+    runs, protocols = {}, {}
     for arm in args.arms:
         for res in sorted(glob.glob(os.path.join(args.out, arm, 'seed*'))):
             if not os.path.isfile(os.path.join(res, 'eval.json')):
                 continue
             seed = int(os.path.basename(res)[4:])
             runs.setdefault(arm, []).append(json.load(open(os.path.join(res, 'run.json'))))
-            for k, v in _numbers(json.load(open(os.path.join(res, 'eval.json')))['results']).items():
+            record = json.load(open(os.path.join(res, 'eval.json')))
+            protocols.setdefault(arm, {})[seed] = record.get('protocol')
+            for k, v in _numbers(record['results']).items():
                 table.setdefault(k, {}).setdefault(arm, {})[seed] = v
             for k, pts in _load_scalars(os.path.join(res, 'scalars.json')).items():
                 curves.setdefault(k, {}).setdefault(arm, {})[seed] = pts
-    summary = {'arms': {a: args.arms[a] for a in args.arms}, 'runs': runs, 'metrics': {}}
+    return table, curves, runs, protocols
+
+
+def protocol_check(protocols: dict) -> dict:
+    """The runs' evaluation protocols: ``groups`` (one per distinct protocol, with the runs
+    evaluated under it), ``missing`` (runs without one), ``differ`` and the ``differences``."""
+    labelled = [(f'{arm} seed {seed}', p) for arm, per_seed in protocols.items()
+                for seed, p in sorted(per_seed.items())]
+    groups, missing = eval_protocol.group_protocols(labelled)
+    return dict(groups=[dict(runs=labels, protocol=p) for p, labels in groups], missing=missing,
+                differ=len(groups) > 1,
+                differences=eval_protocol.differences([p for p, _ in groups]))
+
+
+def _arm_identities(protocols: dict) -> dict[str, set]:
+    return {arm: {eval_protocol.identity(p) for p in per_seed.values() if p}
+            for arm, per_seed in protocols.items()}
+
+
+def _protocol_warning(check: dict) -> str:
+    return (f'WARNING: the runs were evaluated under {len(check["groups"])} different evaluation '
+            f'protocols (they differ in {", ".join(check["differences"])}): comparisons between '
+            f'them are not valid; re-evaluate them under one protocol')
+
+
+def _protocol_section(check: dict) -> list[str]:
+    lines = ['', '## Evaluation protocol', '']
+    for k, group in enumerate(check['groups'], 1):
+        title = (f'Protocol {k} of {len(check["groups"])}' if check['differ']
+                 else 'Every run was evaluated under one protocol')
+        lines += [f'{title} ({", ".join(group["runs"])}):', '', '```',
+                  *eval_protocol.format_protocol(group['protocol']), '```', '']
+    if check['missing']:
+        lines.append(f'No protocol recorded (eval.json written before tools/eval.py recorded '
+                     f'it), so not checked: {", ".join(check["missing"])}.')
+    return lines
+
+
+def _invalid_verdict(metric, base, arm, a, b, differences) -> dict:
+    diff = statistics.fmean(b) - statistics.fmean(a)
+    return dict(metric=metric, base=base, arm=arm, difference=diff, ci95=None, outcome='invalid',
+                text=f'{arm} vs {base} on {metric}: no verdict, INVALID: the arms were evaluated '
+                     f'under different protocols (differ in {", ".join(differences)}); '
+                     f'difference {diff:+.4g}')
+
+
+def _verdicts(args, table, protocols, base) -> list:
+    wanted = args.verdict_metrics or sorted(
+        m for m in table if m.endswith(('/shapes/strict', '/fidelity/fid', '/fidelity/recall',
+                                        '/fidelity/precision')))
+    ids = _arm_identities(protocols)
+    out = []
+    for metric in wanted:
+        a = list(table.get(metric, {}).get(base, {}).values())
+        for arm in args.arms:
+            b = list(table.get(metric, {}).get(arm, {}).values())
+            if arm == base or not a or not b:
+                continue
+            if len(ids.get(base, set()) | ids.get(arm, set())) > 1:
+                pair = {x: protocols[x] for x in (base, arm)}
+                out.append(_invalid_verdict(metric, base, arm, a, b,
+                                            protocol_check(pair)['differences']))
+            else:
+                out.append(verdict(metric, base, arm, a, b))
+    return out
+
+
+def _arm_line(args, arm: str) -> str:
+    opts = args.arm_options.get(arm) or []
+    return f'- `{arm}`: `{args.arms[arm]}`' + (f' with `{" ".join(opts)}`' if opts else '')
+
+
+def summarise(args) -> dict:
+    """summary.json / summary.md / curves.png from the per-run files under ``args.out``."""
+    table, curves, runs, protocols = _collect(args)
+    check = protocol_check(protocols)
+    summary = {'arms': {a: args.arms[a] for a in args.arms},
+               'arm_options': {a: args.arm_options.get(a, []) for a in args.arms},
+               'runs': runs, 'metrics': {}, 'protocols': check}
     lines = ['| metric | ' + ' | '.join(args.arms) + ' |',
              '|---|' + '---|' * len(args.arms)]
     for metric in sorted(table):
@@ -248,25 +423,20 @@ def summarise(args) -> dict:
         summary['metrics'][metric] = entry
         lines.append(f'| {metric} | ' + ' | '.join(row) + ' |')
     base = args.baseline or next(iter(args.arms))
-    wanted = args.verdict_metrics or sorted(
-        m for m in table if m.endswith(('/shapes/strict', '/fidelity/fid', '/fidelity/recall',
-                                        '/fidelity/precision')))
-    summary['verdicts'] = []
-    for metric in wanted:
-        a = list(table.get(metric, {}).get(base, {}).values())
-        for arm in args.arms:
-            b = list(table.get(metric, {}).get(arm, {}).values())
-            if arm != base and a and b:
-                summary['verdicts'].append(verdict(metric, base, arm, a, b))
+    summary['verdicts'] = _verdicts(args, table, protocols, base)
     with open(os.path.join(args.out, 'summary.json'), 'w') as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(args.out, 'summary.md'), 'w') as f:
+        if check['differ']:
+            f.write(f'**{_protocol_warning(check)}**\n\n')
+        f.write('Arms:\n\n' + '\n'.join(_arm_line(args, a) for a in args.arms) + '\n\n')
         f.write('Mean ± sample standard deviation across seeds (n = seeds); per-seed values in '
                 'summary.json.\n\n' + '\n'.join(lines) + '\n')
         if summary['verdicts']:
             f.write(f'\nAgainst {base} (95% percentile bootstrap interval of the difference of '
                     f'means, seeds resampled per arm):\n\n'
                     + ''.join(f'- {v["text"]}\n' for v in summary['verdicts']))
+        f.write('\n'.join(_protocol_section(check)) + '\n')
     keys = args.curve or sorted(k for k in curves if k.startswith('reward/') and k.endswith('/mean'))
     _plot(curves, keys, list(args.arms), os.path.join(args.out, 'curves.png'))
     return summary
@@ -320,7 +490,9 @@ def main(argv=None) -> int:
             summarise(args)
             print(f'{len(failures)} run(s) failed; the summary holds the others', file=sys.stderr)
             return 1
-    summarise(args)
+    summary = summarise(args)
+    if summary['protocols']['differ']:
+        print(_protocol_warning(summary['protocols']), file=sys.stderr)
     print(f'wrote {args.out}/summary.md, summary.json and curves.png')
     return 0
 
