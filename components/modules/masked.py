@@ -137,6 +137,14 @@ class MARExtras(FamilyExtras):
             recomputes (``MaskedSampler(mte_top_fraction=f)``: the top ``f`` uncertain tokens of
             each image), or None: every token's. The other extra-chain transitions keep their
             ``logp_old`` (ratio 1, no gradient) and are not marked ``evaluated``.
+        refine_steps: the AR steps whose *refinement chains* the rollout carries as actions
+            (``MaskedSampler(refinement=True)``; empty: none) (shared). A refinement chain is
+            the head chain AR step ``i`` runs for a token still masked after step ``i``
+            (``commit_step > i``): it is discarded by sampling (the token is sampled again
+            later) but is a term of MAR-GRPO's official loss of step ``i``.
+        refine_tokens: ``[B, R]`` long, the token of each refinement chain, or None. Chains are
+            step-major (``refine_steps`` order), tokens in raster order within a step; step
+            ``i`` has ``rem[i + 1]`` of them (:func:`mask_schedule`), the same in every image.
 
     Action layout with ``S = mte_chains > 0`` (chain-major blocks of ``A_0 = N K``): the rollout
     has ``A = (1 + S) A_0`` actions; action ``c A_0 + j K + k`` is transition ``k`` of token
@@ -145,6 +153,12 @@ class MARExtras(FamilyExtras):
     latent ``z``). ``actions``, ``logp_old``, ``action_mask``, ``action_step``, ``action_pos``,
     ``x_t`` and ``log_variance`` all follow it, so ``view(B, 1 + S, N, K, ...)`` separates the
     chains. With ``S = 0`` the layout is the plain ``A = N K`` one.
+
+    Refinement chains (``refine_tokens`` not None) follow the chain blocks: action
+    ``(1 + S) N K + r K + k`` is transition ``k`` of refinement chain ``r`` (AR step
+    :meth:`refine_step_of` ``[r]``, token ``refine_tokens[:, r]``), so ``A = (1 + S) N K + R K``;
+    their ``action_step`` is the refinement's step and ``action_pos`` (then ``[B, A, 2]``) the
+    token's cell. :attr:`num_chain_actions` is where they start.
     """
 
     orders: Optional[Tensor] = None
@@ -166,10 +180,12 @@ class MARExtras(FamilyExtras):
     mte_chains: int = 0
     mte_x0: Optional[Tensor] = None
     mte_tokens: Optional[Tensor] = None
+    refine_steps: tuple[int, ...] = ()
+    refine_tokens: Optional[Tensor] = None
 
     batch_fields: ClassVar[tuple[str, ...]] = ('orders', 'commit_step', 'tokens', 'z', 'z_uncond',
                                                'x_t', 'x0_pred', 'log_variance', 'mte_x0',
-                                               'mte_tokens')
+                                               'mte_tokens', 'refine_tokens')
 
     @property
     def num_transitions(self) -> int:
@@ -180,4 +196,27 @@ class MARExtras(FamilyExtras):
     def num_chains(self) -> int:
         """``1 + mte_chains``: the chain blocks on the action axis (see the layout above)."""
         return 1 + int(self.mte_chains)
+
+    @property
+    def num_chain_actions(self) -> int:
+        """``(1 + S) N K``: the actions of the chain blocks (the refinement chains follow)."""
+        return self.num_chains * self.seq_len * self.num_transitions
+
+    @property
+    def num_refinements(self) -> int:
+        """``R``: refinement chains per sample (0 without them)."""
+        return 0 if self.refine_tokens is None else int(self.refine_tokens.shape[1])
+
+    def refine_step_of(self) -> Tensor:
+        """``[R]`` long: the AR step of each refinement chain (step-major, ``rem[i + 1]`` chains
+        for step ``i``).
+
+        Examples:
+            >>> ex = MARExtras(seq_len=4, num_iter=2, refine_steps=(0,))
+            >>> mask_schedule(4, 2)[0], ex.refine_step_of().tolist()
+            ([4, 2, 0], [0, 0])
+        """
+        rem, _ = mask_schedule(self.seq_len, self.num_iter)
+        return torch.tensor([i for i in self.refine_steps for _ in range(rem[i + 1])],
+                            dtype=torch.long)
 

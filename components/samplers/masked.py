@@ -175,7 +175,8 @@ class MARChains:
         a0 = self.x_t.shape[2]
         extras = dataclasses.replace(rollout.extras, x_t=self.x_t[:, s], log_variance=None
                                      if self.log_variance is None else self.log_variance[:, s],
-                                     mte_chains=0, mte_x0=None)
+                                     mte_chains=0, mte_x0=None, refine_steps=(),
+                                     refine_tokens=None)
         return dataclasses.replace(rollout, actions=self.actions[:, s],
                                    logp_old=self.logp_old[:, s], extras=extras,
                                    action_mask=rollout.action_mask[:, :a0],
@@ -228,6 +229,16 @@ class MaskedSampler(RolloutSampler):
             ``MultiTrajectorySelector(top_fraction=mte_top_fraction)``, so this saves
             ``1 - mte_top_fraction`` of the extra chains' update work without changing the loss.
             None (default): every token's extra chains are evaluated.
+        refinement: also carry the *refinement chains* as actions: the head chain AR step ``i``
+            runs for each token still masked after step ``i`` (discarded by sampling, the token
+            is drawn again later), which MAR-GRPO's official loss of step ``i`` scores next to
+            the committed tokens' chains and its consistency rule gates
+            (``ConsistencySelector``). Needs ``record_predictions=True`` (that is when the
+            sampler runs them). With a loss subset (``loss_ar_steps``) only the subset's steps
+            are carried, and the subset is then drawn *before* the head noise (right after the
+            orders), as the official code draws ``selected_mask_steps``; otherwise every step's.
+            Layout in :class:`~vargo.components.modules.masked.MARExtras` (``R`` chains of
+            ``K`` transitions after the chain blocks); ``action_pos`` becomes ``[B, A, 2]``.
 
     Examples:
         >>> s = MaskedSampler(num_iter=64, num_sampling_steps=25, cfg_scale=3.0,
@@ -244,7 +255,8 @@ class MaskedSampler(RolloutSampler):
                  record_predictions: bool = False, decode_images: bool = True,
                  head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None,
                  loss_ar_steps: Optional[int] = None, loss_diffusion_steps: Optional[int] = None,
-                 mte_chains: int = 0, mte_top_fraction: Optional[float] = None):
+                 mte_chains: int = 0, mte_top_fraction: Optional[float] = None,
+                 refinement: bool = False):
         check_int('MaskedSampler', 'num_iter', num_iter, lo=1, hint='AR steps (official 64)')
         check_int('MaskedSampler', 'num_sampling_steps', num_sampling_steps, lo=2,
                   hint='head steps T (official 100; MAR-GRPO 25)')
@@ -299,6 +311,12 @@ class MaskedSampler(RolloutSampler):
                                  f'needs mte_chains >= 1 (got {mte_chains})')
             mte_top_fraction = float(mte_top_fraction)
         self.mte_top_fraction = mte_top_fraction
+        check_bool('MaskedSampler', 'refinement', refinement)
+        if refinement and not record_predictions:
+            raise ValueError('MaskedSampler refinement=True needs record_predictions=True: the '
+                             'refinement chains are the head chains of still-masked tokens, '
+                             'which the sampler runs only when it records predictions')
+        self.refinement = bool(refinement)
         self.num_iter = int(num_iter)
         self.num_sampling_steps = int(num_sampling_steps)
         self.cfg_schedule = cfg_schedule
@@ -513,6 +531,18 @@ class MaskedSampler(RolloutSampler):
         emb = policy.class_embedding(cond)
         if use_cfg:
             emb = torch.cat([emb, policy.null_class_embedding(b)])
+        selection, refine = None, {}
+        if self.refinement:
+            ref_steps = [i for i in range(steps) if rem[i + 1] > 0]
+            if self.loss_ar_steps is not None:
+                # drawn before the head noise (the official selected_mask_steps), so only the
+                # loss steps' refinement chains are kept
+                selection = MARSelection.sample(
+                    MARExtras(seq_len=n, num_iter=steps, num_sampling_steps=big_t),
+                    self.loss_ar_steps, self.loss_diffusion_steps,
+                    generator=None if rng is None else rng.generator)
+                ref_steps = [i for i in selection.ar_steps if rem[i + 1] > 0]
+            refine = {i: None for i in ref_steps}
         noise_all = None
         if rng is not None and not self.record_predictions:
             noise_all = rng.randn(n, big_t, d).to(dev)                       # [B, N, T, D]
@@ -548,6 +578,11 @@ class MaskedSampler(RolloutSampler):
                 preds[:, i] = tokens
                 if zc.shape[0]:
                     preds[:, i][rows] = x0
+                if i in refine:                    # the still-masked tokens' chains of step i
+                    still = commit > i
+                    r_i, sub = rem[i + 1], still[rows]
+                    refine[i] = (still.nonzero(as_tuple=True)[1].view(b, r_i),
+                                 *(v[sub].view(b, r_i, *v.shape[1:]) for v in (xs, xp, lp, lv)))
                 if kept_step:
                     preds[:, i][sel] = tokens[sel]
                     continue
@@ -573,7 +608,9 @@ class MaskedSampler(RolloutSampler):
                            num_iter=steps, num_sampling_steps=big_t, seq_len=n,
                            cfg_schedule=self.cfg_schedule, cfg_scale=spec.cfg_scale,
                            head_sampler=self.head_sampler, sde_noise_level=self.sde_noise_level)
-        if self.loss_ar_steps is not None:
+        if selection is not None:
+            extras.selection = selection
+        elif self.loss_ar_steps is not None:
             # one subset per rollout, the same on every rank: drawn after all noise from the
             # global-batch stream (or torch's global generator without rng)
             extras.selection = MARSelection.sample(
@@ -586,7 +623,47 @@ class MaskedSampler(RolloutSampler):
                       extras=extras, prefix_steps=kept, logp_old_cfg=spec.mode)
         if self.mte_chains:
             out = self.append_extra_chains(policy, out, rng)
+        if self.refinement:
+            out = self.append_refinement_chains(policy, out, refine, kept)
         return out
+
+    @staticmethod
+    def append_refinement_chains(policy: Policy, rollout: Rollout,
+                                 refine: dict[int, Optional[tuple[Tensor, ...]]],
+                                 kept: int = 0) -> Rollout:
+        """``rollout`` with the refinement chains ``refine`` (AR step ``i`` -> ``(tokens [B, r_i],
+        x_t, x_{t-1} [B, r_i, K, D], logp [B, r_i, K], log_variance [B, r_i, K, D])``, or None
+        when the step ran no chain) appended after its chain blocks (layout in
+        :class:`~vargo.components.modules.masked.MARExtras`). ``action_step`` of a refinement
+        transition is its step, ``action_pos`` its token's cell (so ``[B, A, 2]``); those of
+        steps a prefix gave (``i < kept``) are outside ``action_mask``."""
+        ex: MARExtras = rollout.extras
+        steps = tuple(i for i, v in refine.items() if v is not None)
+        b, dev = rollout.batch_size, rollout.actions.device
+        kk, d = ex.num_transitions, rollout.actions.shape[-1]
+        if steps:
+            tok, xs, xp, lp, lv = (torch.cat([refine[i][f] for i in steps], 1) for f in range(5))
+        else:
+            tok = torch.zeros(b, 0, dtype=torch.long, device=dev)
+            xs = xp = lv = torch.zeros(b, 0, kk, d, device=dev)
+            lp = torch.zeros(b, 0, kk, device=dev)
+        r = tok.shape[1]
+        step = torch.tensor([i for i in steps for _ in range(refine[i][0].shape[1])],
+                            dtype=torch.long, device=dev).view(1, r, 1).expand(b, r, kk)
+        pos = rollout.action_pos.to(dev)
+        if pos.dim() == 2:
+            pos = pos.unsqueeze(0).expand(b, *pos.shape)
+        cells = policy.rollout_axes(1).to(dev)[tok]                          # [B, R, 2]
+        extras = dataclasses.replace(
+            ex, x_t=torch.cat([ex.x_t, xs.reshape(b, r * kk, d)], 1),
+            log_variance=torch.cat([ex.log_variance, lv.reshape(b, r * kk, d)], 1),
+            refine_steps=steps, refine_tokens=tok)
+        return dataclasses.replace(
+            rollout, actions=torch.cat([rollout.actions, xp.reshape(b, r * kk, d)], 1),
+            logp_old=torch.cat([rollout.logp_old, lp.reshape(b, r * kk)], 1),
+            action_mask=torch.cat([rollout.action_mask, (step >= kept).reshape(b, r * kk)], 1),
+            action_step=torch.cat([rollout.steps().expand(b, -1), step.reshape(b, r * kk)], 1),
+            action_pos=torch.cat([pos, cells.repeat_interleave(kk, dim=1)], 1), extras=extras)
 
     def append_extra_chains(self, policy: Policy, rollout: Rollout,
                             rng: Optional[BatchRNG] = None) -> Rollout:

@@ -29,13 +29,14 @@ log-probs are the head transitions of step ``i``'s chain of each token, conditio
 sampled again later), so the rule gates those refinement terms; the committed tokens' terms are
 never gated.
 
-vargo's action axis holds only the committed chains: action ``a`` is a transition of token
-``n_a`` at AR step ``action_step[a] = commit_{n_a}``. This selector weights each action by
-``keep[action_step[a], n_a]``, which is the rule itself evaluated at the action's (step, token)
-pair; for committed chains that is always 1, so on today's rollouts the policy weights equal
-``action_mask`` (the rule's keep decisions, computed on the recorded ``x0_pred``, are logged).
-A rollout that also carried the refinement chains as actions (``action_step`` = the refinement's
-step) would be gated exactly as the official code gates them, with no change here.
+This selector weights each action ``a`` (a transition of token ``n_a`` at AR step
+``action_step[a]``) by ``keep[action_step[a], n_a]``, the rule evaluated at the action's
+(step, token) pair. A committed chain's actions have ``action_step = commit_{n_a}`` and are always
+kept. The terms the rule gates exist as actions only in a rollout that carries the refinement
+chains (``MaskedSampler(refinement=True, record_predictions=True)``): their ``action_step`` is
+the refinement's step, so they are gated exactly as the official code gates them. Without
+refinement chains the policy weights equal ``action_mask`` (the rule's decisions on
+``x0_pred`` are still logged).
 """
 from __future__ import annotations
 
@@ -136,15 +137,20 @@ class ConsistencySelector(TokenSelector):
                              'MaskedSampler(record_predictions=True)')
         b, a = rollout.batch_size, rollout.num_actions
         n, k = int(ex.seq_len), int(ex.num_transitions)
-        if a % (n * k):
-            raise ValueError(f'ConsistencySelector: {a} actions is not a whole number of '
-                             f'N K = {n} x {k} blocks (the MAR action layout)')
+        a_main, nr = ex.num_chain_actions, ex.num_refinements
+        if a != a_main + nr * k:
+            raise ValueError(f'ConsistencySelector: {a} actions is not {ex.num_chains} chain '
+                             f'blocks of N K = {n} x {k} plus {nr} refinement chains of {k} '
+                             f'(the MAR action layout)')
         keep, gated = consistency_keep(x0_pred, ex.tokens, ex.commit_step, self.tau,
                                        self.start_step)
         s = keep.shape[1]
-        mask = rollout.action_mask.to(keep.device)
-        tok = (torch.arange(a, device=keep.device) % (n * k)) // k              # [A] token
-        step = rollout.action_step.to(keep.device).expand(b, a)                 # [B, A]
+        dev = keep.device
+        mask = rollout.action_mask.to(dev)
+        tok = ((torch.arange(a_main, device=dev) % (n * k)) // k).expand(b, a_main)  # [B, A]
+        if nr:
+            tok = torch.cat([tok, ex.refine_tokens.to(dev).repeat_interleave(k, dim=1)], 1)
+        step = rollout.steps().to(dev)                                          # [B, A]
         w = keep.reshape(b, s * n).gather(1, step * n + tok)                    # [B, A]
         fmask = mask.float()
         pg = w.float() * fmask
@@ -158,4 +164,8 @@ class ConsistencySelector(TokenSelector):
                 'consistency/gated_frac': float(n_gated / still.clamp_min(1)),
                 'consistency/pg_frac': float(pg.sum() / fmask.sum().clamp_min(1.0)),
             }
+            if nr:
+                r_mask = fmask[:, a_main:]
+                metrics['consistency/refinement_kept_frac'] = float(
+                    pg[:, a_main:].sum() / r_mask.sum().clamp_min(1.0))
         return TokenWeights(pg=pg, kl=fmask.clone(), metrics=metrics)

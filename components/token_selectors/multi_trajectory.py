@@ -43,6 +43,12 @@ to its top-``f`` uncertain tokens (``MaskedSampler(mte_top_fraction=f)``, record
 such a rollout the selector checks that every token it selects had its extra chains evaluated
 (``top_fraction <= f`` with the same ranking), and raises otherwise.
 
+Refinement chains (``MaskedSampler(refinement=True)``, after the chain blocks) are single-chain
+terms here: weight ``1 + S`` in both terms, like an unselected token's own chain. (The official
+code also replaces a selected token's refinement terms by its extra chains scored under the
+refinement step's latent; vargo's extra chains are drawn and scored under the commit step's
+latent only: docs/methods/mar_grpo.md, deviations.)
+
 Compose with ``EvaluatedActionsSelector`` (after it or before: weights multiply) when the
 sampler evaluates a subset: the extra chains' transitions follow the same (AR step, diffusion
 step) subset as the rollout's. Use a token-level ratio: a sequence-level ratio would average
@@ -68,12 +74,13 @@ __all__ = ['MultiTrajectorySelector', 'token_uncertainty', 'top_fraction_tokens'
 SELECTIONS = ('uncertain', 'all')
 
 
-def mte_weights(selected: Tensor, num_chains: int, num_transitions: int
-                ) -> tuple[Tensor, Tensor]:
-    """Policy and KL weights ``[B, (1 + S) N K]`` (chain-major blocks) of the tokens marked in
-    ``selected [B, N]``, ``S = num_chains`` extra chains, ``K = num_transitions`` (equations in
-    the module doc): ``pg`` = ``(1 + S)(1 - m)`` on chain 0 and ``(1 + S) m / S`` on each extra
-    chain; ``kl`` = ``1 + S`` on chain 0, 0 on the extra chains."""
+def mte_weights(selected: Tensor, num_chains: int, num_transitions: int,
+                num_refinements: int = 0) -> tuple[Tensor, Tensor]:
+    """Policy and KL weights ``[B, (1 + S) N K + R K]`` (chain-major blocks, then ``R``
+    refinement chains) of the tokens marked in ``selected [B, N]``, ``S = num_chains`` extra
+    chains, ``K = num_transitions`` (equations in the module doc): ``pg`` = ``(1 + S)(1 - m)`` on
+    chain 0 and ``(1 + S) m / S`` on each extra chain; ``kl`` = ``1 + S`` on chain 0, 0 on the
+    extra chains; both ``1 + S`` on the refinement chains."""
     s, kk = int(num_chains), int(num_transitions)
     b, n = selected.shape
     c = 1.0 + s
@@ -81,7 +88,9 @@ def mte_weights(selected: Tensor, num_chains: int, num_transitions: int
     pg = torch.cat([c * (1 - m), (c / s * m).expand(b, s, n, 1)], 1).expand(b, 1 + s, n, kk)
     kl = torch.zeros(b, 1 + s, n, kk, device=selected.device)
     kl[:, 0] = c
-    return pg.reshape(b, -1).contiguous(), kl.reshape(b, -1)
+    ref = torch.full((b, int(num_refinements) * kk), c, device=selected.device)
+    return (torch.cat([pg.reshape(b, -1), ref], 1).contiguous(),
+            torch.cat([kl.reshape(b, -1), ref.clone()], 1))
 
 
 @TOKEN_SELECTORS.register_module()
@@ -141,7 +150,8 @@ class MultiTrajectorySelector(TokenSelector):
         ``action_mask``."""
         ex = rollout.extras
         sel, u = self.selected_tokens(rollout)
-        pg, kl = mte_weights(sel, ex.mte_chains, ex.num_transitions)
+        pg, kl = mte_weights(sel, ex.mte_chains, ex.num_transitions,
+                             getattr(ex, 'num_refinements', 0))
         if pg.shape != rollout.action_mask.shape:
             raise ValueError(f'the rollout has {tuple(rollout.action_mask.shape)} actions but '
                              f'{1 + ex.mte_chains} chains of {ex.seq_len} x '

@@ -325,6 +325,12 @@ class MARPolicy(Policy):
         ``extras.mte_tokens`` only those tokens' extra chains (the rollout's chain of every
         token).
 
+        A rollout with refinement chains (``MaskedSampler(refinement=True)``: the chains a
+        selected step ``i`` ran for the tokens still masked after it, after the chain blocks on
+        the action axis) has them scored in the same pass under the same ``z_i``, on the same
+        diffusion steps: MAR-GRPO's official loss of step ``i`` covers every token masked when
+        the step starts.
+
         Args:
             rollout: a :class:`MaskedSampler` rollout (or a minibatch of one).
             spec: the sampler's :class:`LogprobSpec`.
@@ -355,11 +361,19 @@ class MARPolicy(Policy):
         tokens = ex.tokens.to(dev)
         commit = ex.commit_step.to(dev)
 
+        a_main, nr = ex.num_chain_actions, ex.num_refinements
+
         def per_token(x: Tensor) -> Tensor:         # [B, nc N K, ...] -> [B, N, nc, K, ...]
-            return x.to(dev).view(b, nc, n, kk, *x.shape[2:]).transpose(1, 2)
+            return x[:, :a_main].to(dev).view(b, nc, n, kk, *x.shape[2:]).transpose(1, 2)
+
+        def per_chain(x: Tensor) -> Tensor:         # [B, .. + R K, ...] -> [B, R, K, ...]
+            return x[:, a_main:].to(dev).view(b, nr, kk, *x.shape[2:])
 
         x_t = per_token(ex.x_t)
         x_prev = per_token(rollout.actions)
+        r_xt, r_xp = per_chain(ex.x_t), per_chain(rollout.actions)
+        r_tok = None if ex.refine_tokens is None else ex.refine_tokens.to(dev)
+        r_step = ex.refine_step_of().to(dev) if nr else torch.zeros(0, dtype=torch.long)
         chains = torch.ones(b, n, nc, dtype=torch.bool, device=dev)      # chains to evaluate
         if nc > 1 and ex.mte_tokens is not None:
             chains[:, :, 1:] = ex.mte_tokens.to(dev).unsqueeze(-1)
@@ -372,31 +386,39 @@ class MARPolicy(Policy):
         use_cfg = spec.uses_cfg
         weights = cfg_scales(spec.cfg_scale, ex.cfg_schedule, n, ex.num_iter) if use_cfg else None
         logp = per_token(rollout.logp_old.detach())
-        stored_lv = None
+        r_logp = per_chain(rollout.logp_old.detach())
+        stored_lv = r_lv = None
         if self.logprob_sigma == 'stored':
             if ex.log_variance is None:
                 raise ValueError("logprob_sigma='stored' scores with the rollout's recorded "
                                  "variances but extras.log_variance is None: draw the rollout "
                                  "with MaskedSampler, or use logprob_sigma='recomputed'")
             stored_lv = per_token(ex.log_variance.detach())
+            r_lv = per_chain(ex.log_variance.detach())
         mean_all = torch.zeros(b, n, nc, kk, d, device=dev)
         ent = torch.zeros(b, n, nc, kk, device=dev) if with_entropy else None
         evaluated = torch.zeros(b, n, nc, kk, dtype=torch.bool, device=dev)
+        r_mean = torch.zeros(b, nr, kk, d, device=dev)
+        r_ent = torch.zeros(b, nr, kk, device=dev) if with_entropy else None
+        r_eval = torch.zeros(b, nr, kk, dtype=torch.bool, device=dev)
         for i in ar_steps:
             if not 0 <= i < ex.num_iter:
                 raise ValueError(f'AR step {i} is not in [0, {ex.num_iter})')
             sel = commit == i                                                 # [B, N]
             n_i = int(sel[0].sum())
-            if n_i == 0 or ks.numel() == 0:
+            r_idx = (r_step == i).nonzero(as_tuple=True)[0].to(dev)           # its refinements
+            if (n_i == 0 and r_idx.numel() == 0) or ks.numel() == 0:
                 continue
             mask = commit >= i
             emb = self.class_embedding(cond)
             if use_cfg:
                 z = self.latents(torch.cat([tokens, tokens]), torch.cat([mask, mask]),
                                  torch.cat([emb, self.null_class_embedding(b)]))
-                zc, zu = z[:b][sel], z[b:][sel]                               # [B n_i, C]
+                z_full, zu_full = z[:b], z[b:]                                # [B, N, C]
             else:
-                zc, zu = self.latents(tokens, mask, emb)[sel], None
+                z_full, zu_full = self.latents(tokens, mask, emb), None
+            zc = z_full[sel]                                                  # [B n_i, C]
+            zu = None if zu_full is None else zu_full[sel]
             nk = ks.numel()
             # rows (token, chain, transition) of the tokens committed at i, chain-masked
             rows = chains[sel].unsqueeze(-1).expand(-1, nc, nk)           # [B n_i, nc, nk]
@@ -407,13 +429,45 @@ class MARPolicy(Policy):
             zc = zc.view(-1, 1, 1, zc.shape[-1]).expand(-1, nc, nk, -1)[rows]
             zu = None if zu is None else zu.view(-1, 1, 1, zu.shape[-1]).expand(
                 -1, nc, nk, -1)[rows]
+            lv_rows = None if stored_lv is None else stored_lv[sel][:, :, ks][rows]
+            m_main = xs.shape[0]
+            if r_idx.numel():       # the step's refinement chains join the same head batch
+                r_sel = r_tok[:, r_idx]                                       # [B, r_i]
+                r_rows = r_sel.numel() * nk
+
+                def gather_z(zz: Tensor) -> Tensor:
+                    zr = zz.gather(1, r_sel.unsqueeze(-1).expand(-1, -1, zz.shape[-1]))
+                    return zr.unsqueeze(2).expand(-1, -1, nk, -1).reshape(r_rows, -1)
+
+                xs = torch.cat([xs, r_xt[:, r_idx][:, :, ks].reshape(r_rows, d)])
+                xp = torch.cat([xp, r_xp[:, r_idx][:, :, ks].reshape(r_rows, d)])
+                t = torch.cat([t, (kk - ks).repeat(r_sel.numel())])
+                zc = torch.cat([zc, gather_z(z_full)])
+                zu = None if zu is None else torch.cat([zu, gather_z(zu_full)])
+                if lv_rows is not None:
+                    lv_rows = torch.cat([lv_rows, r_lv[:, r_idx][:, :, ks].reshape(r_rows, d)])
             out = self.head_transition(xs, t, zc, sched, z_uncond=zu,
                                        cfg=weights[i] if use_cfg else 1.0)
-            mu = out['mean']
+            mu_all = out['mean']
             # 'stored' (official MAR-GRPO): the sampler's std_dev_t, no gradient via the variance
-            lv = (out['log_variance'] if stored_lv is None
-                  else stored_lv[sel][:, :, ks][rows])
-            lp = gaussian_transition_logp(xp, mu, lv, spec.temperature)
+            lv_all = out['log_variance'] if lv_rows is None else lv_rows
+            lp_all = gaussian_transition_logp(xp, mu_all, lv_all, spec.temperature)
+            if r_idx.numel():
+                shape = (b, r_idx.numel(), nk)
+                rb = torch.arange(b, device=dev).view(b, 1, 1).expand(shape)
+                rr = r_idx.view(1, -1, 1).expand(shape)
+                rk = ks.view(1, 1, -1).expand(shape)
+                r_logp = r_logp.index_put((rb, rr, rk), lp_all[m_main:].view(shape))
+                r_mean = r_mean.index_put((rb, rr, rk), mu_all[m_main:].view(*shape, d))
+                r_eval[rb, rr, rk] = True
+                if r_ent is not None:
+                    log_s = 0.5 * lv_all[m_main:] + math.log(spec.temperature)
+                    r_ent = r_ent.index_put(
+                        (rb, rr, rk), (log_s + 0.5 * (1 + math.log(2 * math.pi))).sum(-1)
+                        .view(shape))
+            mu, lv, lp = mu_all[:m_main], lv_all[:m_main], lp_all[:m_main]
+            if m_main == 0:
+                continue
             bi, ji = sel.nonzero(as_tuple=True)
             bi = bi.view(-1, 1, 1).expand(-1, nc, nk)[rows]
             ji = ji.view(-1, 1, 1).expand(-1, nc, nk)[rows]
@@ -427,13 +481,14 @@ class MARPolicy(Policy):
                 ent = ent.index_put((bi, ji, ci, ki),
                                     (log_s + 0.5 * (1 + math.log(2 * math.pi))).sum(-1))
 
-        def action_axis(x: Tensor) -> Tensor:       # [B, N, nc, K, ...] -> [B, nc N K, ...]
-            return x.transpose(1, 2).reshape(b, nc * n * kk, *x.shape[4:])
+        def action_axis(x: Tensor, r: Tensor) -> Tensor:   # + [B, R, K, ...] -> [B, A, ...]
+            main = x.transpose(1, 2).reshape(b, nc * n * kk, *x.shape[4:])
+            return torch.cat([main, r.reshape(b, nr * kk, *r.shape[3:])], 1) if nr else main
 
-        return PolicyEval(logp=action_axis(logp),
-                          entropy=None if ent is None else action_axis(ent),
-                          extras={'evaluated': action_axis(evaluated),
-                                  'mean': action_axis(mean_all)})
+        return PolicyEval(logp=action_axis(logp, r_logp),
+                          entropy=None if ent is None else action_axis(ent, r_ent),
+                          extras={'evaluated': action_axis(evaluated, r_eval),
+                                  'mean': action_axis(mean_all, r_mean)})
 
     def flops_per_sample(self, spec: Optional[LogprobSpec] = None,
                          rollout: Optional[Rollout] = None, *, num_iter: int = 64,
