@@ -34,6 +34,7 @@ from typing import Optional
 
 from mmengine.hooks import Hook
 
+from . import visualizer as _visualizer  # noqa: F401  (registers VargoVisualizer; see there)
 from .eval_protocol import format_protocol
 from .registry import HOOKS
 

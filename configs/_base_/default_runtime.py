@@ -20,7 +20,10 @@ env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method='fork'),
                dist_cfg=dict(backend='nccl'))
 log_processor = dict(by_epoch=False, window_size=1)
 log_level = 'INFO'
-visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+# tensorboard=True (or --cfg-options visualizer.tensorboard=True) also writes TensorBoard event
+# files to <timestamp>/vis_data/; it needs `pip install -e ".[tensorboard]"` (vargo.core.visualizer).
+visualizer = dict(type='VargoVisualizer', vis_backends=[dict(type='LocalVisBackend')],
+                  tensorboard=False)
 randomness = dict(seed=0, deterministic=False)
 load_from = None
 resume = False
