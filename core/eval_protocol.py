@@ -111,10 +111,12 @@ def plain(value):
 
 
 def resolved_settings(cfg: dict, cls) -> dict:
-    """``cfg`` (a component config) with the unset keyword defaults of ``cls`` filled in, as
-    JSON data; ``type`` first."""
-    out = {'type': cfg.get('type', getattr(cls, '__name__', None))}
+    """``cfg`` (a component config) with the unset keyword defaults of ``cls`` (if known)
+    filled in, as JSON data; ``type`` first."""
+    out = {'type': plain(cfg.get('type', getattr(cls, '__name__', None)))}
     out.update({k: plain(v) for k, v in cfg.items() if k != 'type'})
+    if cls is None:
+        return out
     for name, param in inspect.signature(cls.__init__).parameters.items():
         if name not in out and name != 'self' and param.default is not inspect.Parameter.empty:
             out[name] = plain(param.default)

@@ -1,5 +1,6 @@
 """Write one self-contained HTML page about a run: config, environment, curves, image grids,
-evaluation results and the reward-hacking monitor's warnings (``vargo.core.run_report``).
+evaluation results (every eval.json under the work dir, each table with its evaluation protocol
+under it) and the reward-hacking monitor's warnings (``vargo.core.run_report``).
 
     python tools/report.py WORK_DIR [--out FILE]
 
