@@ -94,9 +94,66 @@ def test_mar_subcommands_reject_other_configs_and_quantizer_options(tmp_path):
     assert proc.returncode == 2 and 'unrecognized arguments: --restart-every' in proc.stderr
 
 
+def test_vqgan_and_vqgan_c2i_toy_runs_write_weights_record_and_card(tmp_path):
+    vq = tmp_path / 'vqgan.safetensors'
+    proc = _run('vqgan', '--steps', '3', '--batch-size', '4', '--eval-images', '16',
+                '--threads', '1', '--log-every', '1', '--restart-every', '1', '--out', str(vq),
+                '--no-progress')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rec = json.loads((tmp_path / 'vqgan.json').read_text())
+    assert rec['steps'] == 3 and len(rec['log']) == 3 and rec['subcommand'] == 'vqgan'
+    assert {'loss', 'rec', 'codebook', 'commit', 'perplexity'} <= set(rec['log'][0])
+    assert any(row.get('restarted', 0) > 0 for row in rec['log'])   # dead codes re-initialised
+    ev = rec['evaluation']
+    assert ev['codebook_size'] == 512 and 0 < ev['codebook_used'] <= 512
+    assert ev['c2i']['reconstruction']['n'] == 16
+    assert rec['architecture']['downsample'] == 4 and rec['architecture']['tokens'] == 64
+    card = (tmp_path / 'vqgan.md').read_text()
+    assert rec['command'] in card and 'VQGAN reconstructions' in card
+    with safe_open(str(vq), framework='pt') as f:
+        # taming's VQModel keys, no LlamaGen VQ names
+        keys = set(f.keys())
+        assert f.metadata()['subcommand'] == 'vqgan'
+    assert {'quantize.embedding.weight', 'quant_conv.weight', 'post_quant_conv.weight',
+            'encoder.mid.attn_1.q.weight', 'encoder.down.2.attn.0.q.weight',
+            'decoder.up.2.block.1.conv1.weight'} <= keys
+    assert not any('conv_blocks' in k for k in keys)
+
+    # the transformer on that tokenizer; its evaluation reloads both through the config
+    gpt = tmp_path / 'vqgan_c2i.safetensors'
+    proc = _run('vqgan-c2i', '--steps', '2', '--batch-size', '4', '--threads', '1',
+                '--tokenizer-checkpoint', str(vq), '--eval-per-condition', '1',
+                '--out', str(gpt), '--no-progress')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rec = json.loads((tmp_path / 'vqgan_c2i.json').read_text())
+    main = rec['evaluation']['main']['train']
+    assert main['n'] == 18 and 0.0 <= main['strict'] <= 1.0
+    assert rec['evaluation']['sampler']['cfg_scale'] == 1.0
+    assert rec['architecture']['tokens'] == 64 and rec['architecture']['block_size'] == 64
+    assert (tmp_path / 'vqgan_c2i.md').exists()
+    with safe_open(str(gpt), framework='pt') as f:
+        keys = set(f.keys())
+    assert {'tok_emb.weight', 'pos_emb', 'blocks.0.attn.query.weight', 'head.weight'} <= keys
+    assert not any(k.endswith('attn.mask') for k in keys)
+
+
+def test_vqgan_subcommands_reject_other_configs_and_guidance(tmp_path):
+    var = 'configs/_base_/policies/var_shapes_c2i.py'
+    for sub in ('vqgan', 'vqgan-c2i'):
+        proc = _run(sub, '--config', var, '--steps', '1', '--batch-size', '2',
+                    '--out', str(tmp_path / 'x.safetensors'), '--no-progress')
+        assert proc.returncode != 0 and 'need a VQGANTransformerPolicy config' in proc.stderr, \
+            proc.stderr[-500:]
+    proc = _run('vqgan-c2i', '--steps', '1', '--batch-size', '2', '--cfg-scales', '1', '2',
+                '--out', str(tmp_path / 'x.safetensors'), '--no-progress')
+    assert proc.returncode != 0 and 'no null class to guide with' in proc.stderr, \
+        proc.stderr[-500:]
+    assert not (tmp_path / 'x.safetensors').exists()
+
+
 # ---- the package behind the tool: registry dispatch, one module per family ----------------------
 PACKAGE = os.path.join(ROOT, 'components', 'benchmarks', 'pretrain')
-FAMILIES = ('llamagen', 'var', 'mar')
+FAMILIES = ('llamagen', 'var', 'mar', 'vqgan')
 
 
 def test_subcommands_are_registered_by_family_and_eval_dispatches_on_policy_type():
@@ -104,13 +161,14 @@ def test_subcommands_are_registered_by_family_and_eval_dispatches_on_policy_type
     from vargo.components.benchmarks.pretrain.cli import parse_args  # noqa: F401  (registers)
     from vargo.components.benchmarks.pretrain.common import load_cfg
     assert list(PRETRAINERS) == ['vq', 'llamagen-c2i', 'llamagen-t2i', 'msvq', 'var-c2i',
-                                 'kl-vae', 'mar-c2i']
+                                 'kl-vae', 'mar-c2i', 'vqgan', 'vqgan-c2i']
     assert list(WRITERS) == ['text-encoder']
     policies = os.path.join(ROOT, 'configs', '_base_', 'policies')
     expected = {'llamagen_shapes_c2i.py': ('vq', 'llamagen-c2i'),
                 'llamagen_shapes_t2i.py': ('vq', 'llamagen-t2i'),
                 'var_shapes_c2i.py': ('msvq', 'var-c2i'),
-                'mar_shapes_c2i.py': ('kl-vae', 'mar-c2i')}
+                'mar_shapes_c2i.py': ('kl-vae', 'mar-c2i'),
+                'vqgan_shapes_c2i.py': ('vqgan', 'vqgan-c2i')}
     for name, (tokenizer, model) in expected.items():
         cfg = load_cfg(os.path.join(policies, name))
         assert pretrainer_for(cfg, name, tokenizer=True).name == tokenizer, name
