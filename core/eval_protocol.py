@@ -202,7 +202,8 @@ def format_protocol(protocol: Optional[dict]) -> list[str]:
     if fid:
         ex = fid.get('extractor', {})
         weights = ex.get('weights')
-        w = f'weights {weights["path"]} sha256 {weights["sha256"]}' if weights else 'no weights file'
+        w = (f'weights {weights["path"]} sha256 {weights["sha256"]}' if weights
+             else 'no weights file')
         settings = _settings(fid.get('settings') or {})
         lines.append(f'  extractor {ex.get("name")} (layer {ex.get("feature_layer")}, {w}); '
                      f'metrics {", ".join(fid.get("metrics") or [])}'

@@ -6,7 +6,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 
 from conftest import ROOT, load_tool, run_python
 from vargo.core import eval_protocol

@@ -235,7 +235,8 @@ default_hooks = dict(checkpoint=dict(interval=2), report=None, curves=None, imag
 def test_two_tiny_configs_over_two_seeds(tmp_path):
     base = os.path.join(ROOT, 'configs', 'grpo', 'llamagen-tiny_grpo_jpeg.py')
     (tmp_path / 'a.py').write_text(TINY.format(base=base))
-    (tmp_path / 'b.py').write_text(TINY.format(base=base) + 'regularizers = dict(kl=dict(beta=0.1))\n')
+    (tmp_path / 'b.py').write_text(TINY.format(base=base)
+                                   + 'regularizers = dict(kl=dict(beta=0.1))\n')
     out = tmp_path / 'out'
     proc = run_python('tools/multiseed.py', '--arm', f'a={tmp_path / "a.py"}',
                       '--arm', f'b={tmp_path / "b.py"}', 'optim_wrapper.optimizer.lr=1e-3',

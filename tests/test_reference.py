@@ -90,7 +90,7 @@ def test_tolerance_smoothing_and_margin(row, tmp_path):
 
 
 def test_evaluation_against_the_seeds_range_and_protocol(row, tmp_path):
-    run = _write_scalars(tmp_path / 'run' / 'scalars.json', {s: _curve(s) for s in STEPS})
+    _write_scalars(tmp_path / 'run' / 'scalars.json', {s: _curve(s) for s in STEPS})
     (tmp_path / 'run' / 'eval.json').write_text(json.dumps(dict(
         results=dict(train={'shapes/strict': 0.80, 'num_samples': 64}),
         protocol=dict(sampling=dict(samples_per_condition=8)))))

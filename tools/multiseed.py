@@ -71,8 +71,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 epilog=__doc__.split('\n\n', 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--arm', action='append', nargs='+', required=True,
-                   metavar=('NAME=CONFIG', 'KEY=VALUE'), help='an arm: a name, a training config and '
-                   "this arm's own --cfg-options, if any (repeat for each arm)")
+                   metavar=('NAME=CONFIG', 'KEY=VALUE'),
+                   help="an arm: a name, a training config and this arm's own --cfg-options, if "
+                        'any (repeat for each arm)')
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--out', required=True, help='results directory')
     p.add_argument('--work', default=None,
