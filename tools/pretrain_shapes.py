@@ -8,6 +8,8 @@
     python tools/pretrain_shapes.py var-c2i       [--config VAR_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py kl-vae        [--config MAR_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py mar-c2i       [--config MAR_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py vqgan         [--config VQGAN_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py vqgan-c2i     [--config VQGAN_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py eval          --config CONFIG [--cfg-scales 1 2 3]
 
 The Shapes benchmark (README.md, "The Shapes benchmark") ships its own small tokenizer and base
@@ -61,6 +63,16 @@ Subcommands
     ``MARC2IPretrainer`` (:meth:`MARPolicy.pretrain_loss` on the VAE's latents of fresh c2i
     images, EMA weights shipped; evaluated as ``var-c2i`` with the config's ``MaskedSampler``)
     in ``vargo.components.benchmarks.pretrain.mar``.
+``vqgan`` / ``vqgan-c2i``
+    taming-transformers' VQGAN and the class-conditional minGPT over its codes of a
+    VQGAN-transformer config (``configs/_base_/policies/vqgan_shapes_c2i.py``): see
+    ``VQGANPretrainer`` (taming's ``VQModel`` architecture and keys, ``VectorQuantizer2``'s loss
+    on a Euclidean codebook without the LPIPS and GAN terms, foreground-weighted reconstruction,
+    dead-code restarts; evaluated as ``vq``) and ``VQGANC2IPretrainer``
+    (:meth:`VQGANTransformerPolicy.pretrain_loss`, the official ``Net2NetTransformer`` loss, on
+    the VQGAN's codes of fresh c2i images; no label dropout: the model has no null class, so
+    ``--cfg-scales`` other than 1 are refused; evaluated as ``llamagen-c2i``) in
+    ``vargo.components.benchmarks.pretrain.vqgan``.
 ``eval``
     Re-evaluate the weights a config names (optionally at several CFG scales) and rewrite the
     evaluation part of the model card (``--vq``: the config's tokenizer); the pretrainer is the
@@ -71,8 +83,8 @@ line): shared modules (``common``: paths, seeds, the image stream, LR schedule, 
 ``loop``: the ``Pretrainer`` interface, the subcommand registry and the training loop;
 ``evaluation``: reconstruction and sampling evaluations; ``records``: the JSON record and the
 model card; ``tokenizer`` / ``generator``: what the tokenizer and generator trainers share; ``cli``:
-this command line) and one module per family (``llamagen``, ``var``, ``mar``), each registering
-its pretrainers (a ``Pretrainer`` subclass with ``build``, ``step``, ``weights`` and
+this command line) and one module per family (``llamagen``, ``var``, ``mar``, ``vqgan``), each
+registering its pretrainers (a ``Pretrainer`` subclass with ``build``, ``step``, ``weights`` and
 ``evaluate``). Shared plumbing: a seeded stream of freshly rendered ``ShapesImageDataset`` train
 images (image ``i`` of step ``s`` is item ``s * B + i``; no image repeats), AdamW, linear warm-up
 then a cosine or constant learning rate, gradient clipping, ``torch.set_num_threads``, a tqdm
