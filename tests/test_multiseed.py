@@ -223,6 +223,37 @@ def test_arm_options_reach_training_evaluation_and_run_json(tmp_path, monkeypatc
         (tmp_path / 'summary.md').read_text()
 
 
+def test_merged_scalars_of_a_resumed_run(tmp_path):
+    """An interrupted launch logged steps 1-5 (checkpoint at 3); the resumed one logs 4-6."""
+    first, second = tmp_path / 'a.json', tmp_path / 'b.json'
+    first.write_text(''.join(json.dumps({'x': 1.0, 'step': s}) + '\n' for s in range(1, 6)))
+    second.write_text(''.join(json.dumps({'x': 2.0, 'step': s}) + '\n' for s in range(4, 7)))
+    multiseed.merge_scalars([str(first), str(second)], str(tmp_path / 'm.json'))
+    rows = [json.loads(line) for line in open(tmp_path / 'm.json')]
+    assert [(r['step'], r['x']) for r in rows] == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 2.0),
+                                                   (5, 2.0), (6, 2.0)]
+
+
+def test_an_interrupted_run_resumes(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(multiseed.subprocess, 'run', _fake_subprocess(calls))
+    args = multiseed.parse_args(['--arm', f'a={CFG}', '--seeds', '0', '--out', str(tmp_path)])
+    work = tmp_path / 'work' / 'a' / 'seed0'
+    (work / 'first' / 'vis_data').mkdir(parents=True)     # an earlier launch: steps 1-3
+    (work / 'first' / 'vis_data' / 'scalars.json').write_text(
+        ''.join(json.dumps({'reward/r/mean': 9.0, 'step': s}) + '\n' for s in (1, 2, 3)))
+    (work / 'last_checkpoint').write_text('iter_1.pth')
+    (tmp_path / 'work' / 'a' / 'seed0.train.log').write_text('first launch\n')
+    record = multiseed.run_one(args, 'a', CFG, 0)
+    train = calls[0]
+    assert '--resume' in train and train.index('--resume') < train.index('--cfg-options')
+    assert record['resumed'] is True
+    rows = [json.loads(line) for line in open(tmp_path / 'a' / 'seed0' / 'scalars.json')]
+    assert [r['step'] for r in rows] == [1, 2] and rows[0]['reward/r/mean'] == 0.1
+    # the log of the first launch is kept
+    assert (tmp_path / 'work' / 'a' / 'seed0.train.log').read_text().startswith('first launch')
+
+
 # -- a real comparison: two tiny configs over two seeds ----------------------------------------
 TINY = """_base_ = [{base!r}]
 eval_cfg = dict(splits=dict(train=dict(type='ClassConditionDataset', num_classes=2)),

@@ -192,6 +192,32 @@ def copy_scalars(src: str, dst: str, keep=None) -> None:
                 out.write(json.dumps(small) + '\n')
 
 
+def _step(line: str):
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    v = row.get('step', row.get('iter'))
+    return int(v) if isinstance(v, (int, float)) else None
+
+
+def merge_scalars(paths: list[str], dst: str) -> None:
+    """Join the ``scalars.json`` files of one run that was resumed (one per launch, in launch
+    order) into ``dst``: each launch's lines up to the first step the next launch logged, so the
+    steps an interrupted launch logged after its last checkpoint are replaced by the resumed
+    launch's."""
+    runs = [[ln for ln in open(p, encoding='utf-8') if ln.strip()] for p in paths]
+    with open(dst, 'w', encoding='utf-8') as out:
+        for k, lines in enumerate(runs):
+            later = [st for ln in (runs[k + 1] if k + 1 < len(runs) else []) for st in [_step(ln)]
+                     if st is not None]
+            stop = min(later) if later else None
+            for ln in lines:
+                st = _step(ln)
+                if stop is None or st is None or st < stop:
+                    out.write(ln if ln.endswith('\n') else ln + '\n')
+
+
 def run_one(args, arm: str, config: str, seed: int) -> dict:
     """Train and evaluate one (arm, seed); skip what is already done. Returns its run record."""
     res = os.path.join(args.out, arm, f'seed{seed}')
@@ -204,9 +230,13 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     train = [sys.executable, os.path.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work,
              '--cfg-options', f'randomness.seed={seed}', *opts]
+    # an interrupted run (checkpoints, no result) resumes from its last checkpoint (bit-exact)
+    resumed = os.path.isfile(os.path.join(work, 'last_checkpoint'))
+    if resumed:
+        train.insert(train.index('--cfg-options'), '--resume')
     t0 = time.time()
     os.makedirs(os.path.dirname(work), exist_ok=True)
-    with open(work + '.train.log', 'w') as log:
+    with open(work + '.train.log', 'a' if resumed else 'w') as log:
         proc = subprocess.run(train, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise RuntimeError(f'{arm} seed {seed}: training failed (exit {proc.returncode}); see '
@@ -214,6 +244,10 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
     train_s = time.time() - t0
     ckpt = os.path.join(work, open(os.path.join(work, 'last_checkpoint')).read().strip())
     scalars = sorted(glob.glob(os.path.join(work, '*', 'vis_data', 'scalars.json')))
+    if len(scalars) > 1:                     # resumed: one file per launch (timestamped dirs)
+        merged = os.path.join(work, 'scalars.merged.json')
+        merge_scalars(scalars, merged)
+        scalars = [merged]
     copy_scalars(scalars[-1], os.path.join(res, 'scalars.json'), args.keep_scalars)
     evaluate = [sys.executable, os.path.join(ROOT, 'tools', 'eval.py'), config, ckpt, '--out',
                 os.path.join(work, 'eval'), '--seed', str(args.eval_seed),
@@ -231,6 +265,7 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
                   cfg_options=opts, arm_options=args.arm_options.get(arm, []),
                   eval_args=args.eval_args, eval_seed=args.eval_seed,
                   train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1),
+                  resumed=resumed,
                   checkpoint=os.path.basename(ckpt), commit=_git_commit(), cpu=_cpu(),
                   cpus=os.cpu_count(), concurrent_jobs=args.jobs,
                   kept_scalars=args.keep_scalars,
