@@ -30,6 +30,17 @@ TINY = {
         image_size=32, buffer_size=2, checkpoint=None, tokenizer_checkpoint=None,
         tokenizer=dict(embed_dim=4, ch=16, ch_mult=(1, 1, 2, 2), num_res_blocks=1, resolution=32,
                        enc_attn_resolutions=(), num_groups=8)),
+    # a 2-layer Janus over 4 x 4 tokens of a 64-code VQ (32 px); a word-level tokenizer
+    'JanusPolicy': dict(
+        model_path=None,
+        arch=dict(text=dict(vocab_size=64, hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            max_position_embeddings=512),
+                  vision=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=32, patch_size=8, mlp_ratio=2.0),
+                  vq=dict(num_embeddings=64, base_channels=32, channel_multiplier=[1, 1, 2, 2],
+                          num_res_blocks=1, latent_channels=16)),
+        tokenizer=dict(vocabulary=['a', 'photo', 'of', 'red', 'blue', 'cat', 'dog'])),
 }
 #: per reward-head type: settings that make a model-based head tiny and file-free
 TINY_CLIP = dict(embed_dim=16,
