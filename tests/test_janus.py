@@ -261,3 +261,17 @@ def test_bad_settings_fail_with_one_line():
     with pytest.raises(ValueError, match='vocab_size'):
         JanusPolicy(arch=dict(TINY_ARCH, text=dict(TINY_ARCH['text'], vocab_size=12)),
                     tokenizer=dict(vocabulary=WORDS))
+
+
+def test_special_tokens_fall_back_to_the_official_pad_tag():
+    from vargo.components.policies.janus import JanusSpecialTokens, word_level_tokenizer
+    from vargo.components.policies.janus.model import OFFICIAL_PAD_TOKEN
+    tok = word_level_tokenizer(WORDS)
+    tok.pad_token = None
+    with pytest.raises(ValueError, match='no pad_token'):
+        JanusSpecialTokens.of(tok, '<begin_of_image>')
+    tok.add_special_tokens({'additional_special_tokens': [OFFICIAL_PAD_TOKEN]})
+    sp = JanusSpecialTokens.of(tok, '<begin_of_image>')
+    assert sp.pad == tok.convert_tokens_to_ids(OFFICIAL_PAD_TOKEN) and sp.bos == tok.bos_token_id
+    with pytest.raises(ValueError, match="image-start token '<boi>'"):
+        JanusSpecialTokens.of(tok, '<boi>')

@@ -34,6 +34,9 @@ _VQ_COMMON = dict(embed_dim=8, num_embeddings=16384, base_channels=128,
                   channel_multiplier=[1, 1, 2, 2, 4], num_res_blocks=2, latent_channels=256,
                   num_hidden_layers=2)
 
+#: the pad token of Janus-Pro's tokenizer (``VLChatProcessor.pad_tag``), used when the tokenizer
+#: names no pad token
+OFFICIAL_PAD_TOKEN = '<｜▁pad▁｜>'
 #: the special tokens of the small word-level tokenizer (Janus-Pro's own names for the image
 #: tokens; short names for BOS / EOS / pad)
 TINY_SPECIAL_TOKENS = dict(unk='<unk>', bos='<bos>', eos='<eos>', pad='<pad>',
@@ -94,19 +97,23 @@ class JanusSpecialTokens:
 
     @classmethod
     def of(cls, tokenizer, image_start_token: str) -> 'JanusSpecialTokens':
-        """Read the ids from a tokenizer; one line naming what is missing otherwise."""
+        """Read the ids from a tokenizer (pad: its pad token, else Janus-Pro's
+        :data:`OFFICIAL_PAD_TOKEN`); one line naming what is missing otherwise."""
         unk = tokenizer.unk_token_id
         boi = tokenizer.convert_tokens_to_ids(image_start_token)
         if boi is None or (unk is not None and boi == unk):
             raise ValueError(f'the tokenizer has no image-start token {image_start_token!r}; '
                              f'set JanusPolicy image_start_token to its name')
-        for what, tid in (('bos_token', tokenizer.bos_token_id),
-                          ('pad_token', tokenizer.pad_token_id)):
+        pad = tokenizer.pad_token_id
+        if pad is None:     # the official processor's pad tag (VLChatProcessor.pad_tag)
+            pad = tokenizer.convert_tokens_to_ids(OFFICIAL_PAD_TOKEN)
+            pad = None if pad is None or (unk is not None and pad == unk) else pad
+        for what, tid in (('bos_token', tokenizer.bos_token_id), ('pad_token', pad)):
             if tid is None:
                 raise ValueError(f'the tokenizer has no {what}; Janus image generation needs it '
                                  f'(BOS starts the prompt, pad fills the CFG unconditional '
                                  f'prompt)')
-        return cls(bos=int(tokenizer.bos_token_id), pad=int(tokenizer.pad_token_id), boi=int(boi))
+        return cls(bos=int(tokenizer.bos_token_id), pad=int(pad), boi=int(boi))
 
 
 class SharedTokenizer:
