@@ -302,3 +302,42 @@ def test_benchmark_reports_the_vmr_completion_cost(tmp_path, keep_threads, capsy
     assert v['split_step'] == 32 and v['phases'] == ['suffix', 'prefix']   # iterations 1, 2
     _stat(v['completion_s']), _stat(v['generate_s'])
     assert v['completion_over_generate'] > 0
+
+
+def test_benchmark_covers_the_janus_policy(tmp_path, keep_threads, capsys):
+    """The Janus-Pro family (transformers' Janus classes) with random weights: rollout tokens/s
+    with and without CFG, update GFLOP/s from its FLOP count, and the STAGE iteration (whose
+    group-weighted aggregation needs the loop's minibatch context). At 1B size the same run is
+    ``--arch Janus-Pro-1B``."""
+    cfg_path = os.path.join(ROOT, 'configs', 'stage', 'janus-tiny_stage_jpeg.py')
+    out = tmp_path / 'bench.json'
+    argv = [cfg_path, '--batch', '4', '--repeat', '1', '--threads', '1', '--gemm-size', '256',
+            '--bandwidth-mb', '8', '--out', str(out)]
+    assert _load_tool().main(argv) == 0
+    res = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert 'rollout, CFG 5 (4 x 64)' in printed and 'update fwd+bwd (4 x 64)' in printed, printed
+    assert res['num_actions'] == 64 and res['group_size'] == 4
+    for key, scale in (('no_cfg', 1.0), ('cfg', 5.0)):
+        r = res['rollout'][key]
+        assert r['cfg_scale'] == scale and r['samples'] == 4 and r['steps_timed'] == 64
+        _rate(r['tokens_per_s'])
+        assert r['tokens_per_s']['median'] == pytest.approx(4 * 64 / r['time_s']['median'])
+    from vargo.components.policies.janus import JanusPolicy
+    kwargs = {k: v for k, v in res['policy_cfg'].items() if k != 'type'}
+    policy = JanusPolicy(**kwargs)
+    first = next(line.strip() for line in open(os.path.join(
+        ROOT, 'configs', 'stage', 'prompts_example.txt')) if line.strip()
+        and not line.startswith('#'))
+    prompt_only = Rollout(cond=Conditions(prompts=[first]), group_ids=torch.zeros(1, dtype=torch.long),
+                          actions=torch.zeros(1, 64, dtype=torch.long),
+                          logp_old=torch.zeros(1, 64), action_mask=torch.ones(1, 64, dtype=bool),
+                          action_step=policy.action_step, action_pos=policy.action_pos)
+    up = res['update']
+    assert up['spec']['mode'] == 'none'
+    assert up['flops_per_sample'] == policy.flops_per_sample(LogprobSpec(), rollout=prompt_only)
+    assert up['flops_per_step'] == 3 * 4 * up['flops_per_sample']
+    _rate(up['gflops'])
+    assert res['trainable_params'] == sum(p.numel() for p in policy.lm.parameters())
+    it = res['iteration']
+    assert it['samples'] == 4 and sum(it['fraction'].values()) == pytest.approx(1.0)

@@ -275,3 +275,22 @@ def test_special_tokens_fall_back_to_the_official_pad_tag():
     assert sp.pad == tok.convert_tokens_to_ids(OFFICIAL_PAD_TOKEN) and sp.bos == tok.bos_token_id
     with pytest.raises(ValueError, match="image-start token '<boi>'"):
         JanusSpecialTokens.of(tok, '<boi>')
+
+
+def test_flops_per_sample_counts_every_matmul_of_evaluate(policy):
+    """Against torch's FlopCounterMode (which sees the matmuls but not the CPU attention
+    kernel): equal once the causal attention term is taken out, with and without CFG."""
+    from torch.utils.flop_counter import FlopCounterMode
+    sampler = ARSampler(cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0,
+                        logprob_cfg='rollout', decode_images=False)
+    rollout = sampler.rollout(policy, Conditions(prompts=PROMPTS), group_size=1,
+                              rng=BatchRNG(4, 0, 2))
+    c = policy.janus.config.text_config
+    s = policy.prompt_ids(PROMPTS)[0].shape[1] + 16 - 1
+    attention = c.num_hidden_layers * 2 * c.hidden_size * s * (s + 1)
+    for spec, g in ((LogprobSpec(), 1), (sampler.logprob_spec(), 2)):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            policy.evaluate(rollout, spec=spec, with_entropy=False)
+        per_sample = policy.flops_per_sample(spec, rollout=rollout)
+        assert counter.get_total_flops() == 2 * (per_sample - g * attention)
+    assert policy.flops_per_sample(LogprobSpec()) < per_sample    # no rollout: L = 1

@@ -65,6 +65,12 @@ timed rollout continues an earlier one from its first S - N steps (``sampler.rol
 stop_at_step=S - N)``), so its time also holds one prefill of those steps' actions and the ms per
 step is an upper bound. The default times whole rollouts.
 
+Janus-Pro at 1B size with random weights (its real architecture through transformers; a
+word-level tokenizer; JPEG reward, no files): ``python tools/benchmark.py
+configs/stage/janus-tiny_stage_jpeg.py --arch Janus-Pro-1B`` (about 2.1B parameters, 8.3 GB in
+fp32 before activations; ``--arch Janus-Pro-7B`` likewise). Its FLOP count takes the rollout's
+prompt length into account.
+
 Output: a fixed-width table on stdout and ``--out`` (JSON) with every number, the config, arch,
 batch, threads, torch version, CPU model and the load average before and after the run (other
 processes on the machine change every number here; check it).
@@ -488,9 +494,9 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
         t.append(time.perf_counter())
         ref = model.reference_eval(rollout, n_cond)
         t.append(time.perf_counter())
+        # the loop's minibatch context (group-weighted aggregations such as STAGE's need it)
         mb = MiniBatch(rollout=rollout, adv=adv, ref_eval=ref,
-                       ctx={'num_samples': rollout.batch_size, 'progress': 0.0},
-                       check_on_policy=True)
+                       ctx=ctx.for_minibatch(rollout.action_mask), check_on_policy=True)
         model.train_step({'minibatch': mb}, optim_wrapper=optim_wrapper)
         t.append(time.perf_counter())
         for k, name in enumerate(parts):

@@ -297,19 +297,34 @@ class JanusPolicy(Policy):
         """``(action_step [T], action_pos [T, 2])`` of the raster order."""
         return self.action_step, self.action_pos
 
-    def flops_per_sample(self, spec: Optional[LogprobSpec] = None) -> int:
-        """Matmul FLOPs of one teacher-forced :meth:`evaluate` forward per sample, image
-        positions only (prompt positions excluded; their length varies): the language model
-        (projections, MLP, attention over the ``T`` image positions) and the generation head;
-        doubled with ``spec.uses_cfg``."""
+    def flops_per_sample(self, spec: Optional[LogprobSpec] = None,
+                         rollout: Optional[Rollout] = None) -> int:
+        """Matmul FLOPs of one teacher-forced :meth:`evaluate` forward, per sample, counted as
+        ``LlamaGenPolicy`` counts them (two per multiply-add; the backward costs twice this).
+
+        Over the ``S = L + T - 1`` input positions (``L`` prompt positions, padded to the
+        longest prompt of ``rollout``; without ``rollout`` ``L = 1``, the image-start token
+        alone, a lower bound), per layer of the language model: the q/k/v/o projections
+        ``2 S d (2 d + 2 d_kv)`` and the SwiGLU MLP ``3 * 2 S d d_ff``; attention over the causal
+        pairs ``2 d S (S + 1)`` (padding keys counted: the masked kernel computes them). Then the
+        generation aligner on the ``T - 1`` image inputs ``2 (T - 1) (e d + d^2)`` (``e`` = 8,
+        the code width) and the generation head on the ``T`` predicting positions
+        ``2 T (d^2 + d V)``. With ``spec.uses_cfg`` the language model and the head count twice
+        (``[cond; uncond]`` rows; the image embeddings are computed once). Not counted: embedding lookups, norms, rotary tables, softmax and entropy.
+        """
         c = self.janus.config.text_config
         t, d = self.num_actions, c.hidden_size
-        kv = c.num_key_value_heads * (d // c.num_attention_heads)
-        per_layer = 2 * t * (2 * d * d + 2 * d * kv + 3 * d * c.intermediate_size) + 2 * t * t * d
+        prompt = 1 if rollout is None else self.prompt_ids(rollout.cond.prompts)[0].shape[1]
+        s = prompt + t - 1
+        d_kv = c.num_key_value_heads * getattr(c, 'head_dim', d // c.num_attention_heads)
+        layer = 2 * s * d * (2 * d + 2 * d_kv) + 3 * 2 * s * d * c.intermediate_size \
+            + 2 * d * s * (s + 1)
+        aligner = 2 * (t - 1) * sum(m.weight.numel() for m in self.janus.model.generation_aligner
+                                    .modules() if isinstance(m, torch.nn.Linear))
         head = self.janus.model.generation_head
-        flops = c.num_hidden_layers * per_layer + 2 * t * (head.proj_out.weight.numel()
-                                                           + head.vision_head.weight.numel())
-        return int(flops * (2 if spec is not None and spec.uses_cfg else 1))
+        head_flops = 2 * t * (head.proj_out.weight.numel() + head.vision_head.weight.numel())
+        doubled = 2 if spec is not None and spec.uses_cfg else 1
+        return int(doubled * (c.num_hidden_layers * layer + head_flops) + aligner)
 
     # ---- raster decoding (the protocol ARSampler drives) --------------------------------------
     def decoding_cache_key(self, batch: int) -> Hashable:
