@@ -294,3 +294,33 @@ def test_flops_per_sample_counts_every_matmul_of_evaluate(policy):
         per_sample = policy.flops_per_sample(spec, rollout=rollout)
         assert counter.get_total_flops() == 2 * (per_sample - g * attention)
     assert policy.flops_per_sample(LogprobSpec()) < per_sample    # no rollout: L = 1
+
+
+def test_activation_checkpointing_and_bf16(policy):
+    """Activation checkpointing gives the same gradients; a bf16 policy samples and scores
+    consistently (logits are fp32)."""
+    torch.manual_seed(0)
+    ckpt = JanusPolicy(arch=TINY_ARCH, tokenizer=dict(vocabulary=WORDS),
+                       gradient_checkpointing=True)
+    ckpt.load_state_dict(policy.state_dict())
+    sampler = ARSampler(cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0, logprob_cfg='none',
+                        decode_images=False)
+    rollout = sampler.rollout(policy, Conditions(prompts=PROMPTS), group_size=2,
+                              rng=BatchRNG(5, 0, 4))
+    grads = []
+    for p in (policy, ckpt):
+        p.train()
+        p.zero_grad()
+        pe = p.evaluate(rollout, spec=sampler.logprob_spec())
+        (pe.logp.mean() + 0.1 * pe.entropy.mean()).backward()
+        grads.append([q.grad.clone() for q in p.trainable_parameters()])
+        p.zero_grad()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    half = JanusPolicy(arch=TINY_ARCH, tokenizer=dict(vocabulary=WORDS), dtype='bfloat16')
+    assert half.lm.embed_tokens.weight.dtype == torch.bfloat16
+    sampler.release_cache()
+    rollout = sampler.rollout(half, Conditions(prompts=PROMPTS), group_size=2,
+                              rng=BatchRNG(5, 0, 4))
+    pe = half.evaluate(rollout, spec=sampler.logprob_spec())
+    assert pe.logp.dtype == torch.float32
+    assert float((pe.logp - rollout.logp_old).detach().abs().max()) < 1e-2

@@ -147,8 +147,8 @@ class JanusPolicy(Policy):
         exclude_frozen_submodules(self, [f'janus.model.{n}' for n in FROZEN_PARTS]
                                   + ([] if lm_head_tied else ['janus.lm_head']))
         if gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=dict(use_reentrant=False))
+            self.lm.activation_checkpointing_enable(
+                activation_checkpointing_kwargs=dict(use_reentrant=False))
 
         grid = int(model.config.vq_config.num_patches)
         self.grid_size = grid
