@@ -3,13 +3,15 @@ from .clip_score import ClipScoreReward
 from .composite import CompositeReward
 from .differentiable import ColourMassReward, DifferentiableReward
 from .hps import HPSv2Reward
+from .image_reward import ImageRewardReward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
 from .loo_fid import LooFidReward
+from .pickscore import PickScoreReward
 from .shapes_eval import ShapesEvalReward
 from .shapes_frechet import ShapesFrechetReward
 from .stage_entropy import StageEntropyBonus
 from .vmr import VMRReward
 
 __all__ = ['ClipScoreReward', 'ColourMassReward', 'CompositeReward', 'DifferentiableReward',
-           'HPSv2Reward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'ShapesEvalReward', 'ShapesFrechetReward',
+           'HPSv2Reward', 'ImageRewardReward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'PickScoreReward', 'ShapesEvalReward', 'ShapesFrechetReward',
            'StageEntropyBonus', 'VMRReward']

@@ -104,7 +104,8 @@ def _resized_size(h: int, w: int, size: tuple[int, int], resize_mode: str) -> tu
 def clip_preprocess(images: Tensor, *, size: Union[int, Sequence[int]], mean: Sequence[float],
                     std: Sequence[float], resize_mode: str = 'shortest',
                     interpolation: str = 'bicubic', antialias: bool = True,
-                    quantize: bool = True, clamp: bool = True, keep_grad: bool = False) -> Tensor:
+                    quantize: bool = True, clamp: bool = True, keep_grad: bool = False,
+                    crop: str = 'round') -> Tensor:
     """CLIP preprocessing of float images on tensors, batched (see the module docstring).
 
     Args:
@@ -118,6 +119,9 @@ def clip_preprocess(images: Tensor, *, size: Union[int, Sequence[int]], mean: Se
         quantize: round to 8 bits first (``round(255 x) / 255``), as for a saved image.
         clamp: clamp the resized image to [0, 1] (PIL's 8-bit output is clamped).
         keep_grad: keep the autograd graph to ``images`` (default: detached).
+        crop: centre-crop offset rounding: ``'round'`` (torchvision's ``CenterCrop``) or
+            ``'floor'`` (transformers' ``CLIPImageProcessor``); they differ by one pixel when
+            the resized side exceeds the crop by an odd number.
 
     Returns:
         ``[B, 3, h, w]`` float32 normalised images, on the input's device.
@@ -135,6 +139,9 @@ def clip_preprocess(images: Tensor, *, size: Union[int, Sequence[int]], mean: Se
     if interpolation not in ('bicubic', 'bilinear'):
         raise ValueError(f"interpolation={interpolation!r} is not one of 'bicubic' (CLIP), "
                          f"'bilinear'")
+    if crop not in ('round', 'floor'):
+        raise ValueError(f"crop={crop!r} is not one of 'round' (torchvision), 'floor' "
+                         f"(transformers)")
     size = (int(size), int(size)) if isinstance(size, (int, float)) else tuple(int(s) for s in size)
     x = images.float() if keep_grad else images.detach().float()
     if quantize:
@@ -148,7 +155,10 @@ def clip_preprocess(images: Tensor, *, size: Union[int, Sequence[int]], mean: Se
         x = x.clamp(0.0, 1.0)
     th, tw = size
     if (nh, nw) != (th, tw):
-        top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+        if crop == 'round':
+            top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
+        else:
+            top, left = (nh - th) // 2, (nw - tw) // 2
         x = x[..., top:top + th, left:left + tw]
     m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)

@@ -1,0 +1,103 @@
+"""Tiny PickScore / ImageReward files in the official layouts, written by the tests (offline).
+
+The weights are :mod:`reward_parity_common`'s deterministic function of the parameter names,
+the same the reference packages were given when the pinned numbers were computed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import numpy as np
+import torch
+
+import reward_parity_common as C
+
+PARITY = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures',
+                      'reward_parity.json')
+
+
+def parity_reference() -> dict:
+    with open(PARITY) as f:
+        return json.load(f)
+
+
+def deterministic_tensors(shapes: dict) -> dict:
+    return {k: torch.from_numpy(v) for k, v in C.deterministic_state(shapes).items()}
+
+
+def write_pickscore_dir(directory: str, *, overrides: Optional[dict] = None,
+                        legacy_position_ids: bool = False, fmt: str = 'safetensors') -> str:
+    """A ``PickScore_v1``-shaped directory: ``config.json``, ``model.safetensors`` (or
+    ``pytorch_model.bin``), ``vocab.json`` + ``merges.txt``. ``overrides``: tensors replacing
+    the deterministic ones; ``legacy_position_ids``: add the buffers transformers < 4.31 saved."""
+    from transformers import CLIPConfig, CLIPModel
+    vocab = C.write_clip_tokenizer(directory)
+    cfg = C.pick_tiny_config(vocab)
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+        json.dump(dict(cfg, model_type='clip', architectures=['CLIPModel']), f)
+    with torch.device('meta'):
+        model = CLIPModel(CLIPConfig(**cfg))
+    state = deterministic_tensors({k: tuple(v.shape) for k, v in model.state_dict().items()})
+    state['logit_scale'] = torch.tensor(C.PICK_LOGIT_SCALE)
+    state.update(overrides or {})
+    if legacy_position_ids:
+        state['text_model.embeddings.position_ids'] = torch.arange(77)[None]
+        state['vision_model.embeddings.position_ids'] = torch.arange(17)[None]
+    if fmt == 'safetensors':
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state.items()},
+                  os.path.join(directory, 'model.safetensors'))
+    else:
+        torch.save(state, os.path.join(directory, 'pytorch_model.bin'))
+    return directory
+
+
+def image_reward_state(overrides: Optional[dict] = None) -> dict:
+    from vargo.components.rewards.image_reward import ImageRewardModel
+    vocab = len(C.bert_vocab())
+    with torch.device('meta'):
+        model = ImageRewardModel(C.IR_VIT, C.ir_med_config(vocab))
+    state = deterministic_tensors({k: tuple(v.shape) for k, v in model.state_dict().items()})
+    state.update(overrides or {})
+    return state
+
+
+def write_image_reward_files(directory: str, *, state: Optional[dict] = None) -> str:
+    """``ImageReward.pt`` (a plain state dict), ``med_config.json`` and ``vocab.txt`` in
+    ``directory``; returns the checkpoint path."""
+    vocab = C.write_bert_vocab(directory)
+    with open(os.path.join(directory, 'med_config.json'), 'w') as f:
+        json.dump(C.ir_med_config(vocab), f)
+    path = os.path.join(directory, 'ImageReward.pt')
+    torch.save(image_reward_state() if state is None else state, path)
+    return path
+
+
+def parity_batch():
+    """The parity images as ``[1, 3, H, W]`` float tensors (sizes differ) and as PIL images."""
+    from PIL import Image
+    arrays = C.parity_images()
+    tensors = [torch.from_numpy(a).permute(2, 0, 1).float()[None] / 255 for a in arrays]
+    return tensors, [Image.fromarray(a) for a in arrays]
+
+
+def rollout(images: torch.Tensor, *, prompts=None, class_ids=None, group_ids=None):
+    from vargo.core.types import Conditions, Rollout
+    b = images.shape[0]
+    return Rollout(cond=Conditions(class_ids=class_ids, prompts=prompts),
+                   group_ids=torch.zeros(b, dtype=torch.long) if group_ids is None else group_ids,
+                   actions=torch.zeros(b, 1, dtype=torch.long), logp_old=torch.zeros(b, 1),
+                   action_mask=torch.ones(b, 1, dtype=torch.bool), action_step=torch.arange(1),
+                   action_pos=torch.zeros(1, 2, dtype=torch.long), images=images)
+
+
+def score_matrix(head, tensors) -> np.ndarray:
+    """``[prompt, image]`` scores of every parity prompt on every parity image (one rollout per
+    image, all prompts batched)."""
+    out = np.zeros((len(C.PROMPTS), len(tensors)))
+    for j, x in enumerate(tensors):
+        batch = x.expand(len(C.PROMPTS), -1, -1, -1).contiguous()
+        out[:, j] = head(rollout(batch, prompts=list(C.PROMPTS))).scores.numpy()
+    return out
