@@ -254,6 +254,30 @@ def test_an_interrupted_run_resumes(tmp_path, monkeypatch):
     assert (tmp_path / 'work' / 'a' / 'seed0.train.log').read_text().startswith('first launch')
 
 
+def test_re_evaluate_runs_only_the_evaluation_again(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(multiseed.subprocess, 'run', _fake_subprocess(calls))
+    args = multiseed.parse_args(['--arm', f'a={CFG}', '--seeds', '0', '--out', str(tmp_path)])
+    first = multiseed.run_one(args, 'a', CFG, 0)
+    assert [c[1].rsplit('/', 1)[-1] for c in calls] == ['train.py', 'eval.py']
+    (tmp_path / 'a' / 'seed0' / 'eval.json').write_text('{"results": {}}')   # an old one
+    args = multiseed.parse_args(['--arm', f'a={CFG}', '--seeds', '0', '--out', str(tmp_path),
+                                 '--re-evaluate'])
+    import shutil
+    shutil.rmtree(tmp_path / 'work' / 'a' / 'seed0' / 'eval')
+    ckpt = tmp_path / 'work' / 'a' / 'seed0' / 'iter_2.pth'
+    ckpt.write_bytes(b'')                                  # the fake training wrote none
+    again = multiseed.run_one(args, 'a', CFG, 0)
+    assert [c[1].rsplit('/', 1)[-1] for c in calls] == ['train.py', 'eval.py', 'eval.py']
+    assert calls[2][2:4] == [CFG, str(tmp_path / 'work' / 'a' / 'seed0' / 'iter_2.pth')]
+    assert again['train_command'] == first['train_command'] and 're_evaluated_commit' in again
+    assert json.loads((tmp_path / 'a' / 'seed0' / 'eval.json').read_text())['results'] == \
+        {'train': {'strict': 0.5}}
+    ckpt.unlink()
+    with pytest.raises(RuntimeError, match='needs the checkpoint'):
+        multiseed.run_one(args, 'a', CFG, 0)
+
+
 # -- a real comparison: two tiny configs over two seeds ----------------------------------------
 TINY = """_base_ = [{base!r}]
 eval_cfg = dict(splits=dict(train=dict(type='ClassConditionDataset', num_classes=2)),

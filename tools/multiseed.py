@@ -30,7 +30,10 @@ repository).
 ``OUT/summary.json``, ``OUT/summary.md`` (mean, sample standard deviation and every seed's
 value per metric) and ``OUT/curves.png`` (per-arm mean with the min-max band across seeds) are
 rebuilt from those files at the end, so a finished run is never repeated: rerun the command to
-add seeds or arms, or with ``--summarise-only``. Against a baseline arm (``--baseline``, default
+add seeds or arms, or with ``--summarise-only``. An interrupted run (checkpoints but no
+result) resumes from its last checkpoint. ``--re-evaluate`` evaluates every finished run again
+with the current tools/eval.py (e.g. so older eval.json files carry the evaluation protocol);
+training is not repeated. Against a baseline arm (``--baseline``, default
 the first) the summary states a verdict per arm and metric: the difference of means with its 95%
 percentile bootstrap interval (seeds resampled within each arm), "beats" / "is worse than" when
 the interval excludes 0 (FID and KID: lower is better), "no difference detectable" otherwise.
@@ -96,6 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         '*/fidelity/fid, */fidelity/recall and */fidelity/precision found)')
     p.add_argument('--curve', action='append', default=None, metavar='SCALAR',
                    help='logged scalar(s) to plot (default: every reward/<head>/mean)')
+    p.add_argument('--re-evaluate', action='store_true',
+                   help='evaluate every finished run again with the current tools/eval.py (its '
+                        'checkpoint in --work; training is not repeated)')
     p.add_argument('--summarise-only', action='store_true')
     args = p.parse_args(argv)
     try:
@@ -224,10 +230,15 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
     work = os.path.join(args.work or os.path.join(args.out, 'work'), arm, f'seed{seed}')
     record_path = os.path.join(res, 'run.json')
     opts = _arm_options(args, arm)
-    if os.path.isfile(record_path) and os.path.isfile(os.path.join(res, 'eval.json')):
-        return _check_record(json.load(open(record_path)), arm, config, opts, record_path)
-    os.makedirs(res, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if os.path.isfile(record_path) and os.path.isfile(os.path.join(res, 'eval.json')):
+        record = _check_record(json.load(open(record_path)), arm, config, opts, record_path)
+        if getattr(args, 're_evaluate', False):
+            record = _re_evaluate(args, record, arm, config, seed, work, res, opts, env)
+            with open(record_path, 'w') as f:
+                json.dump(record, f, indent=2)
+        return record
+    os.makedirs(res, exist_ok=True)
     train = [sys.executable, os.path.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work,
              '--cfg-options', f'randomness.seed={seed}', *opts]
     # an interrupted run (checkpoints, no result) resumes from its last checkpoint (bit-exact)
@@ -249,18 +260,8 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
         merge_scalars(scalars, merged)
         scalars = [merged]
     copy_scalars(scalars[-1], os.path.join(res, 'scalars.json'), args.keep_scalars)
-    evaluate = [sys.executable, os.path.join(ROOT, 'tools', 'eval.py'), config, ckpt, '--out',
-                os.path.join(work, 'eval'), '--seed', str(args.eval_seed),
-                *shlex.split(args.eval_args)]
-    if opts:
-        evaluate += ['--cfg-options', *opts]
     t1 = time.time()
-    with open(work + '.eval.log', 'w') as log:
-        proc = subprocess.run(evaluate, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise RuntimeError(f'{arm} seed {seed}: evaluation failed (exit {proc.returncode}); see '
-                           f'{work}.eval.log')
-    shutil.copyfile(os.path.join(work, 'eval', 'eval.json'), os.path.join(res, 'eval.json'))
+    evaluate = _evaluate(args, arm, config, seed, work, res, ckpt, opts, env)
     record = dict(arm=arm, config=config, seed=seed, threads=args.threads,
                   cfg_options=opts, arm_options=args.arm_options.get(arm, []),
                   eval_args=args.eval_args, eval_seed=args.eval_seed,
@@ -274,6 +275,38 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
     with open(record_path, 'w') as f:
         json.dump(record, f, indent=2)
     return record
+
+
+def _evaluate(args, arm, config, seed, work, res, ckpt, opts, env) -> list:
+    """Run tools/eval.py on ``ckpt`` at the common evaluation seed; copy its eval.json into the
+    results. Returns the command."""
+    evaluate = [sys.executable, os.path.join(ROOT, 'tools', 'eval.py'), config, ckpt, '--out',
+                os.path.join(work, 'eval'), '--seed', str(args.eval_seed),
+                *shlex.split(args.eval_args)]
+    if opts:
+        evaluate += ['--cfg-options', *opts]
+    with open(work + '.eval.log', 'w') as log:
+        proc = subprocess.run(evaluate, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f'{arm} seed {seed}: evaluation failed (exit {proc.returncode}); see '
+                           f'{work}.eval.log')
+    shutil.copyfile(os.path.join(work, 'eval', 'eval.json'), os.path.join(res, 'eval.json'))
+    return evaluate
+
+
+def _re_evaluate(args, record, arm, config, seed, work, res, opts, env) -> dict:
+    """Evaluate a finished run's checkpoint again with the current tools/eval.py (same
+    checkpoint, evaluation seed and arguments), e.g. so every eval.json carries the current
+    evaluation protocol; the training record is kept, the evaluation fields are updated."""
+    ckpt = os.path.join(work, record['checkpoint'])
+    if not os.path.isfile(ckpt):
+        raise RuntimeError(f'{arm} seed {seed}: --re-evaluate needs the checkpoint {ckpt}, which '
+                           f'is gone: pass the --work directory the run trained in')
+    t1 = time.time()
+    evaluate = _evaluate(args, arm, config, seed, work, res, ckpt, opts, env)
+    return dict(record, eval_seconds=round(time.time() - t1, 1), eval_args=args.eval_args,
+                eval_seed=args.eval_seed, re_evaluated_commit=_git_commit(),
+                eval_command=' '.join(shlex.quote(c) for c in evaluate[1:]))
 
 
 def _numbers(results: dict) -> dict[str, float]:
