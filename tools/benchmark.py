@@ -2,8 +2,8 @@
 
     python tools/benchmark.py CONFIG [--arch GPT-B] [--batch 8] [--steps N] [--repeat 3]
                               [--threads 2] [--out bench.json] [--skip-rollout] [--skip-update]
-                              [--skip-iteration] [--gemm-size 2048] [--bandwidth-mb 512]
-                              [--seed 0] [--cfg-options k=v ...]
+                              [--skip-iteration] [--reward-heads] [--gemm-size 2048]
+                              [--bandwidth-mb 512] [--seed 0] [--cfg-options k=v ...]
 
 The policy is the config's with random weights: every top-level ``policy.*checkpoint`` is set to
 None and ``--arch`` replaces ``policy.arch``. Everything is built as tools/train.py builds it
@@ -51,6 +51,12 @@ with ``torch.set_num_threads(--threads)``:
    iteration (``iteration.mte``); their evaluation in the update is part of reference and
    train_step. The whole MTE cost is the ratio of this iteration to the same config's with
    ``--cfg-options sampler.mte_chains=0`` and without the ``MultiTrajectorySelector``.
+7. reward heads (``--reward-heads``): each of the config's reward heads and of
+   ``eval_cfg.metric_heads`` is built again from its config (startup: the seconds of
+   ``checked_build``, reading its weights from their local files, and the memory it adds) and
+   scores one rollout of ``--batch`` decoded images from the config's policy ``--repeat`` times
+   after a warm-up; per-image cost = the time of a call / ``--batch`` (the heads' files must
+   exist: only the policy's checkpoints are replaced by random weights).
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -108,6 +114,9 @@ def parse_args(argv=None):
     p.add_argument('--skip-rollout', action='store_true', help='skip the rollout throughput')
     p.add_argument('--skip-update', action='store_true', help='skip the update throughput')
     p.add_argument('--skip-iteration', action='store_true', help='skip the iteration split')
+    p.add_argument('--reward-heads', action='store_true',
+                   help="time the startup and per-image cost of the config's reward heads and "
+                        'eval_cfg.metric_heads')
     p.add_argument('--gemm-size', type=int, default=2048, help='n of the n x n fp32 GEMM')
     p.add_argument('--bandwidth-mb', type=int, default=512,
                    help='size of the bandwidth test tensor (well above the caches)')
@@ -549,6 +558,47 @@ def vmr_cost(sampler, record: list[tuple[str, float]], generate: list[float]) ->
     return out
 
 
+def bench_reward_heads(cfg, model, cond, args, mem: PeakMemory) -> dict:
+    """Startup and per-image cost of every reward head (see the module doc, item 7)."""
+    import dataclasses
+
+    import torch
+    from mmengine.registry import DefaultScope
+
+    from vargo.core.registry import REWARD_HEADS, checked_build
+
+    heads = {name: ('reward', c) for name, c in (cfg.model.get('rewards') or {}).items()}
+    metric = (cfg.get('eval_cfg') or {}).get('metric_heads') or {}
+    heads.update({name: ('metric', c) for name, c in metric.items()})
+    with torch.no_grad():
+        rollout = model.generate(cond, model.iteration_context(0, seed=args.seed,
+                                                               num_conditions=len(cond)))
+        if rollout.images is None:
+            rollout = dataclasses.replace(rollout, images=model.policy.decode(rollout))
+    ctx = model.reward_context(0)
+    b = rollout.batch_size
+    out = {}
+    for name, (kind, head_cfg) in heads.items():
+        head_cfg = head_cfg.to_dict() if hasattr(head_cfg, 'to_dict') else dict(head_cfg)
+        mem.start()
+        t0 = time.perf_counter()
+        with DefaultScope.overwrite_default_scope('vargo'):
+            head = checked_build(head_cfg, REWARD_HEADS)
+        startup = time.perf_counter() - t0
+        build_mem = mem.stop()
+        mem.start()
+        times, scored = timed(lambda: head(rollout, ctx), args.repeat)
+        t = stats(times)
+        out[name] = {'kind': kind, 'type': type(head).__name__, 'startup_s': startup,
+                     'startup_peak_above_start_mb': build_mem['peak_above_start_mb'],
+                     'samples': b, 'image_size': list(rollout.images.shape[-2:]), 'time_s': t,
+                     'ms_per_image': {'median': 1000 * t['median'] / b,
+                                      'min': 1000 * t['min'] / b},
+                     'finite_scores': int(torch.isfinite(scored.scores).sum()), **mem.stop()}
+        del head
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------------------------
@@ -646,6 +696,11 @@ def table(res: dict) -> str:
             rows.append(('  MTE extra chains / iteration', mt['extra_chains_over_iteration'],
                          None, 'x'))
         rows.append(('  peak memory', it['peak_rss_mb'], None, 'MB'))
+    for name, h in (res.get('reward_heads') or {}).items():
+        rows.append((f'{h["kind"]} head {name} ({h["type"]}): startup', h['startup_s'], None,
+                     's'))
+        rows.append((f'  per image (batch {h["samples"]})', h['ms_per_image']['median'],
+                     h['ms_per_image']['min'], 'ms'))
     width = max(len(r[0]) for r in rows) + 2
     head = (f'{res["config"]}  arch={res["arch"]}  batch={res["batch"]}  threads={res["threads"]}'
             f'  torch {res["torch"]}\n{res["cpu"]}; load average {res["load_average_start"]} at '
@@ -722,6 +777,8 @@ def run(args) -> dict:
     del rollout
     if not args.skip_iteration:
         res['iteration'] = bench_iteration(cfg, model, cond, args, mem)
+    if args.reward_heads:
+        res['reward_heads'] = bench_reward_heads(cfg, model, cond, args, mem)
     res['load_average_end'] = load_average()
     return res
 
