@@ -179,4 +179,5 @@ def test_missing_files_name_where_they_are_published(tmp_path, ir_file):
     from vargo.core.config import missing_files
     cfg = Config(dict(rewards=dict(ir=dict(type='ImageRewardReward', checkpoint=path))))
     [(where, missing, source)] = missing_files(cfg)
-    assert where == 'rewards.ir.checkpoint' and source == IMAGE_REWARD_FILE_SOURCES['ImageReward.pt']
+    assert where == 'rewards.ir.checkpoint'
+    assert source == IMAGE_REWARD_FILE_SOURCES['ImageReward.pt']

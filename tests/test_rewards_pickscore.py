@@ -128,9 +128,9 @@ def test_batched_cached_frozen_and_registered(pick_dir, head):
     images = torch.rand(5, 3, 48, 40, generator=g)
     ids = torch.tensor([0, 1, 1, 0, 1])
     batched = built(rollout(images, class_ids=ids)).scores
-    single = torch.cat([head(rollout(images[i:i + 1], prompts=[f'a photo of a '
-                                                               f'{["red circle", "blue square"][k]}'])
-                             ).scores for i, k in enumerate(ids.tolist())])
+    names = ['red circle', 'blue square']
+    single = torch.cat([head(rollout(images[i:i + 1], prompts=[f'a photo of a {names[k]}'])).scores
+                        for i, k in enumerate(ids.tolist())])
     assert torch.allclose(batched, single, atol=1e-5) and batched.dtype == torch.float32
     assert len(built._cache) == 2                                   # one entry per text
     assert batched.device == images.device

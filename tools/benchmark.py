@@ -587,7 +587,7 @@ def bench_reward_heads(cfg, model, cond, args, mem: PeakMemory) -> dict:
         startup = time.perf_counter() - t0
         build_mem = mem.stop()
         mem.start()
-        times, scored = timed(lambda: head(rollout, ctx), args.repeat)
+        times, scored = timed(lambda h=head: h(rollout, ctx), args.repeat)
         t = stats(times)
         out[name] = {'kind': kind, 'type': type(head).__name__, 'startup_s': startup,
                      'startup_peak_above_start_mb': build_mem['peak_above_start_mb'],
