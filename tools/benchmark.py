@@ -56,7 +56,9 @@ with ``torch.set_num_threads(--threads)``:
    ``checked_build``, reading its weights from their local files, and the memory it adds) and
    scores one rollout of ``--batch`` decoded images from the config's policy ``--repeat`` times
    after a warm-up; per-image cost = the time of a call / ``--batch`` (the heads' files must
-   exist: only the policy's checkpoints are replaced by random weights).
+   exist: only the policy's checkpoints are replaced by random weights). ``metrics``: the
+   head's own metrics of the last call (e.g. ``OcrReward``'s ``lines`` read per image, on which
+   its cost depends).
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -594,7 +596,9 @@ def bench_reward_heads(cfg, model, cond, args, mem: PeakMemory) -> dict:
                      'samples': b, 'image_size': list(rollout.images.shape[-2:]), 'time_s': t,
                      'ms_per_image': {'median': 1000 * t['median'] / b,
                                       'min': 1000 * t['min'] / b},
-                     'finite_scores': int(torch.isfinite(scored.scores).sum()), **mem.stop()}
+                     'finite_scores': int(torch.isfinite(scored.scores).sum()),
+                     'metrics': {k: float(v) for k, v in scored.metrics.items()},
+                     **mem.stop()}
         del head
     return out
 

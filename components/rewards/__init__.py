@@ -6,6 +6,7 @@ from .hps import HPSv2Reward
 from .image_reward import ImageRewardReward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
 from .loo_fid import LooFidReward
+from .ocr import OcrReward
 from .pickscore import PickScoreReward
 from .shapes_eval import ShapesEvalReward
 from .shapes_frechet import ShapesFrechetReward
@@ -13,5 +14,5 @@ from .stage_entropy import StageEntropyBonus
 from .vmr import VMRReward
 
 __all__ = ['ClipScoreReward', 'ColourMassReward', 'CompositeReward', 'DifferentiableReward',
-           'HPSv2Reward', 'ImageRewardReward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'PickScoreReward', 'ShapesEvalReward', 'ShapesFrechetReward',
+           'HPSv2Reward', 'ImageRewardReward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'OcrReward', 'PickScoreReward', 'ShapesEvalReward', 'ShapesFrechetReward',
            'StageEntropyBonus', 'VMRReward']
