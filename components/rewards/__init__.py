@@ -2,6 +2,7 @@
 from .clip_score import ClipScoreReward
 from .composite import CompositeReward
 from .differentiable import ColourMassReward, DifferentiableReward
+from .geneval import GenEvalReward
 from .hps import HPSv2Reward
 from .image_reward import ImageRewardReward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
@@ -13,6 +14,6 @@ from .shapes_frechet import ShapesFrechetReward
 from .stage_entropy import StageEntropyBonus
 from .vmr import VMRReward
 
-__all__ = ['ClipScoreReward', 'ColourMassReward', 'CompositeReward', 'DifferentiableReward',
+__all__ = ['ClipScoreReward', 'ColourMassReward', 'CompositeReward', 'DifferentiableReward', 'GenEvalReward',
            'HPSv2Reward', 'ImageRewardReward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'OcrReward', 'PickScoreReward', 'ShapesEvalReward', 'ShapesFrechetReward',
            'StageEntropyBonus', 'VMRReward']
