@@ -3,7 +3,6 @@ layout of the Hugging Face release, a tiny OpenCLIP checkpoint, a metadata file.
 from __future__ import annotations
 
 import json
-import os
 
 import torch
 

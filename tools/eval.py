@@ -20,7 +20,8 @@ found before any model is built (``vargo.core.cli``).
 ---------------------------------------------------------------------------------------------
 * ``splits``: ``{name: condition dataset config}``, e.g. ``train=dict(type='ShapesClassDataset',
   split='train')``; ``--splits`` picks some.
-* ``samples_per_condition`` (default 4), ``max_conditions`` (None: all).
+* ``samples_per_condition`` (default 4), ``max_conditions`` (None: all), ``seed`` (default 0;
+  ``--seed`` overrides it).
 * ``fidelity`` (optional; ``--no-fidelity`` skips it), one of two forms:
 
   - the Shapes benchmark: ``dict(extractor='vargo-shapes', task='c2i' | 't2i')``: FID against
@@ -156,7 +157,8 @@ def parse_args(argv=None):
                         '<split>@cfg<S>)')
     p.add_argument('--batch-conditions', type=positive_int, default=16, metavar='N',
                    help='conditions per rollout batch, >= 1 (default 16)')
-    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--seed', type=int, default=None,
+                   help='sampling seed (default: eval_cfg.seed, else 0)')
     p.add_argument('--out', help='output directory (default: <work_dirs>/<config>/eval[_CKPT])')
     p.add_argument('--no-fidelity', action='store_true', help='skip FID/KID/precision/recall/IS')
     p.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction, metavar='KEY=VALUE',
@@ -606,6 +608,27 @@ def print_table(results: dict) -> None:
         print(f'{k:<{width}}  ' + '  '.join(row))
 
 
+def write_head_records(heads: dict, out_dir: str, key: str) -> None:
+    """``records_<head>_<key>.jsonl``: the per-image records of heads that keep them (GenEval:
+    prompt, tag, correct, reason, kept detections, as its official results.jsonl)."""
+    for name, head in heads.items():
+        records = getattr(head, 'records', None)
+        if records:
+            with open(os.path.join(out_dir, f'records_{name}_{key}.jsonl'), 'w') as f:
+                for r in records:
+                    f.write(json.dumps(r) + '\n')
+
+
+def print_head_summaries(heads: dict, results: dict) -> None:
+    """The summary tables of heads that have one (GenEval's per-task table) per result."""
+    for key, res in results.items():
+        for name, head in heads.items():
+            lines = getattr(head, 'summary_lines', None)
+            text = lines(res, prefix=f'{name}/', title=f'{name} on {key}') if lines else []
+            if text:
+                print('\n' + '\n'.join(text))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -647,6 +670,11 @@ def main(argv=None) -> int:
                                                or max_conditions < 1):
                 raise ConfigError(f'eval_cfg.max_conditions={max_conditions!r} must be an '
                                   f'integer >= 1 or None (all conditions)')
+        if args.seed is None:
+            args.seed = eval_cfg.get('seed', 0)
+            if isinstance(args.seed, bool) or not isinstance(args.seed, int):
+                raise ConfigError(f'eval_cfg.seed={args.seed!r} must be an integer (or give '
+                                  f'--seed N)')
         head_missing = check_metric_heads(eval_cfg, set(cfg.model.get('rewards') or {}))
         if head_missing:
             lines = ['eval_cfg.metric_heads names files that do not exist:']
@@ -700,6 +728,7 @@ def main(argv=None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     torch.manual_seed(args.seed)
     results = {}
+    scored = {**{n: h.evaluation_head() for n, h in model.reward_heads.items()}, **metric_heads}
     multi = bool(args.cfg_scales)
     for sampler in samplers:
         model.sampler = sampler
@@ -720,6 +749,7 @@ def main(argv=None) -> int:
                                 fidelity(rollout.images, split).items()})
             metrics['time_s'] = time.perf_counter() - t0
             results[key] = metrics
+            write_head_records(scored, out_dir, key)
             rows = min(8, metrics['num_conditions'])
             imgs = rollout.images.view(-1, per_condition, *rollout.images.shape[1:])[:rows, :8]
             grid = f'grid_{split}_cfg{scale:g}.png' if multi else f'grid_{split}.png'
@@ -736,6 +766,7 @@ def main(argv=None) -> int:
     with open(os.path.join(out_dir, 'eval.json'), 'w') as f:
         json.dump(record, f, indent=2)
     print_table(results)
+    print_head_summaries(scored, results)
     print('\n'.join(eval_protocol.format_protocol(protocol)))
     print(f'wrote {out_dir}/eval.json and grid_<split>{"_cfg<S>" if multi else ""}.png')
     return 0

@@ -16,8 +16,8 @@ Python 3.11 / torch 2 environment, so neither the official model nor a converter
 checkpoint could be run or checked against it. vargo therefore uses transformers'
 implementation (``Mask2FormerModel`` + the ``class_predictor`` of
 ``Mask2FormerForUniversalSegmentation``, its key layout, loaded from a local directory with
-``local_files_only``) with the Hugging Face release ``facebook/mask2former-swin-small-coco-instance``:
-the same architecture (Swin-S, window 7, 100 queries, 80 COCO classes) trained by the
+``local_files_only``) with the Hugging Face release
+``facebook/mask2former-swin-small-coco-instance``: the same architecture (Swin-S, window 7, 100 queries, 80 COCO classes) trained by the
 Mask2Former authors with Detectron2, a *different training run*. **GenEval scores with it
 differ from the official detector's; by how much was not measured** (no official model could
 run here). Everything around the network is mmdet's inference, re-implemented on tensors and
