@@ -17,11 +17,13 @@ checkpoint could be run or checked against it. vargo therefore uses transformers
 implementation (``Mask2FormerModel`` + the ``class_predictor`` of
 ``Mask2FormerForUniversalSegmentation``, its key layout, loaded from a local directory with
 ``local_files_only``) with the Hugging Face release
-``facebook/mask2former-swin-small-coco-instance``: the same architecture (Swin-S, window 7, 100 queries, 80 COCO classes) trained by the
-Mask2Former authors with Detectron2, a *different training run*. **GenEval scores with it
+``facebook/mask2former-swin-small-coco-instance``: the same architecture (Swin-S, window 7,
+100 queries, 80 COCO classes) trained by the Mask2Former authors with Detectron2, a *different
+training run*. **GenEval scores with it
 differ from the official detector's; by how much was not measured** (no official model could
-run here). Everything around the network is mmdet's inference, re-implemented on tensors and
-checked against mmdet 2.28's code:
+run here). Everything around the network is mmdet's inference, re-implemented on tensors from
+a reading of mmdet 2.28's code (its wheel installs without mmcv-full, so its sources and the
+``mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco`` config were read, not run):
 
 * preprocessing (the config's test pipeline): the image as 8 bits, resized keeping its aspect
   ratio to fit 1333 x 800 (scale ``min(1333 / long side, 800 / short side)``, sizes rounded
