@@ -108,8 +108,8 @@ and its sha256; metrics; per split the reference statistics file(s) with sha256 
 or the real images) and ``vargo_commit``; and ``grid_<key>.png``. Heads that keep per-image
 records (``GenEvalReward``: prompt, tag, correct, reason, kept detections, as GenEval's
 results.jsonl) write them to ``records_<head>_<key>.jsonl``, and heads with a summary table
-(GenEval's per-task table and overall score) print it under the results table. The protocol is printed under
-the table; ``tools/multiseed.py`` and the run report print it under theirs.
+(GenEval's per-task table and overall score) print it under the results table. The protocol
+is printed under the table; ``tools/multiseed.py`` and the run report print it under theirs.
 """
 from __future__ import annotations
 
