@@ -92,3 +92,26 @@ def test_benchmark_times_the_head(files, tmp_path, keep_threads, capsys):
     assert h['samples'] == 4 and h['finite_scores'] == 4 and h['startup_s'] > 0
     assert h['image_size'] == [64, 64] and h['ms_per_image']['median'] > 0
     assert 'head geneval (GenEvalReward): startup' in printed
+
+
+def test_usable_as_an_eval_metric_head(files, tmp_path):
+    from mmengine.config import ConfigDict
+
+    from geneval_files import TINY_CLIP
+    from preference_files import rollout
+    tool = load_tool('eval')
+    heads_cfg = dict(geneval=dict(type='GenEvalReward', metadata_file=files['metadata'],
+                                  detector_dir=files['detector'], clip_checkpoint=files['clip'],
+                                  clip_arch=TINY_CLIP, clip_weights_tag=None,
+                                  image_scale=[64, 64]))
+    assert tool.check_metric_heads(ConfigDict(metric_heads=heads_cfg), ('jpeg',)) == []
+    heads = tool.build_metric_heads(heads_cfg)
+    prompts = [m['prompt'] for m in METADATA[:3]]
+    metrics = tool.score_heads(heads, rollout(torch.rand(3, 3, 64, 64), prompts=prompts), None)
+    assert {'geneval/mean', 'geneval/strict', 'geneval/overall', 'geneval/counting'} <= set(metrics)
+    missing = dict(heads_cfg['geneval'], detector_dir=str(tmp_path / 'x' / 'mask2former-swin-'
+                                                           'small-coco-instance'))
+    [(key, _, source)] = tool.check_metric_heads(ConfigDict(metric_heads=dict(geneval=missing)),
+                                                 ())
+    assert key == 'eval_cfg.metric_heads.geneval.detector_dir'
+    assert 'facebook/mask2former-swin-small-coco-instance' in source
