@@ -30,6 +30,13 @@ TINY = {
         image_size=32, buffer_size=2, checkpoint=None, tokenizer_checkpoint=None,
         tokenizer=dict(embed_dim=4, ch=16, ch_mult=(1, 1, 2, 2), num_res_blocks=1, resolution=32,
                        enc_attn_resolutions=(), num_groups=8)),
+    # 16 px over a downsample-4 VQGAN with attention at 8 px; 1024 codes so the cin configs' 1000
+    # class tokens fit the shared vocabulary (Labelator)
+    'VQGANTransformerPolicy': dict(
+        arch=dict(n_layer=1, n_head=2, n_embd=32), image_size=16, vocab_size=1024,
+        block_size=None, checkpoint=None, tokenizer_checkpoint=None,
+        tokenizer=dict(n_embed=1024, embed_dim=8, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1,
+                       attn_resolutions=(8,), resolution=16, z_channels=16, norm_groups=8)),
     # a 2-layer Janus over 4 x 4 tokens of a 64-code VQ (32 px); a word-level tokenizer
     'JanusPolicy': dict(
         model_path=None,
@@ -90,6 +97,10 @@ def shrink(cfg):
     cfg.default_hooks.checkpoint = dict(type='AtomicCheckpointHook', interval=1, by_epoch=False,
                                         backend_args=dict(backend='vargo_atomic'))
     cfg.default_hooks.image_grid = dict(type='ImageGridHook', interval=1, preview_conditions=0)
+    # the curves and the HTML report are matplotlib work of seconds per config and the same for
+    # every config; tests/test_monitor_report.py and tests/test_runner.py cover those hooks
+    cfg.default_hooks.curves = None
+    cfg.default_hooks.report = None
     return cfg
 
 
