@@ -4,6 +4,7 @@ and run.json), evaluation protocols (one block each; mixed protocols flagged and
 invalid), --keep-scalars, and a real comparison of two tiny configs over two seeds."""
 import json
 import math
+import statistics
 import os
 import subprocess
 import sys
@@ -276,6 +277,24 @@ def test_re_evaluate_runs_only_the_evaluation_again(tmp_path, monkeypatch):
     ckpt.unlink()
     with pytest.raises(RuntimeError, match='needs the checkpoint'):
         multiseed.run_one(args, 'a', CFG, 0)
+
+
+def test_stability_numbers_from_the_training_log():
+    g = [(i, 1.0) for i in range(1, 21)]
+    g[4] = (5, 3.5)                   # a spike (> 3 x median 1.0)
+    g[9] = (10, 2.9)                  # not one
+    kl = [(i, 0.01 * i) for i in range(1, 21)]
+    ent = [(i, 1.0 if i <= 10 else 0.5) for i in range(1, 21)]
+    rew = [(i, 0.0 if i <= 10 else 1.0) for i in range(1, 21)]
+    m = multiseed.stability_metrics({'grad_norm': g, 'kl/mean': kl, 'entropy/mean': ent,
+                                     'reward/shapes/mean': rew,
+                                     'reward/shapes/clause/count': rew})
+    assert m['log/grad_norm_spikes'] == 1.0 and m['log/grad_norm_max'] == 3.5
+    assert m['log/grad_norm_mean'] == pytest.approx((18 + 3.5 + 2.9) / 20)
+    assert m['log/kl_last'] == pytest.approx(0.01 * statistics.fmean(range(11, 21)))
+    assert m['log/entropy_change'] == pytest.approx(-0.5)
+    assert m['log/shapes_last'] == 1.0 and len(m) == 6
+    assert multiseed.stability_metrics({}) == {}
 
 
 # -- a real comparison: two tiny configs over two seeds ----------------------------------------

@@ -378,6 +378,43 @@ def verdict(metric: str, base: str, arm: str, a: list[float], b: list[float], *,
                 outcome=outcome, text=text)
 
 
+SPIKE_FACTOR = 3.0
+TAIL = 10
+
+
+def stability_metrics(series: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
+    """Training-stability numbers of one run from its logged scalars (``log/`` rows of the
+    summary): ``grad_norm_mean``, ``grad_norm_max``, ``grad_norm_spikes`` (iterations whose
+    gradient norm exceeds ``SPIKE_FACTOR`` x the run's median), ``kl_last`` (mean ``kl/mean``
+    of the last ``TAIL`` iterations), ``entropy_change`` (mean ``entropy/mean`` of the last
+    ``TAIL`` minus the first ``TAIL``) and ``<head>_last`` (mean ``reward/<head>/mean`` of the
+    last ``TAIL``; its spread across seeds is the reward variance across seeds).
+
+    Examples:
+        >>> m = stability_metrics({'grad_norm': [(i, 1.0) for i in range(1, 20)] + [(20, 5.0)]})
+        >>> m['log/grad_norm_spikes'], m['log/grad_norm_max']
+        (1.0, 5.0)
+    """
+    out = {}
+    g = [v for _, v in sorted(series.get('grad_norm', [])) if math.isfinite(v)]
+    if g:
+        med = statistics.median(g)
+        out['log/grad_norm_mean'] = statistics.fmean(g)
+        out['log/grad_norm_max'] = max(g)
+        out['log/grad_norm_spikes'] = float(sum(v > SPIKE_FACTOR * med for v in g))
+    kl = [v for _, v in sorted(series.get('kl/mean', []))]
+    if kl:
+        out['log/kl_last'] = statistics.fmean(kl[-TAIL:])
+    ent = [v for _, v in sorted(series.get('entropy/mean', []))]
+    if ent:
+        out['log/entropy_change'] = statistics.fmean(ent[-TAIL:]) - statistics.fmean(ent[:TAIL])
+    for key, pts in series.items():
+        if key.startswith('reward/') and key.endswith('/mean') and key.count('/') == 2:
+            vals = [v for _, v in sorted(pts)]
+            out[f'log/{key.split("/")[1]}_last'] = statistics.fmean(vals[-TAIL:])
+    return out
+
+
 def _collect(args):
     """Per-run results under ``args.out``: ``(table, curves, runs, protocols)`` with
     ``table[metric][arm][seed]``, ``curves[scalar][arm][seed]`` and ``protocols[arm][seed]``."""
@@ -394,8 +431,11 @@ def _collect(args):
             protocols.setdefault(arm, {})[seed] = record.get('protocol')
             for k, v in _numbers(record['results']).items():
                 table.setdefault(k, {}).setdefault(arm, {})[seed] = v
-            for k, pts in _load_scalars(os.path.join(res, 'scalars.json')).items():
+            series = _load_scalars(os.path.join(res, 'scalars.json'))
+            for k, pts in series.items():
                 curves.setdefault(k, {}).setdefault(arm, {})[seed] = pts
+            for k, v in stability_metrics(series).items():
+                table.setdefault(k, {}).setdefault(arm, {})[seed] = v
     return table, curves, runs, protocols
 
 
@@ -500,7 +540,10 @@ def summarise(args) -> dict:
             f.write(f'**{_protocol_warning(check)}**\n\n')
         f.write('Arms:\n\n' + '\n'.join(_arm_line(args, a) for a in args.arms) + '\n\n')
         f.write('Mean ± sample standard deviation across seeds (n = seeds); per-seed values in '
-                'summary.json.\n\n' + '\n'.join(lines) + '\n')
+                'summary.json. `log/` rows come from the training logs (scalars.json): '
+                f'gradient-norm mean, max and spikes (iterations above {SPIKE_FACTOR:g} x the '
+                f'run\'s median), KL and reward means of the last {TAIL} iterations, entropy '
+                f'change (last {TAIL} minus first {TAIL}).\n\n' + '\n'.join(lines) + '\n')
         if summary['verdicts']:
             f.write(f'\nAgainst {base} (95% percentile bootstrap interval of the difference of '
                     f'means, seeds resampled per arm):\n\n'
