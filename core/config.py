@@ -192,8 +192,19 @@ def missing_files(cfg: Config, keys: tuple[str, ...] = tuple(COMPONENT_KEYS) + (
             seen.add(path)
             where = where[len('model.'):] if where.startswith('model.') else where
             sources = getattr(owner, 'file_sources', {}) or {}
-            out.append((where, path, sources.get(os.path.basename(path.rstrip('/')))))
+            out.append((where, path, _source_of(sources, path)))
     return out
+
+
+def _source_of(sources: dict, path: str) -> Optional[str]:
+    """Where ``path`` is published: the ``file_sources`` entry of its basename, else of its
+    nearest enclosing folder that has one (releases whose files share a name, e.g.
+    ``<release>/checkpoints/last.ckpt``)."""
+    parts = os.path.normpath(str(path).rstrip('/')).split(os.sep)
+    for part in reversed(parts):
+        if part in sources:
+            return sources[part]
+    return None
 
 
 def _exists(path: str) -> bool:

@@ -333,3 +333,15 @@ def test_prebuilt_model_trains_bit_identically(tmp_path):
         assert torch.equal(ours[k], mmengine_order[k]), k
     other_seed = train(tmp_path / 'other_seed', build_runner, seed=1)  # the check can fail
     assert not torch.equal(ours['policy.head.weight'], other_seed['policy.head.weight'])
+
+
+def test_a_missing_file_is_traced_to_its_release_folder():
+    """Official files that share a name (``<release>/checkpoints/last.ckpt``) are published per
+    release: the nearest enclosing folder with a ``file_sources`` entry names the source."""
+    from vargo.core.config import _source_of
+    sources = {'release_a': 'https://a', 'last.ckpt': 'https://generic', 'model.pt': 'https://m'}
+    assert _source_of(sources, 'ckpts/release_a/checkpoints/last.ckpt') == 'https://generic'
+    sources.pop('last.ckpt')
+    assert _source_of(sources, 'ckpts/release_a/checkpoints/last.ckpt') == 'https://a'
+    assert _source_of(sources, 'ckpts/model.pt') == 'https://m'
+    assert _source_of(sources, 'ckpts/other/last.ckpt') is None
