@@ -109,6 +109,8 @@ def _run(work_dir, monitor: bool):
     cfg = shrink(load_config(TINY_CONFIG))
     cfg.train_cfg.max_iters = 2
     cfg.default_hooks.image_grid = dict(type='ImageGridHook', interval=1, preview_conditions=2)
+    cfg.default_hooks.curves = dict(type='CurvesHook', interval=0)    # shrink() drops both
+    cfg.default_hooks.report = dict(type='RunReportHook')
     cfg.custom_hooks = [dict(
         type='RewardHackingMonitorHook', interval=1, num_conditions=2,
         # a rule that always fires at the second measurement: the warning reaches the log
