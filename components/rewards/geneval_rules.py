@@ -52,6 +52,8 @@ from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from .shapes_eval import relative_position as _shapes_relative_position
+
 __all__ = ['GENEVAL_OBJECT_NAMES', 'MMDET_COCO_NAMES', 'GENEVAL_COLORS', 'COLOR_TEMPLATES',
            'GENEVAL_TAGS', 'RELATIONS', 'DEFAULT_SETTINGS', 'Detection', 'read_metadata',
            'check_metadata', 'check_settings', 'box_iou', 'select_detections',
@@ -275,27 +277,10 @@ def select_detections(boxes, scores, labels, masks=None, *, tag: str,
 
 def relative_position(box_a: Sequence[float], box_b: Sequence[float],
                       position_threshold: float = 0.1) -> set[str]:
-    """The relations of box A to box B (module docstring, item 3)."""
-    a = np.asarray(box_a[:4], dtype=np.float64)
-    b = np.asarray(box_b[:4], dtype=np.float64)
-    centre_a, centre_b = (a[:2] + a[2:]) / 2, (b[:2] + b[2:]) / 2
-    size_a, size_b = np.abs(a[2:] - a[:2]), np.abs(b[2:] - b[:2])
-    offset = centre_a - centre_b
-    revised = np.sign(offset) * np.maximum(np.abs(offset) - position_threshold * (size_a + size_b),
-                                           0.0)
-    if np.all(np.abs(revised) < 1e-3):
-        return set()
-    dx, dy = revised / np.linalg.norm(offset)
-    rel = set()
-    if dx < -0.5:
-        rel.add('left of')
-    if dx > 0.5:
-        rel.add('right of')
-    if dy < -0.5:
-        rel.add('above')
-    if dy > 0.5:
-        rel.add('below')
-    return rel
+    """The relations of box A to box B (module docstring, item 3): the rule ShapesEval already
+    applies (:func:`vargo.components.rewards.shapes_eval.relative_position`), on the first four
+    entries (x0, y0, x1, y1) of each box."""
+    return _shapes_relative_position(tuple(box_a[:4]), tuple(box_b[:4]), position_threshold)
 
 
 # ---- prompts -------------------------------------------------------------------------------------
