@@ -14,6 +14,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.raster import register_raster_action_axis
 from ...modules.categorical import logp_entropy_under_spec
 from ..frozen import exclude_frozen_submodules
 from .loading import JANUS_FILE_SOURCES, load_pretrained
@@ -153,10 +154,7 @@ class JanusPolicy(Policy):
         grid = int(model.config.vq_config.num_patches)
         self.grid_size = grid
         self.codebook_size = int(model.config.vq_config.num_embeddings)
-        rows = torch.arange(grid).repeat_interleave(grid)
-        cols = torch.arange(grid).repeat(grid)
-        self.register_buffer('action_step', torch.arange(grid * grid), persistent=False)
-        self.register_buffer('action_pos', torch.stack([rows, cols], dim=1), persistent=False)
+        register_raster_action_axis(self, grid)
         self.train(True)
 
     # ---- sizes --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.raster import register_raster_action_axis
 from ...modules.categorical import logp_entropy_under_spec
 from ...modules.kv_cache import StaticKVCache
 from ...tokenizers.vqgan import VQGAN, build_vqgan
@@ -110,10 +111,7 @@ class VQGANTransformerPolicy(Policy):
         if tokenizer_checkpoint is not None:
             self.load_tokenizer(tokenizer_checkpoint)
 
-        rows = torch.arange(grid).repeat_interleave(grid)
-        cols = torch.arange(grid).repeat(grid)
-        self.register_buffer('action_step', torch.arange(grid * grid), persistent=False)
-        self.register_buffer('action_pos', torch.stack([rows, cols], dim=1), persistent=False)
+        register_raster_action_axis(self, grid)
         exclude_frozen_submodules(self, _FROZEN)
         self.train(True)
 
