@@ -92,10 +92,19 @@ class MARSelection:
     def sample(cls, extras: 'MARExtras', num_ar_steps: int, num_diffusion_steps: int,
                generator: Optional[torch.Generator] = None) -> 'MARSelection':
         """Random ``num_ar_steps`` AR steps (among those committing tokens) and
-        ``num_diffusion_steps`` transitions, without replacement (sorted)."""
-        rem, _ = mask_schedule(extras.seq_len, extras.num_iter)
-        live = [i for i in range(extras.num_iter) if rem[i] > rem[i + 1]]
-        k = extras.num_transitions
+        ``num_diffusion_steps`` transitions, without replacement (sorted), for ``extras``'s
+        schedule (:meth:`draw`)."""
+        return cls.draw(extras.seq_len, extras.num_iter, extras.num_transitions, num_ar_steps,
+                        num_diffusion_steps, generator)
+
+    @classmethod
+    def draw(cls, seq_len: int, num_iter: int, num_transitions: int, num_ar_steps: int,
+             num_diffusion_steps: int, generator: Optional[torch.Generator] = None
+             ) -> 'MARSelection':
+        """:meth:`sample` for a schedule given by its sizes (before any rollout exists)."""
+        rem, _ = mask_schedule(seq_len, num_iter)
+        live = [i for i in range(num_iter) if rem[i] > rem[i + 1]]
+        k = num_transitions
         ar = torch.randperm(len(live), generator=generator)[:num_ar_steps].sort().values
         di = torch.randperm(k, generator=generator)[:num_diffusion_steps].sort().values
         return cls([live[i] for i in ar.tolist()], di.tolist())

@@ -537,9 +537,8 @@ class MaskedSampler(RolloutSampler):
             if self.loss_ar_steps is not None:
                 # drawn before the head noise (the official selected_mask_steps), so only the
                 # loss steps' refinement chains are kept
-                selection = MARSelection.sample(
-                    MARExtras(seq_len=n, num_iter=steps, num_sampling_steps=big_t),
-                    self.loss_ar_steps, self.loss_diffusion_steps,
+                selection = MARSelection.draw(
+                    n, steps, kk, self.loss_ar_steps, self.loss_diffusion_steps,
                     generator=None if rng is None else rng.generator)
                 ref_steps = [i for i in selection.ar_steps if rem[i + 1] > 0]
             refine = {i: None for i in ref_steps}
@@ -648,16 +647,15 @@ class MaskedSampler(RolloutSampler):
             xs = xp = lv = torch.zeros(b, 0, kk, d, device=dev)
             lp = torch.zeros(b, 0, kk, device=dev)
         r = tok.shape[1]
-        step = torch.tensor([i for i in steps for _ in range(refine[i][0].shape[1])],
-                            dtype=torch.long, device=dev).view(1, r, 1).expand(b, r, kk)
-        pos = rollout.action_pos.to(dev)
-        if pos.dim() == 2:
-            pos = pos.unsqueeze(0).expand(b, *pos.shape)
-        cells = policy.rollout_axes(1).to(dev)[tok]                          # [B, R, 2]
         extras = dataclasses.replace(
             ex, x_t=torch.cat([ex.x_t, xs.reshape(b, r * kk, d)], 1),
             log_variance=torch.cat([ex.log_variance, lv.reshape(b, r * kk, d)], 1),
             refine_steps=steps, refine_tokens=tok)
+        step = extras.refine_step_of().to(dev).view(1, r, 1).expand(b, r, kk)
+        pos = rollout.action_pos.to(dev)
+        if pos.dim() == 2:
+            pos = pos.unsqueeze(0).expand(b, *pos.shape)
+        cells = policy.rollout_axes(1).to(dev)[tok]                          # [B, R, 2]
         return dataclasses.replace(
             rollout, actions=torch.cat([rollout.actions, xp.reshape(b, r * kk, d)], 1),
             logp_old=torch.cat([rollout.logp_old, lp.reshape(b, r * kk)], 1),
