@@ -168,6 +168,10 @@ def _walk(node: Any, owner: Any = None, trail: str = '') -> Iterator[tuple[str, 
             path = f'{trail}.{k}' if trail else str(k)
             if isinstance(v, str) and _is_file_key(str(k)):
                 yield path, v, owner
+            elif (isinstance(v, (list, tuple)) and v and _is_file_key(str(k))
+                  and all(isinstance(x, str) for x in v)):   # several files, e.g. metadata_file
+                for i, x in enumerate(v):
+                    yield f'{path}[{i}]', x, owner
             else:
                 yield from _walk(v, owner, path)
     elif isinstance(node, (list, tuple)):

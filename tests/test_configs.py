@@ -81,7 +81,7 @@ def shrink(cfg):
     if policy.get('task') == 'c2i' and 'num_classes' in policy:
         policy['num_classes'] = min(policy['num_classes'], 1000)
     for head in cfg.rewards.values():
-        shrink_reward(head)
+        shrink_reward(head, cfg)
     for selector in cfg.get('token_selectors', {}).values():
         if selector and selector.get('saliency_reward'):
             shrink_reward(selector['saliency_reward'])
@@ -104,15 +104,38 @@ def shrink(cfg):
     return cfg
 
 
-def shrink_reward(head):
+_GENEVAL_FILES: dict = {}
+
+
+def tiny_geneval_files() -> dict:
+    """A random tiny Mask2Former directory and GenEval metadata file (written once per run)."""
+    if not _GENEVAL_FILES:
+        import tempfile
+        from geneval_files import write_detector_dir, write_metadata
+        root = tempfile.mkdtemp(prefix='vargo_geneval_')
+        write_detector_dir(os.path.join(root, 'detector'))
+        _GENEVAL_FILES.update(detector=os.path.join(root, 'detector'),
+                              metadata=write_metadata(os.path.join(root, 'metadata.jsonl')))
+    return _GENEVAL_FILES
+
+
+def shrink_reward(head, cfg=None):
     """Swap a model-based reward head (and the sub-heads of a composite) for a tiny one."""
+    if head['type'] == 'GenEvalReward':
+        files = tiny_geneval_files()
+        head.update(metadata_file=files['metadata'], detector_dir=files['detector'],
+                    clip_arch=TINY_CLIP, clip_checkpoint=None, clip_random_init=True,
+                    clip_weights_tag=None, image_scale=(64, 64))
+        if cfg is not None and cfg.train_dataloader.dataset.get('type') == 'GenEvalPromptDataset':
+            cfg.train_dataloader.dataset.path = files['metadata']
+        return
     if head['type'] == 'CompositeReward':
         for sub in head['heads'].values():
-            shrink_reward(sub)
+            shrink_reward(sub, cfg)
     elif head['type'] == 'StageEntropyBonus':
-        shrink_reward(head['base'])
+        shrink_reward(head['base'], cfg)
     elif head['type'] == 'VMRReward':
-        shrink_reward(head['head'])
+        shrink_reward(head['head'], cfg)
     elif head['type'] in TINY_REWARDS:
         head.update(TINY_REWARDS[head['type']])
         if head['type'] == 'LooFidReward':

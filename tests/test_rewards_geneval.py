@@ -109,6 +109,56 @@ def test_selection_threshold_max_objects_and_overlap():
         R.check_settings({'treshold': 0.3})
 
 
+def _det(box, score=0.9):
+    return R.Detection(box=tuple(float(v) for v in box), score=score)
+
+
+LEFT, RIGHT = (0, 10, 20, 40), (40, 10, 60, 40)
+_PARTIAL_CASES = [
+    # (name, include clauses, detections per class, colours per class, expected partial credit)
+    ('one of two objects', [{'class': 'dog', 'count': 1}, {'class': 'cat', 'count': 1}],
+     {'dog': [LEFT]}, {}, (1 + 0) / 2),
+    ('two of three', [{'class': 'apple', 'count': 3}], {'apple': [LEFT] * 2}, {}, 1 - 1 / 3),
+    ('five of three', [{'class': 'apple', 'count': 3}], {'apple': [LEFT] * 5}, {}, 1 - 2 / 3),
+    ('seven of three: negative', [{'class': 'apple', 'count': 3}], {'apple': [LEFT] * 7}, {},
+     1 - 4 / 3),
+    ('wrong colour', [{'class': 'car', 'count': 1, 'color': 'red'}], {'car': [LEFT]},
+     {'car': ['blue']}, (1 + 0) / 2),
+    ('no car: the colour term is 0', [{'class': 'car', 'count': 1, 'color': 'red'}], {}, {},
+     (0 + 0) / 2),
+    ('one colour of two', [{'class': 'bus', 'count': 1, 'color': 'red'},
+                           {'class': 'bench', 'count': 1, 'color': 'blue'}],
+     {'bus': [LEFT], 'bench': [RIGHT]}, {'bus': ['red'], 'bench': ['yellow']}, 3 / 4),
+    ('two of two colours', [{'class': 'cup', 'count': 2, 'color': 'red'}],
+     {'cup': [LEFT, RIGHT]}, {'cup': ['red', 'green']}, (1 + 0.5) / 2),
+    ('relation holds', [{'class': 'dog', 'count': 1},
+                        {'class': 'cat', 'count': 1, 'position': ['left of', 0]}],
+     {'dog': [RIGHT], 'cat': [LEFT]}, {}, 3 / 3),
+    ('relation fails: 0 and then 1', [{'class': 'dog', 'count': 1},
+                                      {'class': 'cat', 'count': 1, 'position': ['left of', 0]}],
+     {'dog': [LEFT], 'cat': [RIGHT]}, {}, (1 + 1 + 0 + 1) / 4),
+    ('no target', [{'class': 'dog', 'count': 1},
+                   {'class': 'cat', 'count': 1, 'position': ['left of', 0]}],
+     {'cat': [LEFT]}, {}, (0 + 1 + 0) / 3),
+    ('clause missing with a position', [{'class': 'dog', 'count': 1},
+                                        {'class': 'cat', 'count': 1,
+                                         'position': ['left of', 0]}],
+     {'dog': [RIGHT]}, {}, (1 + 0 + 0) / 3),
+]
+
+
+@pytest.mark.parametrize('case', _PARTIAL_CASES, ids=[c[0] for c in _PARTIAL_CASES])
+def test_partial_credit_on_hand_built_detections(case):
+    """Flow-GRPO's / STAGE's partial credit, computed by hand for each case (the count term
+    ``1 - |n - found| / n``, a 0 for a colour/position clause whose count is wrong, the colour
+    term, and a failed relation's 0 followed by the official code's 1)."""
+    _, include, boxes, colours, expected = case
+    meta = R.check_metadata(dict(prompt='p', tag='t', include=include))
+    detected = {c: [_det(b, 0.9 - 0.01 * i) for i, b in enumerate(bs)] for c, bs in boxes.items()}
+    got = R.partial_credit(detected, meta, lambda cls, found: colours[cls][:len(found)])
+    assert got == pytest.approx(expected)
+
+
 def test_summary_is_the_mean_over_tags():
     records = ([('p1', 'counting', True)] * 3 + [('p1', 'counting', False)]
                + [('p2', 'colors', False)] * 4
@@ -148,6 +198,19 @@ def test_metadata_reading_and_errors(tmp_path):
     assert len(ds) == 1 and ds[0] == {'prompt': 'a photo of two buses'}
     with pytest.raises(ValueError, match="tags \\['count'\\]"):
         DATASETS.build(dict(type='GenEvalPromptDataset', path=path, tags=['count']))
+    # several metadata files (training and evaluation prompts) for one reward head
+    extra = write_metadata(str(tmp_path / 'extra.jsonl'), [
+        dict(METADATA[0]), dict(tag='single_object', prompt='a photo of a zebra',
+                                include=[{'class': 'zebra', 'count': 1}])])
+    merged = GenEvalReward._read_metadata([path, extra], 'GenEvalReward')
+    assert len(merged) == len(METADATA) + 1 and merged['a photo of a zebra']['tag'] == \
+        'single_object'
+    clash = write_metadata(str(tmp_path / 'clash.jsonl'), [
+        dict(METADATA[0], include=[{'class': 'bench', 'count': 2}])])
+    with pytest.raises(ValueError, match="'a photo of a bench' has other clauses in .*clash"):
+        GenEvalReward._read_metadata([path, clash], 'GenEvalReward')
+    with pytest.raises(ValueError, match='metadata_file=\\[\\] must be'):
+        GenEvalReward._read_metadata([], 'GenEvalReward')
 
 
 # ---- the detector --------------------------------------------------------------------------------
@@ -384,6 +447,32 @@ def test_head_end_to_end_with_fixture_detections(head, monkeypatch):
     assert head.records[3]['details']['cat'] == [[0.0, 10.0, 20.0, 40.0, pytest.approx(0.8)]]
     with pytest.raises(ValueError, match="prompt 'a photo of a zebra' is not in"):
         head(_rollout(images[:1], ['a photo of a zebra']))
+
+
+def test_head_partial_score(head, monkeypatch):
+    """score='partial': the scores are the partial credit, strict and the summary unchanged."""
+    prompts = ['a photo of two buses', 'a photo of two buses', 'a photo of a red car',
+               'a photo of a cat left of a dog', 'a photo of a red car and a green apple']
+    raw = [_raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.92)]),
+           _raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.85)]),
+           _raw([('car', (10, 10, 40, 40), 0.6)]),
+           _raw([('dog', (0, 10, 20, 40), 0.9), ('cat', (40, 10, 60, 40), 0.8)]),
+           _raw([('car', (0, 0, 30, 30), 0.7), ('apple', (35, 35, 60, 60), 0.5)])]
+    monkeypatch.setattr(head, 'detector', lambda images, min_score=0.0: raw)
+    monkeypatch.setattr(head.colours, 'classify',
+                        lambda requests: [['red'] for _ in requests])
+    monkeypatch.setattr(head, 'score', 'partial')
+    out = head(_rollout(torch.rand(5, 3, 64, 64), prompts))
+    # 2 of 2 buses; 1 of 2 (0.85 < the counting threshold 0.9); red car; cat right of the
+    # dog (count 1, count 1, relation 0 then 1); green apple classified red
+    expected = [1.0, 0.5, 1.0, 3 / 4, 3 / 4]
+    assert out.scores.tolist() == pytest.approx(expected)
+    assert out.strict.tolist() == [True, False, True, False, False]
+    assert out.metrics['partial'] == pytest.approx(sum(expected) / 5)
+    assert out.metrics['counting'] == 0.5
+    assert head.records[3]['partial'] == pytest.approx(0.75)
+    with pytest.raises(ValueError, match="score='dense' must be 'strict'"):
+        GenEvalReward(metadata_file='x', detector_dir='y', score='dense')
 
 
 def test_head_on_the_tiny_models_is_batched_and_frozen(head, files):

@@ -338,5 +338,7 @@ def test_entropy_bonus_builds_from_config_and_checks_settings():
     head = checked_build(dict(type='StageEntropyBonus', weight=0.4,
                               base=dict(type='ShapesEvalReward', task='t2i')), REWARD_HEADS)
     assert head.weight == 0.4 and type(head.base).__name__ == 'ShapesEvalReward'
+    # evaluation scores the base reward, without the bonus
+    assert head.evaluation_head() is head.base
     with pytest.raises(ValueError, match='weight'):
         StageEntropyBonus(base=FixedScores(torch.zeros(2)), weight=-1.0)

@@ -30,7 +30,9 @@ class GenEvalPromptDataset(Dataset):
 
     file_sources = {
         'evaluation_metadata.jsonl':
-            'https://github.com/djghosh13/geneval/blob/main/prompts/evaluation_metadata.jsonl'}
+            'https://github.com/djghosh13/geneval/blob/main/prompts/evaluation_metadata.jsonl',
+        'train_metadata.jsonl':
+            'https://github.com/yifan123/flow_grpo/blob/main/dataset/geneval/train_metadata.jsonl'}
 
     def __init__(self, *, path: str, tags: Optional[Sequence[str]] = None):
         from vargo.components.rewards.geneval_rules import read_metadata

@@ -85,6 +85,9 @@ GENEVAL_FILE_SOURCES: dict[str, str] = {
     'evaluation_metadata.jsonl':
         'https://github.com/djghosh13/geneval/blob/main/prompts/evaluation_metadata.jsonl '
         '(GenEval\'s 553 prompts; any file in its format works)',
+    'train_metadata.jsonl':
+        'https://github.com/yifan123/flow_grpo/blob/main/dataset/geneval/train_metadata.jsonl '
+        '(Flow-GRPO\'s GenEval-style training prompts, which STAGE trains on)',
     **OPEN_CLIP_FILE_SOURCES,
 }
 _DETECTOR_SOURCE = GENEVAL_FILE_SOURCES['mask2former-swin-small-coco-instance']
@@ -405,7 +408,9 @@ class GenEvalReward(RewardHead):
 
     Args:
         metadata_file: the GenEval metadata JSONL of the prompts scored (GenEval's format:
-            ``prompt``, ``tag``, ``include``, ``exclude``); every rollout prompt must be in it.
+            ``prompt``, ``tag``, ``include``, ``exclude``), or a list of such files (e.g. the
+            training prompts and GenEval's evaluation prompts; a prompt in two files must have
+            the same clauses); every rollout prompt must be in one of them.
         detector_dir: local transformers Mask2Former COCO instance-segmentation directory
             (``facebook/mask2former-swin-small-coco-instance``).
         clip_checkpoint: local OpenCLIP weights (ViT-L-14 OpenAI:
@@ -420,10 +425,15 @@ class GenEvalReward(RewardHead):
         detector_batch_size, clip_batch_size: images / crops per forward.
         keep_records: keep the last call's per-image records in ``self.records`` (prompt, tag,
             correct, reason, kept detections).
+        score: what an image scores: ``'strict'`` (GenEval's correctness, 1 or 0) or
+            ``'partial'`` (the partial credit Flow-GRPO and STAGE train with,
+            :func:`~vargo.components.rewards.geneval_rules.partial_credit`; the metric
+            ``partial`` is its mean). ``strict`` and the GenEval summary are the same in both.
 
     Returns (of ``__call__``):
-        ``RewardOutput(scores [B] float 0/1, strict [B] bool, metrics)``; metrics are
-        :func:`~vargo.components.rewards.geneval_rules.summarize`'s over the batch. An image
+        ``RewardOutput(scores [B] float, strict [B] bool, metrics)``; metrics are
+        :func:`~vargo.components.rewards.geneval_rules.summarize`'s over the batch (with
+        ``score='partial'`` also ``partial``, the mean partial credit). An image
         with a non-finite value scores NaN (left out of group statistics) and counts as wrong
         in the summary.
 
@@ -436,16 +446,21 @@ class GenEvalReward(RewardHead):
 
     file_sources: dict[str, str] = GENEVAL_FILE_SOURCES
 
-    def __init__(self, *, metadata_file: str, detector_dir: str,
+    def __init__(self, *, metadata_file: Union[str, Sequence[str]], detector_dir: str,
                  clip_checkpoint: Optional[str] = None, clip_arch: Union[str, dict] = 'ViT-L-14',
                  clip_weights_tag: Optional[str] = 'openai', clip_random_init: bool = False,
                  rules: Optional[dict] = None, image_scale: Sequence[int] = (1333, 800),
                  background: Sequence[int] = (153, 153, 153), detector_batch_size: int = 4,
-                 clip_batch_size: int = 16, keep_records: bool = True) -> None:
+                 clip_batch_size: int = 16, keep_records: bool = True,
+                 score: str = 'strict') -> None:
         name = type(self).__name__
+        if score not in ('strict', 'partial'):
+            raise ValueError(f"{name} score={score!r} must be 'strict' (GenEval's 1/0 "
+                             f"correctness) or 'partial' (Flow-GRPO's / STAGE's partial credit)")
+        self.score = score
         self.settings = R.check_settings(dict(rules or {}), name)
         self.metadata_file = metadata_file
-        self.metadata = {m['prompt']: m for m in R.read_metadata(metadata_file)}
+        self.metadata = self._read_metadata(metadata_file, name)
         self.detector = Mask2FormerDetector(detector_dir, image_scale=tuple(image_scale),
                                             batch_size=detector_batch_size, owner=name)
         self.colours = ColourClassifier(clip_arch, clip_checkpoint, weights_tag=clip_weights_tag,
@@ -454,6 +469,27 @@ class GenEvalReward(RewardHead):
                                         owner=name)
         self.keep_records = bool(keep_records)
         self.records: list[dict] = []
+
+    @staticmethod
+    def _read_metadata(files: Union[str, Sequence[str]], owner: str) -> dict[str, dict]:
+        """Prompt -> metadata entry over one file or several (the same prompt must carry the
+        same clauses everywhere)."""
+        if isinstance(files, (str, os.PathLike)):
+            files = [files]
+        if not isinstance(files, Sequence) or not files:
+            raise ValueError(f'{owner} metadata_file={files!r} must be a GenEval metadata file or '
+                             f'a non-empty list of them')
+        out: dict[str, dict] = {}
+        for path in files:
+            for m in R.read_metadata(path):
+                seen = out.get(m['prompt'])
+                if seen is not None and (seen['include'], seen['exclude']) != (m['include'],
+                                                                               m['exclude']):
+                    raise ValueError(f'{owner}: prompt {m["prompt"]!r} has other clauses in '
+                                     f'{path} than in an earlier metadata file; give each prompt '
+                                     f'one set of clauses')
+                out.setdefault(m['prompt'], m)
+        return out
 
     def __repr__(self) -> str:
         return (f'{type(self).__name__}(metadata_file={self.metadata_file!r}, '
@@ -489,8 +525,9 @@ class GenEvalReward(RewardHead):
         return out
 
     def judge(self, images: Tensor, metas: list[dict], detected: list[dict]
-              ) -> list[tuple[bool, str]]:
-        """Correctness and reason per image from its kept detections (colours batched)."""
+              ) -> list[tuple[bool, str, Optional[float]]]:
+        """Correctness, reason and (with ``score='partial'``) partial credit per image from its
+        kept detections (colours batched)."""
         requests, where = [], {}
         for i, (det, meta) in enumerate(zip(detected, metas)):
             for cls, found in R.colour_requests(det, meta):
@@ -503,8 +540,11 @@ class GenEvalReward(RewardHead):
         for i, (det, meta) in enumerate(zip(detected, metas)):
             def colours_of(cls, found, i=i):
                 return colours[where[(i, cls, len(found))]]
-            out.append(R.evaluate_prompt(det, meta, colours_of,
-                                         self.settings['position_threshold']))
+            threshold = self.settings['position_threshold']
+            ok, why = R.evaluate_prompt(det, meta, colours_of, threshold)
+            partial = (R.partial_credit(det, meta, colours_of, threshold)
+                       if self.score == 'partial' else None)
+            out.append((ok, why, partial))
         return out
 
     @torch.no_grad()
@@ -522,17 +562,23 @@ class GenEvalReward(RewardHead):
         clean = torch.where(finite.view(-1, 1, 1, 1), images, torch.zeros_like(images))
         detected = self.detections(clean, metas)
         verdicts = self.judge(clean, metas, detected)
-        verdicts = [(ok and bool(f), why if f else 'the image is not finite')
-                    for (ok, why), f in zip(verdicts, finite.tolist())]
-        correct = torch.tensor([ok for ok, _ in verdicts], dtype=torch.bool,
-                               device=images.device)
-        metrics = R.summarize([(m['prompt'], m['tag'], ok) for m, (ok, _) in zip(metas, verdicts)])
-        scores = torch.where(finite, correct.float(), torch.full_like(correct.float(), math.nan))
+        verdicts = [(ok and bool(f), why if f else 'the image is not finite', partial)
+                    for (ok, why, partial), f in zip(verdicts, finite.tolist())]
+        correct = torch.tensor([v[0] for v in verdicts], dtype=torch.bool, device=images.device)
+        metrics = R.summarize([(m['prompt'], m['tag'], v[0]) for m, v in zip(metas, verdicts)])
+        if self.score == 'partial':
+            value = torch.tensor([v[2] for v in verdicts], dtype=torch.float32,
+                                 device=images.device)
+            metrics['partial'] = float(value[finite].mean()) if bool(finite.any()) else math.nan
+        else:
+            value = correct.float()
+        scores = torch.where(finite, value, torch.full_like(value, math.nan))
         if self.keep_records:
             self.records = [dict(prompt=m['prompt'], tag=m['tag'], correct=bool(ok), reason=why,
+                                 **({} if partial is None else dict(partial=partial)),
                                  details={c: [list(d.box) + [d.score] for d in ds]
                                           for c, ds in det.items()})
-                            for m, (ok, why), det in zip(metas, verdicts, detected)]
+                            for m, (ok, why, partial), det in zip(metas, verdicts, detected)]
         return RewardOutput(scores=scores, strict=correct, metrics=metrics)
 
     def summary_lines(self, metrics: dict, prefix: str = '', title: str = 'GenEval') -> list[str]:

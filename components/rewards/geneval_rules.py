@@ -40,6 +40,12 @@ What the official ``evaluation/evaluate_images.py`` does, and these functions do
    fractions; also the fraction of correct images and of prompts with at least one correct
    image.
 
+5. **Partial credit** (:func:`partial_credit`): not GenEval's metric but the dense reward Flow-GRPO
+   (``reward-server/reward_server/gen_eval.py``) and STAGE (``src/utils/reward_geneval.py``)
+   train with on GenEval-style prompts: the mean of per-part terms (count, colour, position),
+   on *all* kept detections of a class and with exact counts. ``GenEvalReward(score='partial')``
+   rewards with it; the strict correctness above stays its ``strict`` output and metrics.
+
 The one difference: the official code sorts a class's scores with numpy's unstable argsort;
 here the sort is stable (only exactly equal scores could be ordered differently).
 """
@@ -57,8 +63,8 @@ from .shapes_eval import relative_position as _shapes_relative_position
 __all__ = ['GENEVAL_OBJECT_NAMES', 'MMDET_COCO_NAMES', 'GENEVAL_COLORS', 'COLOR_TEMPLATES',
            'GENEVAL_TAGS', 'RELATIONS', 'DEFAULT_SETTINGS', 'Detection', 'read_metadata',
            'check_metadata', 'check_settings', 'box_iou', 'select_detections',
-           'relative_position', 'colour_requests', 'evaluate_prompt', 'summarize',
-           'summary_lines']
+           'relative_position', 'colour_requests', 'evaluate_prompt', 'partial_credit',
+           'summarize', 'summary_lines']
 
 #: GenEval's ``evaluation/object_names.txt``: the COCO detection classes in label order
 GENEVAL_OBJECT_NAMES: tuple[str, ...] = (
@@ -357,6 +363,57 @@ def evaluate_prompt(detected: dict[str, list[Detection]], meta: dict,
             correct = False
             reasons.append(f'{req["class"]}: asked for fewer than {req["count"]}, detected {n}')
     return correct, '\n'.join(reasons)
+
+
+def partial_credit(detected: dict[str, list[Detection]], meta: dict,
+                   colours_of: Callable[[str, list[Detection]], list[str]],
+                   position_threshold: float = 0.1) -> float:
+    """The partial-credit GenEval reward that Flow-GRPO and STAGE train with (their
+    ``evaluate_reward``; module docstring, item 5): the mean of one term per checked part.
+
+    Per ``include`` clause with ``n = count`` and ``f`` = every kept detection of its class:
+
+    * count: ``1 - |n - len(f)| / n`` (may be negative when more than ``2n`` are found);
+    * when ``len(f) != n``: one more term 0 if the clause asks for a colour or a position;
+    * else colour: ``1 - |n - hits| / n`` with ``hits`` the detections classified in the colour;
+    * else position (only while the clause still holds): 0 if the target clause failed; else
+      0 for the first (detection, target) pair not in the relation, and then 1 in any case --
+      a failed relation contributes 0 and 1 (half credit), as the official code does.
+
+    ``exclude`` clauses are not scored. No clause: 0.
+    """
+    terms: list[float] = []
+    groups: list[Optional[list[Detection]]] = []
+    for req in meta['include']:
+        cls, count = req['class'], req['count']
+        found = detected.get(cls, [])
+        ok = len(found) == count
+        terms.append(1.0 - abs(count - len(found)) / count)
+        if not ok:
+            if 'color' in req or 'position' in req:
+                terms.append(0.0)
+        else:
+            if 'color' in req:
+                hits = list(colours_of(cls, found)).count(req['color'])
+                terms.append(1.0 - abs(count - hits) / count)
+                ok = hits == count
+            if 'position' in req and ok:
+                relation, target = req['position']
+                targets = groups[target]
+                if targets is None:
+                    ok = False
+                    terms.append(0.0)
+                else:
+                    for det in found:
+                        if any(relation not in relative_position(det.box, t.box,
+                                                                 position_threshold)
+                               for t in targets):
+                            ok = False
+                            terms.append(0.0)
+                            break
+                    terms.append(1.0)
+        groups.append(found if ok else None)
+    return sum(terms) / len(terms) if terms else 0.0
 
 
 # ---- summary -------------------------------------------------------------------------------------

@@ -141,6 +141,12 @@ class StageEntropyBonus(RewardHead, Stateful):
     def __repr__(self) -> str:
         return f'StageEntropyBonus(weight={self.weight}, base={self.base!r})'
 
+    def evaluation_head(self) -> RewardHead:
+        """The base head's: the bonus shapes training advantages and is no measure of the
+        samples, so ``tools/eval.py`` reports the base reward (and its summary, e.g. GenEval's
+        table) without it."""
+        return self.base.evaluation_head()
+
     def state_dict(self) -> dict:
         return {'base': self.base.state_dict()} if isinstance(self.base, Stateful) else {}
 

@@ -7,35 +7,43 @@
 # Prompt template: STAGE's trainer writes the roles "User" / "Assistant" (Janus-Pro's README:
 # "<|User|>" / "<|Assistant|>", the policy's default).
 #
-# REWARD: NOT GenEval. GenEval's detector-based scorer is not in vargo yet (issue 20, which will
-# put it here). Until then this config trains on the reward it can have today, the CLIP score of
-# the image and its prompt (OpenCLIP ViT-L-14, OpenAI weights), the closest available measure of
-# prompt faithfulness, wrapped in STAGE's entropy reward. The head is named `clip_not_geneval`,
-# so every logged reward (train/reward/clip_not_geneval/...) and report says what was optimised.
-# Results of this config are not the paper's GenEval numbers.
+# Reward: the GenEval partial credit STAGE trains with (its src/utils/reward_geneval.py, Flow-GRPO's
+# scorer: per clause 1 - |asked - found| / asked, colour and position terms, averaged;
+# GenEvalReward(score='partial'), components/rewards/geneval_rules.py), wrapped in STAGE's
+# entropy reward. The detector is transformers' Mask2Former with the Hugging Face Swin-S COCO
+# release, not the official mmdet checkpoint (mmdet 2.x does not install; scores differ by an
+# unmeasured amount: components/rewards/geneval.py). tools/eval.py scores GenEval's own
+# protocol (evaluation prompts, 4 samples each, seed 42, strict correctness) and prints its table.
 #
 # Files (download yourself; nothing is downloaded at run time; a missing one fails at start):
 #   checkpoints/Janus-Pro-7B/   https://huggingface.co/deepseek-community/Janus-Pro-7B
-#   checkpoints/clip/open_clip_pytorch_model.bin
+#   data/geneval/train_metadata.jsonl   the training prompts: Flow-GRPO's
+#       https://github.com/yifan123/flow_grpo/blob/main/dataset/geneval/train_metadata.jsonl
+#       (STAGE trains on data/janus_geneval_prompts/evaluation_metadata_flow_grpo.json, its copy)
+#   data/geneval/evaluation_metadata.jsonl   GenEval's evaluation prompts
+#       https://github.com/djghosh13/geneval/blob/main/prompts/evaluation_metadata.jsonl
+#   checkpoints/geneval/mask2former-swin-small-coco-instance/
+#       https://huggingface.co/facebook/mask2former-swin-small-coco-instance
+#   checkpoints/clip/open_clip_model.safetensors
 #       https://huggingface.co/timm/vit_large_patch14_clip_224.openai
 _base_ = [
     '../_base_/policies/janus-pro-7b.py', '../_base_/algorithms/stage.py',
-    '../_base_/default_runtime.py'
+    '../_base_/rewards/geneval.py', '../_base_/default_runtime.py'
 ]
 policy = dict(roles=('User', 'Assistant'))
-# The training prompts: a user-supplied file (format: configs/stage/prompts_example.txt; STAGE's
-# GenEval run trains on data/janus_geneval_prompts/evaluation_metadata_flow_grpo.json, see
-# configs/stage/README.md for the conversion).
-train_dataloader = dict(
-    dataset=dict(type='PromptFileDataset', path='configs/stage/prompts_example.txt'),
-    sampler=dict(type='ContiguousInfiniteSampler', shuffle=True),
-    collate_fn=dict(type='default_collate'),
-    num_workers=0)
+_train_metadata = 'data/geneval/train_metadata.jsonl'
+train_dataloader = dict(dataset=dict(path=_train_metadata))
+# One head scores the training prompts and GenEval's evaluation prompts (tools/eval.py, where
+# the entropy reward is left out and the GenEval summary is the strict correctness).
 rewards = dict(
-    clip_not_geneval=dict(
+    _delete_=True,
+    geneval=dict(
         type='StageEntropyBonus', weight=0.4,
-        base=dict(type='ClipScoreReward', arch='ViT-L-14', weights_tag='openai',
-                  checkpoint='checkpoints/clip/open_clip_pytorch_model.bin')))
+        base=dict(type='GenEvalReward', score='partial',
+                  metadata_file=[_train_metadata, 'data/geneval/evaluation_metadata.jsonl'],
+                  detector_dir='checkpoints/geneval/mask2former-swin-small-coco-instance',
+                  clip_checkpoint='checkpoints/clip/open_clip_model.safetensors',
+                  clip_arch='ViT-L-14', clip_weights_tag='openai')))
 # beta 0.03: the algorithm base's value (the GenEval run's)
 group_size = 8
 _max_iters = 1600
