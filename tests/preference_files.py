@@ -101,3 +101,39 @@ def score_matrix(head, tensors) -> np.ndarray:
         batch = x.expand(len(C.PROMPTS), -1, -1, -1).contiguous()
         out[:, j] = head(rollout(batch, prompts=list(C.PROMPTS))).scores.numpy()
     return out
+
+
+def hpsv3_file_key(key: str) -> str:
+    """The ``HPSv3.safetensors`` name (transformers 4.45, as the package saves it) of a key of
+    vargo's ``HPSv3Model``."""
+    for prefix, file_prefix in (('model.language_model.', 'model.'), ('model.visual.', 'visual.')):
+        if key.startswith(prefix):
+            return file_prefix + key[len(prefix):]
+    return key
+
+
+def write_hpsv3_files(root: str, *, overrides: Optional[dict] = None,
+                      drop: tuple = ()) -> tuple[str, str]:
+    """A tiny ``Qwen2-VL-7B-Instruct`` directory (config and processor files, no weights) and
+    ``HPSv3.safetensors`` (every tensor in the package's names, ``lm_head.weight`` included) in
+    ``root``; returns ``(checkpoint, backbone_dir)``."""
+    from safetensors.torch import save_file
+    from transformers import Qwen2VLConfig
+
+    from vargo.components.rewards.hpsv3 import HPSv3Model
+    backbone = os.path.join(root, 'Qwen2-VL-7B-Instruct')
+    ids = C.write_qwen2_vl_processor(backbone)
+    cfg = C.qwen2_vl_tiny_config(ids)
+    with open(os.path.join(backbone, 'config.json'), 'w') as f:
+        json.dump(cfg, f)
+    reward_id = max(ids.values()) + 1
+    config = Qwen2VLConfig(**dict(cfg, vocab_size=reward_id + 1))
+    with torch.device('meta'):
+        model = HPSv3Model(config, reward_id)
+    shapes = {hpsv3_file_key(k): tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes['lm_head.weight'] = (reward_id + 1, cfg['hidden_size'])
+    state = {k: v for k, v in deterministic_tensors(shapes).items() if k not in drop}
+    state.update(overrides or {})
+    path = os.path.join(root, 'HPSv3.safetensors')
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+    return path, backbone

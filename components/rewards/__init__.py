@@ -4,6 +4,7 @@ from .composite import CompositeReward
 from .differentiable import ColourMassReward, DifferentiableReward
 from .geneval import GenEvalReward
 from .hps import HPSv2Reward
+from .hpsv3 import HPSv3Reward
 from .image_reward import ImageRewardReward
 from .jpeg import JpegCompressibilityReward, JpegIncompressibilityReward
 from .loo_fid import LooFidReward
@@ -15,5 +16,5 @@ from .stage_entropy import StageEntropyBonus
 from .vmr import VMRReward
 
 __all__ = ['ClipScoreReward', 'ColourMassReward', 'CompositeReward', 'DifferentiableReward', 'GenEvalReward',
-           'HPSv2Reward', 'ImageRewardReward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'OcrReward', 'PickScoreReward', 'ShapesEvalReward', 'ShapesFrechetReward',
+           'HPSv2Reward', 'HPSv3Reward', 'ImageRewardReward', 'JpegCompressibilityReward', 'JpegIncompressibilityReward', 'LooFidReward', 'OcrReward', 'PickScoreReward', 'ShapesEvalReward', 'ShapesFrechetReward',
            'StageEntropyBonus', 'VMRReward']
