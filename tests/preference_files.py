@@ -137,3 +137,39 @@ def write_hpsv3_files(root: str, *, overrides: Optional[dict] = None,
     path = os.path.join(root, 'HPSv3.safetensors')
     save_file({k: v.contiguous() for k, v in state.items()}, path)
     return path, backbone
+
+
+def missing_file_message(build, path: str) -> str:
+    """The message of the ``FileNotFoundError`` that ``build()`` raises for the missing ``path``,
+    checked to be one line naming it and saying that vargo never downloads."""
+    import pytest
+    with pytest.raises(FileNotFoundError) as err:
+        build()
+    msg = str(err.value)
+    assert path in msg and '\n' not in msg and 'never downloads' in msg
+    return msg
+
+
+def benchmark_reward_heads(tmp_dir: str, heads: dict, *, batch: int = 2,
+                           repeat: int = 1) -> dict:
+    """``tools/benchmark.py --reward-heads`` (only that section, one thread) on the tiny
+    LlamaGen JPEG config with ``heads`` as ``eval_cfg.metric_heads``; returns its
+    ``reward_heads`` JSON. The torch thread count is restored."""
+    from conftest import ROOT, load_tool
+    tiny = os.path.join(ROOT, 'configs', 'grpo', 'llamagen-tiny_grpo_jpeg.py')
+    cfg = os.path.join(tmp_dir, 'bench_cfg.py')
+    with open(cfg, 'w') as f:
+        f.write(f'_base_ = [{tiny!r}]\neval_cfg = dict(metric_heads={heads!r})\n')
+    out = os.path.join(tmp_dir, 'bench.json')
+    argv = [cfg, '--batch', str(batch), '--repeat', str(repeat), '--threads', '1',
+            '--gemm-size', '64', '--bandwidth-mb', '4', '--skip-rollout', '--skip-update',
+            '--skip-iteration', '--reward-heads', '--out', out, '--cfg-options',
+            'policy.arch.dim=32', 'policy.arch.n_layer=1',
+            'policy.tokenizer_checkpoint=/nonexistent/vq.pt']
+    threads = torch.get_num_threads()
+    try:
+        assert load_tool('benchmark').main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with open(out) as f:
+        return json.load(f)['reward_heads']

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import reward_parity_common as C
-from preference_files import (hpsv3_file_key, parity_batch, parity_reference, rollout,
-                              write_hpsv3_files)
+from preference_files import (benchmark_reward_heads, hpsv3_file_key, missing_file_message,
+                              parity_batch, parity_reference, rollout, write_hpsv3_files)
 from vargo.components.rewards import HPSv3Reward
 from vargo.components.rewards.hpsv3 import (HPSV3_FILE_SOURCES, HPSV3_INSTRUCTION,
                                             HPSV3_REWARD_SUFFIX, qwen2_vl_patches)
@@ -181,12 +181,9 @@ def test_strict_loading(tmp_path, files):
 def test_missing_files_name_where_they_are_published(tmp_path, files):
     checkpoint, backbone = files
     path = str(tmp_path / 'hpsv3' / 'HPSv3.safetensors')
-    with pytest.raises(FileNotFoundError) as err:
-        HPSv3Reward(checkpoint=path, backbone_dir=backbone)
-    msg = str(err.value)
-    assert path in msg and HPSV3_FILE_SOURCES['HPSv3.safetensors'] in msg
+    msg = missing_file_message(lambda: HPSv3Reward(checkpoint=path, backbone_dir=backbone), path)
+    assert HPSV3_FILE_SOURCES['HPSv3.safetensors'] in msg
     assert 'https://huggingface.co/MizzenAI/HPSv3/resolve/main/HPSv3.safetensors' in msg
-    assert '\n' not in msg and 'never downloads' in msg
     with pytest.raises(FileNotFoundError, match='huggingface.co/Qwen/Qwen2-VL-7B-Instruct'):
         HPSv3Reward(checkpoint=checkpoint, backbone_dir=str(tmp_path / 'Qwen2-VL-7B-Instruct'))
     for dropped, what in (('preprocessor_config.json', 'image processor config'),
@@ -219,24 +216,10 @@ def test_missing_files_name_where_they_are_published(tmp_path, files):
 
 
 def test_benchmark_reports_startup_and_per_image_cost(files, tmp_path, capsys):
-    from conftest import ROOT, load_tool
     checkpoint, backbone = files
     heads = dict(hpsv3=dict(type='HPSv3Reward', checkpoint=checkpoint, backbone_dir=backbone,
                             class_names=['red circle', 'blue square'] * 5, dtype='float32'))
-    tiny = os.path.join(ROOT, 'configs', 'grpo', 'llamagen-tiny_grpo_jpeg.py')
-    cfg = tmp_path / 'bench_cfg.py'
-    cfg.write_text(f'_base_ = [{tiny!r}]\neval_cfg = dict(metric_heads={heads!r})\n')
-    out = tmp_path / 'bench.json'
-    argv = [str(cfg), '--batch', '2', '--repeat', '1', '--threads', '1', '--gemm-size', '64',
-            '--bandwidth-mb', '4', '--skip-rollout', '--skip-update', '--skip-iteration',
-            '--reward-heads', '--out', str(out), '--cfg-options', 'policy.arch.dim=32',
-            'policy.arch.n_layer=1', 'policy.tokenizer_checkpoint=/nonexistent/vq.pt']
-    threads = torch.get_num_threads()
-    try:
-        assert load_tool('benchmark').main(argv) == 0
-    finally:
-        torch.set_num_threads(threads)
-    res = json.loads(out.read_text())['reward_heads']['hpsv3']
+    res = benchmark_reward_heads(str(tmp_path), heads)['hpsv3']
     assert (res['kind'], res['type']) == ('metric', 'HPSv3Reward')
     assert res['samples'] == 2 and res['finite_scores'] == 2 and res['startup_s'] > 0
     assert 0 < res['ms_per_image']['min'] <= res['ms_per_image']['median']

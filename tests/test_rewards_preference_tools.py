@@ -2,18 +2,16 @@
 time and per-image cost in tools/benchmark.py (tiny weights, offline)."""
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import pytest
 import torch
 
 import reward_parity_common as C
-from conftest import ROOT, load_tool
-from preference_files import rollout, write_image_reward_files, write_pickscore_dir
+from conftest import load_tool
+from preference_files import (benchmark_reward_heads, rollout, write_image_reward_files,
+                              write_pickscore_dir)
 
-TINY_CFG = os.path.join(ROOT, 'configs', 'grpo', 'llamagen-tiny_grpo_jpeg.py')
 NAMES = ['red circle', 'blue square', 'green triangle', 'yellow star', 'cat', 'dog', 'house',
          'tree', 'car', 'boat']
 
@@ -26,13 +24,6 @@ def heads_cfg(tmp_path_factory):
     return dict(pickscore=dict(type='PickScoreReward', checkpoint=pick, class_names=NAMES),
                 imagereward=dict(type='ImageRewardReward', checkpoint=ir, vit=C.IR_VIT,
                                  class_names=NAMES))
-
-
-@pytest.fixture
-def keep_threads():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_usable_as_eval_metric_heads(heads_cfg, tmp_path):
@@ -53,17 +44,9 @@ def test_usable_as_eval_metric_heads(heads_cfg, tmp_path):
     assert 'huggingface.co/yuvalkirstain/PickScore_v1' in source
 
 
-def test_benchmark_reports_startup_and_per_image_cost(heads_cfg, tmp_path, keep_threads, capsys):
-    cfg = tmp_path / 'bench_cfg.py'
-    cfg.write_text(f'_base_ = [{TINY_CFG!r}]\neval_cfg = dict(metric_heads={heads_cfg!r})\n')
-    out = tmp_path / 'bench.json'
-    argv = [str(cfg), '--batch', '4', '--repeat', '2', '--threads', '1', '--gemm-size', '64',
-            '--bandwidth-mb', '4', '--skip-rollout', '--skip-update', '--skip-iteration',
-            '--reward-heads', '--out', str(out), '--cfg-options', 'policy.arch.dim=32',
-            'policy.arch.n_layer=1', 'policy.tokenizer_checkpoint=/nonexistent/vq.pt']
-    assert load_tool('benchmark').main(argv) == 0
+def test_benchmark_reports_startup_and_per_image_cost(heads_cfg, tmp_path, capsys):
+    res = benchmark_reward_heads(str(tmp_path), heads_cfg, batch=4, repeat=2)
     printed = capsys.readouterr().out
-    res = json.loads(out.read_text())['reward_heads']
     assert list(res) == ['jpeg', 'pickscore', 'imagereward']
     want = {'jpeg': ('reward', 'JpegCompressibilityReward'),
             'pickscore': ('metric', 'PickScoreReward'),
