@@ -82,6 +82,10 @@ def shrink(cfg):
         policy['num_classes'] = min(policy['num_classes'], 1000)
     for head in cfg.rewards.values():
         shrink_reward(head, cfg)
+    dataset = cfg.train_dataloader.dataset
+    if dataset.get('type') == 'PromptFileDataset' and not os.path.isfile(
+            os.path.join(ROOT, dataset.path)):
+        dataset.path = tiny_prompt_file()    # a user's prompt file the config names
     for selector in cfg.get('token_selectors', {}).values():
         if selector and selector.get('saliency_reward'):
             shrink_reward(selector['saliency_reward'])
@@ -119,8 +123,43 @@ def tiny_geneval_files() -> dict:
     return _GENEVAL_FILES
 
 
+_REWARD_FILES: dict = {}
+
+
+def tiny_prompt_file() -> str:
+    """Two prompts with quoted text (for the OCR reward), written once per run."""
+    if 'prompts' not in _REWARD_FILES:
+        import tempfile
+        path = os.path.join(tempfile.mkdtemp(prefix='vargo_prompts_'), 'prompts.txt')
+        with open(path, 'w') as f:
+            f.write('a photo of a sign that says "cat"\na red "dog" poster\n')
+        _REWARD_FILES['prompts'] = path
+    return _REWARD_FILES['prompts']
+
+
+def tiny_reward_files() -> dict:
+    """Tiny random HPSv3 and PP-OCRv5 files (written once per run)."""
+    if 'ocr' not in _REWARD_FILES:
+        import tempfile
+        from ocr_files import write_ocr_dirs
+        from preference_files import write_hpsv3_files
+        root = tempfile.mkdtemp(prefix='vargo_rewards_')
+        os.makedirs(os.path.join(root, 'hpsv3'))
+        _REWARD_FILES.update(hpsv3=write_hpsv3_files(os.path.join(root, 'hpsv3')),
+                             ocr=write_ocr_dirs(root))
+    return _REWARD_FILES
+
+
 def shrink_reward(head, cfg=None):
     """Swap a model-based reward head (and the sub-heads of a composite) for a tiny one."""
+    if head['type'] in ('HPSv3Reward', 'OcrReward'):
+        files = tiny_reward_files()
+        if head['type'] == 'HPSv3Reward':
+            head.update(checkpoint=files['hpsv3'][0], backbone_dir=files['hpsv3'][1],
+                        dtype='float32')
+        else:
+            head.update(det_checkpoint=files['ocr'][0], rec_checkpoint=files['ocr'][1])
+        return
     if head['type'] == 'GenEvalReward':
         files = tiny_geneval_files()
         head.update(metadata_file=files['metadata'], detector_dir=files['detector'],

@@ -222,6 +222,33 @@ def test_real_reader_end_to_end(head, ocr_dirs):
                                     rec_checkpoint=ocr_dirs[1], drop_score=1.01))
     dropped = built(rollout(images, prompts=prompts))
     assert dropped.scores.tolist() == [0.0] * 3 and dropped.metrics['lines'] == 0.0
+    # regions=True: the detected boxes as masks, from the same detection (here the whole
+    # image), also where recognition was dropped; the scores are unchanged
+    with_regions = OcrReward(det_checkpoint=ocr_dirs[0], rec_checkpoint=ocr_dirs[1],
+                             regions=True, drop_score=1.01)
+    out = with_regions(rollout(images, prompts=prompts))
+    assert out.regions.shape == (3, 48, 144) and out.regions.dtype == torch.float32
+    assert bool((out.regions == 1).all()) and out.metrics['region_frac'] == 1.0
+    assert out.scores.tolist() == dropped.scores.tolist()
+    assert head(rollout(images, prompts=prompts)).regions is None
+
+
+def test_box_regions_by_hand():
+    """Filled quadrilaterals: an axis-aligned box covers its pixel rows/columns inclusive of
+    both rounded corners (cv2.fillPoly), a tilted one its interior; no box: all 0."""
+    from vargo.components.rewards.ocr import box_regions
+    square = np.array([[2, 1], [5, 1], [5, 3], [2, 3]], dtype=np.float32)
+    diamond = np.array([[4, 0], [8, 4], [4, 8], [0, 4]], dtype=np.float32)
+    m = box_regions([[square], [], [square, diamond + 10]], 20, 20)
+    assert m.shape == (3, 20, 20) and m.dtype == torch.float32
+    want = torch.zeros(20, 20)
+    want[1:4, 2:6] = 1
+    assert torch.equal(m[0], want)
+    assert m[1].sum() == 0
+    assert m[2, 14, 14] == 1 and m[2, 10, 10] == 0 and m[2, 14, 10] == 1 and m[2, 10, 14] == 1
+    assert torch.equal(m[2, :10, :10], want[:10, :10])
+    with pytest.raises(ValueError, match='regions=True needs a reader with read_with_boxes'):
+        OcrReward(reader=FixtureReader([]), regions=True)
 
 
 def test_strict_loading_and_missing_files(tmp_path, ocr_dirs):

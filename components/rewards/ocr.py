@@ -30,6 +30,12 @@ from local files, batched, without gradients:
   and NED; the CVTG-2K evaluation script was not available offline to compare against (the
   TextCrafter repository holds the generation code and the dataset link only), so these two
   definitions are stated here rather than claimed to be that script's.
+* **regions** (``regions=True``; *our formulation* of VAR RL Done Right's mask source "a reward
+  head that reports regions", docs/methods/var_rl.md): ``RewardOutput.regions [B, H, W]`` is 1
+  inside every detected text box (also boxes whose recognition was dropped: the text the model
+  drew decides the reward, right or wrong) and 0 elsewhere (:func:`box_regions`), from the same
+  detection as the score; ``MaskPropagationSelector(source='regions', head=...)`` gates the
+  update to the tokens over the text. Metric ``region_frac``: the mean covered fraction.
 
 OCR model: **PP-OCRv5** (PaddleOCR's detector + recogniser, the model family flow_grpo's
 ``PaddleOCR(lang='en')`` runs), through transformers' port (``PPOCRV5MobileDet/ServerDet``
@@ -92,7 +98,7 @@ from .preference_common import build_on_meta, check_images, condition_texts, mis
 
 __all__ = ['OcrReward', 'PPOCRv5Reader', 'OCR_FILE_SOURCES', 'quoted_texts', 'target_text',
            'normalize', 'levenshtein', 'flow_distance', 'flow_ned', 'normalized_edit_distance',
-           'word_accuracy', 'sort_boxes', 'crop_box']
+           'word_accuracy', 'sort_boxes', 'crop_box', 'box_regions']
 
 _HF = 'https://huggingface.co/PaddlePaddle/'
 #: official directory name -> where it is published (``check_files`` reports it)
@@ -429,6 +435,13 @@ class PPOCRv5Reader:
     def read(self, images: Tensor) -> list[list[tuple[str, float]]]:
         """Per image of ``[B, 3, H, W]`` RGB in [0, 1], the lines ``(text, score)`` kept
         (score >= ``drop_score``), in reading order."""
+        return self.read_with_boxes(images)[0]
+
+    @torch.no_grad()
+    def read_with_boxes(self, images: Tensor
+                        ) -> tuple[list[list[tuple[str, float]]], list[np.ndarray]]:
+        """:meth:`read`'s lines and every detected text box per image (``[N, 4, 2]`` x, y
+        corners in pixels, also those whose recognition was dropped), from one detection."""
         images255 = (images.float().clamp(0, 1) * 255).round()
         boxes = self.detect(images255)
         hwc = images255.permute(0, 2, 3, 1).to(torch.uint8).cpu().numpy()
@@ -444,7 +457,20 @@ class PPOCRv5Reader:
             for b, (text, score) in zip(owner, self.recognize(crops, images.device)):
                 if score >= self.drop_score:
                     lines[b].append((text, score))
-        return lines
+        return lines, boxes
+
+
+def box_regions(boxes: Sequence[np.ndarray], height: int, width: int) -> Tensor:
+    """``[B, H, W]`` float32 masks: 1 inside any text box of the image (the filled
+    quadrilaterals, :func:`cv2.fillPoly` on pixel centres), 0 elsewhere."""
+    import cv2
+    out = np.zeros((len(boxes), height, width), dtype=np.uint8)
+    for i, bxs in enumerate(boxes):
+        polys = [np.round(np.asarray(b, dtype=np.float64).reshape(4, 2)).astype(np.int32)
+                 for b in bxs]
+        if polys:
+            cv2.fillPoly(out[i], polys, 1)
+    return torch.from_numpy(out.astype(np.float32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,7 +516,7 @@ class OcrReward(RewardHead):
                  template: str = 'a sign that says "{}"', reader=None,
                  det_threshold: float = 0.3, box_threshold: float = 0.6,
                  unclip_ratio: float = 1.5, drop_score: float = 0.5,
-                 rec_batch_size: int = 32) -> None:
+                 rec_batch_size: int = 32, regions: bool = False) -> None:
         name = type(self).__name__
         if quotes not in ('first', 'all'):
             raise ValueError(f"{name} quotes={quotes!r} must be 'first' (flow_grpo) or 'all'")
@@ -519,6 +545,12 @@ class OcrReward(RewardHead):
                                    owner=name)
         elif not callable(getattr(reader, 'read', None)):
             raise ValueError(f'{name} reader={reader!r} has no read(images) method')
+        if not isinstance(regions, bool):
+            raise ValueError(f'{name} regions={regions!r} must be True or False')
+        if regions and not callable(getattr(reader, 'read_with_boxes', None)):
+            raise ValueError(f'{name} regions=True needs a reader with read_with_boxes(images) '
+                             f'(the text boxes); {type(reader).__name__} has none')
+        self.regions = regions
         self.reader = reader
         self.det_checkpoint, self.rec_checkpoint = det_checkpoint, rec_checkpoint
 
@@ -545,7 +577,12 @@ class OcrReward(RewardHead):
         texts = condition_texts(rollout, self.class_names, self.template, name)
         images = check_images(rollout, len(texts), name)
         finite = torch.isfinite(images.reshape(images.shape[0], -1)).all(1).cpu().tolist()
-        read = self.reader.read(torch.nan_to_num(images.detach(), nan=0.0))
+        clean = torch.nan_to_num(images.detach(), nan=0.0)
+        if self.regions:
+            read, boxes = self.reader.read_with_boxes(clean)
+            regions = box_regions(boxes, *images.shape[-2:]).to(images.device)
+        else:
+            read, regions = self.reader.read(clean), None
         if len(read) != len(texts):
             raise RuntimeError(f'{name}: the reader returned {len(read)} results for '
                                f'{len(texts)} images')
@@ -561,4 +598,6 @@ class OcrReward(RewardHead):
             vals = [r[key] for r in rows if not math.isnan(r[key])]
             metrics[key] = float(np.mean(vals)) if vals else float('nan')
         strict = torch.tensor([r['word_accuracy'] == 1.0 for r in rows], device=images.device)
-        return RewardOutput(scores=scores, metrics=metrics, strict=strict)
+        if regions is not None:
+            metrics['region_frac'] = float(regions.mean())
+        return RewardOutput(scores=scores, metrics=metrics, strict=strict, regions=regions)
