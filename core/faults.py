@@ -127,7 +127,10 @@ def optimizer_params(optim_wrapper) -> list[Tensor]:
 
 
 def _stacked_norms(tensors: list[Tensor], ord: float) -> Tensor:
-    norms = torch._foreach_norm(tensors, ord)
+    # the norm of a sharded tensor (a DTensor of sharded training) is reduced over the ranks
+    # (a collective: every rank computes the same norms)
+    norms = [n.full_tensor() if hasattr(n, 'full_tensor') else n
+             for n in torch._foreach_norm(tensors, ord)]
     dev = norms[0].device
     return torch.stack([n.to(dev) for n in norms])
 

@@ -66,6 +66,18 @@ class Policy(nn.Module, abc.ABC):
         """Parameters the optimiser updates (frozen tokenizers and text encoders excluded)."""
         return [p for p in self.parameters() if p.requires_grad]
 
+    def shard_units(self) -> list[nn.Module]:
+        """Sub-modules to shard one by one for sharded training (``model_wrapper_cfg=dict(
+        type='VargoFSDP')``, :mod:`vargo.core.sharding`): the transformer blocks, then the
+        modules holding the other trainable parameters (token embedding, final norm).
+
+        Together they must hold every trainable parameter; none may contain another; each must
+        be entered only through its ``forward`` (its parameters are gathered around it), and
+        none may share a parameter with a module outside it. The default, none, means the
+        policy cannot be sharded (a one-line error when a config asks for it).
+        """
+        return []
+
 
 class Sampler(abc.ABC):
     """Owns the generation procedure of one policy family."""

@@ -20,6 +20,7 @@ from .checkpoint import (CheckpointError, CheckpointRefused, StateDictMismatch,
                          remove_stale_temp_files)
 from .config import ConfigFileNotFoundError, assemble, check_files, check_work_dir
 from .registry import ConfigError
+from .sharding import is_sharding_wrapper
 
 __all__ = ['load_config', 'prepare_config', 'build_runner', 'VargoRunner', 'read_checked',
            'find_resumable', 'CheckpointMismatch', 'checkpoints_newest_first']
@@ -169,7 +170,9 @@ def prepare_config(cfg: Config, *, config_path: str, work_dir: Optional[str] = N
     check_work_dir(cfg.work_dir, bool(cfg.get('resume')))
     if launcher != 'none':
         # MMEngine's pytorch launcher calls torch.cuda.set_device; on CPU initialise gloo first.
-        if vdist.init_cpu_process_group() or (vdist.is_distributed() and not torch.cuda.is_available()):
+        if (vdist.init_cpu_process_group() or (vdist.is_distributed() and not
+                                                torch.cuda.is_available())) and \
+                not is_sharding_wrapper(cfg.get('model_wrapper_cfg')):
             cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None,
                                          broadcast_buffers=False)
     return cfg
@@ -325,6 +328,38 @@ class VargoRunner(Runner):
         super().register_hooks(default_hooks, custom_hooks)
         self.register_hook(PlainCheckpointHook())
 
+    # -- sharded training (a wrapper with ``shards_module``, core/sharding.py) --------------
+    def wrap_model(self, model_wrapper_cfg, model):
+        """MMEngine's, except that a sharding wrapper gets the model where it was built (it
+        places it on the device unit by unit, so the whole model is never on one device); a
+        single process trains the model unsharded."""
+        if not is_sharding_wrapper(model_wrapper_cfg):
+            return super().wrap_model(model_wrapper_cfg, model)
+        if not self.distributed:
+            self.logger.info(f'model_wrapper_cfg {model_wrapper_cfg.get("type")}: one process, '
+                             f'the model is trained unsharded')
+            return super().wrap_model(None, model)
+        from mmengine.registry import MODEL_WRAPPERS
+        return MODEL_WRAPPERS.build(copy.deepcopy(model_wrapper_cfg),
+                                    default_args=dict(module=model))
+
+    def _init_model_weights(self) -> None:
+        if not getattr(self.model, 'shards_module', False):
+            return super()._init_model_weights()
+        # every rank built the same weights (the same seed) and kept its shards of them;
+        # MMEngine's broadcast of whole tensors does not apply to shards
+        if hasattr(self.model.module, 'init_weights'):
+            self.model.module.init_weights()
+
+    def save_checkpoint(self, *args, **kwargs):
+        """MMEngine's (rank 0 writes the file); a sharding wrapper first gathers the full state
+        on every rank, so the file is the one a single process writes."""
+        gather = getattr(self.model, 'gather_for_checkpoint', None)
+        if gather is None:
+            return super().save_checkpoint(*args, **kwargs)
+        with gather(self.optim_wrapper.optimizer):
+            return super().save_checkpoint(*args, **kwargs)
+
     # -- loading ---------------------------------------------------------------------------
     def _model_for_loading(self):
         model = self.model
@@ -344,6 +379,10 @@ class VargoRunner(Runner):
             self._preloaded = None
         else:
             ckpt = read_checked(filename, model, map_location)
+        shard = getattr(self.model, 'shard_checkpoint', None)
+        if shard is not None:  # this rank's shards of the full (single-process) state
+            optim_wrapper = getattr(self, 'optim_wrapper', None)
+            ckpt = shard(ckpt, getattr(optim_wrapper, 'optimizer', None))
         self.call_hook('after_load_checkpoint', checkpoint=ckpt)
         load_state_dict_strict(model, ckpt['state_dict'], source=filename)
         self._has_loaded = True

@@ -945,6 +945,10 @@ def check_with_model(cfg: Config, model, checked: Checked) -> Validated:
             schedulers.append(reg.build(node, default_args=dict(optimizer=optim_wrapper,
                                                                 epoch_length=epoch_length)))
     _check_conditions(checked.dataloader, model.policy, cfg.train_dataloader.get('dataset'))
+    from .sharding import check_model_wrapper_cfg
+    check_model_wrapper_cfg(cfg.get('model_wrapper_cfg'), model,
+                            amp=cfg.optim_wrapper.get('type') == 'AmpOptimWrapper'
+                            and cfg.get('launcher', 'none') != 'none')
     return Validated(model=model, optim_wrapper=optim_wrapper, param_schedulers=schedulers,
                      dataloader=checked.dataloader, hooks=checked.hooks)
 

@@ -28,7 +28,8 @@
 #       https://huggingface.co/timm/vit_large_patch14_clip_224.openai
 _base_ = [
     '../_base_/policies/janus-pro-7b.py', '../_base_/algorithms/stage.py',
-    '../_base_/rewards/geneval.py', '../_base_/default_runtime.py'
+    '../_base_/rewards/geneval.py', '../_base_/default_runtime.py',
+    '../_base_/sharding/fsdp_bf16.py'   # sharded over the processes, bf16 (docs/design.md)
 ]
 policy = dict(roles=('User', 'Assistant'))
 _train_metadata = 'data/geneval/train_metadata.jsonl'

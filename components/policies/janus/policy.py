@@ -181,6 +181,13 @@ class JanusPolicy(Policy):
     def trainable_parameters(self):
         return [p for p in self.lm.parameters() if p.requires_grad]
 
+    def shard_units(self) -> list[torch.nn.Module]:
+        """The language model's decoder layers, its token embedding and its final norm (the
+        trained part; each is called through its forward: the embedding by
+        :meth:`condition_inputs`, the others by the language model). The frozen parts stay
+        whole on every rank, shared with the reference."""
+        return [*self.lm.layers, self.lm.embed_tokens, self.lm.norm]
+
     # ---- prompts ------------------------------------------------------------------------------
     def format_prompt(self, prompt: str) -> str:
         """The official SFT text of ``prompt`` (``apply_sft_template_for_multi_turn_prompts``

@@ -7,8 +7,8 @@
 # Only the language model trains (STAGE); the rest is frozen and left out of checkpoints.
 # Weights in fp32: on a GPU train with --amp (bf16 autocast, STAGE's --bf16) so the optimizer
 # keeps fp32 weights (AdamW on bf16 weights would round lr 5e-6 updates away). A 7B policy with
-# AdamW and its frozen reference needs ~140 GB: sharded training (issue 17, item 3) or a GPU
-# that large.
+# AdamW and its frozen reference needs ~140 GB: train it sharded over several GPUs
+# (../sharding/fsdp_bf16.py: bf16 compute, fp32 weights; no --amp) or on a GPU that large.
 policy = dict(
     type='JanusPolicy',
     model_path='checkpoints/Janus-Pro-7B',

@@ -1,0 +1,329 @@
+"""Sharded training (FSDP2, core/sharding.py) on the tiny Janus, 2 CPU processes (gloo).
+
+One module fixture launches every run, concurrently where they do not depend on each other:
+
+* ``single``: one process, the tiny Janus STAGE/JPEG config, 2 iterations, global batch 8;
+* ``sharded``: 2 processes sharding it (fp32), 4 samples per rank (the same global batch);
+* ``resumed_sharded`` / ``resumed_single``: the sharded run's ``iter_1.pth`` resumed on 2
+  processes and on one;
+* ``switches``: 2 processes: the gradients of one teacher-forced evaluation unsharded, sharded
+  with activation checkpointing, and sharded in bf16; then one iteration of the shipped settings
+  (``configs/_base_/sharding/fsdp_bf16.py``: bf16 and activation checkpointing).
+
+Runs go through a launcher that skips MMEngine's yapf formatting of the config text (about 2 s
+of CPU a call, six calls a run) and records every rank's loss and gradient norm per iteration.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, load_tool
+
+FP32 = os.path.join(ROOT, 'tests', 'configs', 'janus-tiny_fsdp.py')
+BF16 = os.path.join(ROOT, 'tests', 'configs', 'janus-tiny_fsdp-bf16.py')
+TOY = os.path.join(ROOT, 'tests', 'configs', 'toy_grpo.py')
+LR = 3e-4   # the tiny config's AdamW learning rate
+COMMON = ['train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=1',
+          'default_hooks.image_grid=None', 'default_hooks.curves=None',
+          'default_hooks.report=None']
+
+_LAUNCHER = r'''
+import json, os, sys
+import mmengine.config.config as mmengine_config
+mmengine_config.FormatCode = lambda text, **kwargs: (text, False)
+from mmengine.hooks import Hook
+from vargo.core.registry import HOOKS
+import vargo.core.runner as vargo_runner
+
+
+@HOOKS.register_module(force=True)
+class RecordLossHook(Hook):
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        grad_norm = runner.message_hub.get_scalar('train/grad_norm').current()
+        with open(os.path.join(runner.work_dir, f'loss.rank{os.environ.get("RANK", 0)}.jsonl'),
+                  'a') as f:
+            f.write(json.dumps({'iter': runner.iter + 1, 'loss': outputs['loss'],
+                                'grad_norm': float(grad_norm)}) + '\n')
+
+
+_load = vargo_runner.load_config
+
+
+def load_config(path, options=None):
+    cfg = _load(path, options)
+    cfg.custom_hooks = list(cfg.get('custom_hooks') or []) + [dict(type='RecordLossHook')]
+    return cfg
+
+
+vargo_runner.load_config = load_config
+sys.path.insert(0, os.path.join(sys.argv.pop(1), 'tools'))
+import train
+sys.exit(train.main(sys.argv[1:]))
+'''
+
+_SWITCHES = r'''
+import os, sys
+import mmengine.config.config as mmengine_config
+mmengine_config.FormatCode = lambda text, **kwargs: (text, False)
+import torch
+from vargo.core.rng import BatchRNG
+from vargo.core.runner import build_runner, load_config, prepare_config
+from vargo.core.sharding import VargoFSDP
+from vargo.core.types import Conditions
+from vargo.core.validation import build_model
+
+config, out = sys.argv[1:3]
+options = {'train_cfg.max_iters': 1, 'train_cfg.samples_per_rank': 4,
+           'default_hooks.checkpoint.interval': 1, 'default_hooks.image_grid': None,
+           'default_hooks.curves': None, 'default_hooks.report': None}
+cfg = prepare_config(load_config(config, options), config_path=config, work_dir=out,
+                     launcher='pytorch')
+rank = torch.distributed.get_rank()
+
+
+def build():
+    torch.manual_seed(0)
+    return build_model(cfg)
+
+
+algo = build()
+# the same samples on both ranks, so the sharded gradient (the mean over the ranks) is the
+# gradient of one process
+rollout = algo.generate(Conditions(prompts=['a red cat']),
+                        BatchRNG(3, 0, algo.group_size, rank=0, world_size=1))
+
+
+def gradients(model):
+    ev = model.policy.evaluate(rollout, spec=model.sampler.logprob_spec())
+    weights = torch.linspace(-1, 1, ev.logp.numel()).view_as(ev.logp)
+    ((ev.logp * weights).sum() + ev.entropy.mean()).backward()
+    grads = {n: p.grad.full_tensor() if hasattr(p.grad, 'full_tensor') else p.grad.clone()
+             for n, p in model.policy.named_parameters() if p.requires_grad}
+    model.policy.zero_grad(set_to_none=True)
+    return ev.logp.detach(), grads
+
+
+logp, plain = gradients(algo)                              # one process, no checkpointing
+VargoFSDP(algo, activation_checkpointing=True)
+logp_ac, checkpointed = gradients(algo)                    # sharded, checkpointed
+bf16_algo = build()
+VargoFSDP(bf16_algo, mixed_precision='bf16', activation_checkpointing=True)
+logp_bf16, bf16 = gradients(bf16_algo)
+if rank == 0:
+    os.makedirs(out, exist_ok=True)
+    torch.save({'plain': plain, 'checkpointed': checkpointed, 'bf16': bf16, 'logp': logp,
+                'logp_ac': logp_ac, 'logp_bf16': logp_bf16}, os.path.join(out, 'grads.pt'))
+build_runner(cfg).train()
+'''
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
+    env['PYTHONPATH'] = os.path.join(ROOT, 'tests') + os.pathsep + env.get('PYTHONPATH', '')
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _launch(script, args, nproc) -> list:
+    """``nproc`` processes of ``script`` with torchrun's environment (started directly: the
+    launcher process would cost another torch import)."""
+    cmd = [sys.executable, str(script), *args]
+    if nproc == 1:
+        return [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)]
+    port = str(_free_port())
+    return [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=dict(_env(), MASTER_ADDR='127.0.0.1',
+                                                 MASTER_PORT=port, RANK=str(r),
+                                                 LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
+                                                 LOCAL_WORLD_SIZE=str(nproc)))
+            for r in range(nproc)]
+
+
+def _train(launcher, work_dir, nproc, per_rank, resume=None):
+    args = [ROOT, FP32, '--work-dir', str(work_dir)]
+    if nproc > 1:
+        args += ['--launcher', 'pytorch']
+    if resume:
+        args += ['--resume', str(resume)]
+    return _launch(launcher, args + ['--cfg-options', *COMMON,
+                                     f'train_cfg.samples_per_rank={per_rank}'], nproc)
+
+
+def _wait(runs: dict) -> None:
+    failed = []
+    for name, procs in runs.items():
+        for rank, proc in enumerate(procs):
+            try:
+                out, _ = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if proc.returncode != 0:
+                failed.append(f'{name} (rank {rank}, exit {proc.returncode}):\n{out[-4000:]}')
+    assert not failed, '\n'.join(failed)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('sharded')
+    launcher, switches = tmp / 'launch_train.py', tmp / 'switches.py'
+    launcher.write_text(_LAUNCHER)
+    switches.write_text(_SWITCHES)
+    dirs = {name: tmp / name for name in ('single', 'sharded', 'resumed_sharded',
+                                          'resumed_single', 'switches')}
+    _wait({'single': _train(launcher, dirs['single'], 1, 8),
+           'sharded': _train(launcher, dirs['sharded'], 2, 4)})
+    first = dirs['sharded'] / 'iter_1.pth'
+    _wait({'resumed_sharded': _train(launcher, dirs['resumed_sharded'], 2, 4, resume=first),
+           'resumed_single': _train(launcher, dirs['resumed_single'], 1, 8, resume=first),
+           'switches': _launch(switches, [BF16, str(dirs['switches'])], 2)})
+    return dirs
+
+
+def _ckpt(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def _losses(work_dir, rank):
+    with open(work_dir / f'loss.rank{rank}.jsonl') as f:
+        return [json.loads(line) for line in f]
+
+
+def _assert_same_state(a, b, atol=1e-6, rtol=1e-5):
+    assert a['state_dict'].keys() == b['state_dict'].keys()
+    for k in a['state_dict']:
+        torch.testing.assert_close(a['state_dict'][k], b['state_dict'][k], atol=atol, rtol=rtol,
+                                   msg=k)
+    oa, ob = a['optimizer'], b['optimizer']
+    assert oa['param_groups'] == ob['param_groups']
+    assert oa['state'].keys() == ob['state'].keys()
+    for i in oa['state']:
+        for k in oa['state'][i]:
+            torch.testing.assert_close(oa['state'][i][k], ob['state'][i][k], atol=atol,
+                                       rtol=rtol, msg=f'optimizer state {i} {k}')
+
+
+@pytest.mark.distributed
+def test_sharded_run_equals_single_process(runs):
+    single, sharded = _ckpt(runs['single'] / 'iter_2.pth'), _ckpt(runs['sharded'] / 'iter_2.pth')
+    # the file of a sharded run is a single-process checkpoint: full tensors, same keys
+    assert sharded['vargo_world_size'] == 2 and single['vargo_world_size'] == 1
+    assert all(type(v) is torch.Tensor for v in sharded['state_dict'].values())
+    _assert_same_state(single, sharded)
+    start = _ckpt(runs['single'] / 'iter_1.pth')['state_dict']
+    moved = max((single['state_dict'][k] - start[k]).abs().max().item() for k in start)
+    assert moved > LR / 2   # the second iteration trained
+    # the loss each rank logs is its share (rows of this rank x world size / all rows): the
+    # mean over the ranks is the single-process loss; the gradient norm is global
+    one = _losses(runs['single'], 0)
+    two = [_losses(runs['sharded'], r) for r in (0, 1)]
+    assert [e['iter'] for e in one] == [e['iter'] for e in two[0]] == [1, 2]
+    for it in range(2):
+        mean = (two[0][it]['loss'] + two[1][it]['loss']) / 2
+        assert mean == pytest.approx(one[it]['loss'], rel=1e-4, abs=1e-7)
+        for rank in (0, 1):
+            assert two[rank][it]['grad_norm'] == pytest.approx(one[it]['grad_norm'], rel=1e-5)
+
+
+@pytest.mark.distributed
+def test_sharded_checkpoint_resumes_sharded_and_in_one_process(runs):
+    full = _ckpt(runs['sharded'] / 'iter_2.pth')
+    resumed = _ckpt(runs['resumed_sharded'] / 'iter_2.pth')
+    _assert_same_state(full, resumed, atol=0, rtol=0)          # bit-exact on 2 processes
+    _assert_same_state(full, _ckpt(runs['resumed_single'] / 'iter_2.pth'))
+    for name in ('resumed_sharded', 'resumed_single'):
+        assert [e['iter'] for e in _losses(runs[name], 0)] == [2]
+
+
+@pytest.mark.distributed
+def test_activation_checkpointing_and_bf16_switches(runs):
+    out = torch.load(runs['switches'] / 'grads.pt', weights_only=True)
+    plain, checkpointed, bf16 = out['plain'], out['checkpointed'], out['bf16']
+    assert plain.keys() == checkpointed.keys() == bf16.keys() and len(plain) == 20
+    torch.testing.assert_close(out['logp_ac'], out['logp'], atol=1e-6, rtol=1e-6)
+    for k in plain:
+        assert plain[k].abs().max() > 0, k
+        torch.testing.assert_close(checkpointed[k], plain[k], atol=1e-7, rtol=1e-5, msg=k)
+        assert bf16[k].dtype == torch.float32 and torch.isfinite(bf16[k]).all(), k
+        cos = torch.nn.functional.cosine_similarity(bf16[k].flatten(), plain[k].flatten(), dim=0)
+        assert cos > 0.999, (k, float(cos))
+    assert (out['logp_bf16'] - out['logp']).abs().max() < 0.01
+    # one iteration of the shipped settings (bf16, activation checkpointing): fp32 weights,
+    # each moved by at most one AdamW step from where the fp32 sharded run started
+    ckpt = _ckpt(runs['switches'] / 'iter_1.pth')
+    start = _ckpt(runs['single'] / 'iter_1.pth')['state_dict']
+    assert ckpt['state_dict'].keys() == start.keys()
+    for k, v in ckpt['state_dict'].items():
+        assert v.dtype == start[k].dtype and torch.isfinite(v).all(), k
+        assert (v - start[k]).abs().max() <= 2 * LR + 1e-6, k
+
+
+def test_unshardable_policy_and_bad_settings_are_one_line_errors(capsys):
+    train = load_tool('train')
+    # the settings are checked before the policy (the toy policy names no shard units)
+    cases = [
+        ([], 'ToyPolicy names no shard units (ToyPolicy.shard_units() returns none), so it '
+             'cannot be sharded'),
+        (['model_wrapper_cfg.mixed_precision=fp16'],
+         "model_wrapper_cfg.mixed_precision='fp16': must be None (fp32) or 'bf16'"),
+        (['model_wrapper_cfg.activation_checkpointing=1'],
+         'model_wrapper_cfg.activation_checkpointing=1: must be True or False'),
+        (['model_wrapper_cfg.cpu_offload=True'],
+         "VargoFSDP got unknown setting(s) ['cpu_offload']"),
+    ]
+    for options, expected in cases:
+        argv = [TOY, '--dry-run', '--cfg-options', 'model_wrapper_cfg.type=VargoFSDP', *options]
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert expected in err and '\n' not in err, err
+
+
+class _Policy(torch.nn.Module):
+    """Three linear layers; ``units(self)`` gives its shard units."""
+
+    def __init__(self, units):
+        super().__init__()
+        self.a, self.b, self.head = (torch.nn.Linear(2, 2) for _ in range(3))
+        self._units = units
+
+    def shard_units(self):
+        return self._units(self)
+
+
+def test_shard_units_are_checked():
+    from vargo.core.registry import ConfigError
+    from vargo.core.sharding import check_shard_units
+    policy = _Policy(lambda p: [p.a, p.b, p.head])
+    assert check_shard_units(policy) == [policy.a, policy.b, policy.head]
+    frozen_head = _Policy(lambda p: [p.a, p.b])
+    frozen_head.head.requires_grad_(False)
+    assert len(check_shard_units(frozen_head)) == 2    # frozen parts may stay whole
+    cases = [
+        (_Policy(lambda p: [p.a]), 'trainable parameter(s) of _Policy in no shard unit '
+                                   '(b.weight, b.bias, head.weight, head.bias)'),
+        (_Policy(lambda p: [p, p.a]), "shard unit '(the policy itself)' of _Policy holds other "
+                                      "units (a)"),
+        (_Policy(lambda p: [torch.nn.Linear(1, 1)]), 'returned a Linear that is not a '
+                                                     'sub-module of the policy'),
+        (_Policy(lambda p: [p.a, p.a]), 'lists a module twice'),
+    ]
+    tied = _Policy(lambda p: [p.a, p.b])
+    tied.head.requires_grad_(False)
+    tied.head.weight = tied.a.weight
+    cases.append((tied, "head.weight of _Policy is the same tensor as a parameter of shard unit "
+                        "'a' (tied weights)"))
+    for policy, expected in cases:
+        with pytest.raises(ConfigError) as err:
+            check_shard_units(policy)
+        assert expected in str(err.value) and '\n' not in str(err.value), str(err.value)
