@@ -107,7 +107,7 @@ def check_shard_units(policy: nn.Module) -> list[nn.Module]:
         raise ConfigError(f'model_wrapper_cfg VargoFSDP: trainable parameter(s) of {name} in no '
                           f'shard unit ({", ".join(uncovered[:5])}'
                           + (' ...' if len(uncovered) > 5 else '') + '); FSDP would not reduce '
-                          f'their gradients: add the modules holding them to shard_units()')
+                          'their gradients: add the modules holding them to shard_units()')
     for mod_name, module in policy.named_modules():
         if id(module) in unit_ids:
             continue

@@ -10,12 +10,13 @@ One module fixture launches every run, concurrently where they do not depend on 
   with activation checkpointing, and sharded in bf16; then one iteration of the shipped settings
   (``configs/_base_/sharding/fsdp_bf16.py``: bf16 and activation checkpointing).
 
-Runs go through a launcher that skips MMEngine's yapf formatting of the config text (about 2 s
-of CPU a call, six calls a run) and records every rank's loss and gradient norm per iteration.
+All run in one subprocess that imports torch, MMEngine, transformers and vargo once and forks
+every rank of every run from there (9 processes would otherwise pay ~5 CPU-s of imports each);
+it skips MMEngine's yapf formatting of the config text (~2 CPU-s a call, six calls a run) and
+records every rank's loss and gradient norm per iteration.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -32,20 +33,35 @@ COMMON = ['train_cfg.max_iters=2', 'default_hooks.checkpoint.interval=1',
           'default_hooks.image_grid=None', 'default_hooks.curves=None',
           'default_hooks.report=None']
 
-_LAUNCHER = r'''
-import json, os, sys
+_RUNS = r'''
+# Runs every job of a JSON spec, phase by phase, as processes forked from this one after the
+# imports (each rank of a job is a process with torchrun's environment), so the imports are paid
+# once, not once per process. Exit 1 with the logs of the jobs that failed.
+import json, os, socket, sys, traceback
 import mmengine.config.config as mmengine_config
-mmengine_config.FormatCode = lambda text, **kwargs: (text, False)
+mmengine_config.FormatCode = lambda text, **kwargs: (text, False)   # yapf: ~2 CPU-s a call
 from mmengine.hooks import Hook
-from vargo.core.registry import HOOKS
+import torch
 import vargo.core.runner as vargo_runner
+from vargo.core.registry import ALL_REGISTRIES, HOOKS
+from vargo.core.rng import BatchRNG
+from vargo.core.sharding import VargoFSDP
+from vargo.core.types import Conditions
+from vargo.core.validation import build_model
+import transformers.models.janus.modeling_janus  # noqa: F401
+for registry in ALL_REGISTRIES.values():
+    registry.import_from_location()
+spec = json.load(open(sys.argv[1]))
+sys.path.insert(0, os.path.join(spec['root'], 'tools'))
+import train
 
 
 @HOOKS.register_module(force=True)
 class RecordLossHook(Hook):
+    # every rank's loss and gradient norm per iteration, to <work_dir>/loss.rank<r>.jsonl
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         grad_norm = runner.message_hub.get_scalar('train/grad_norm').current()
-        with open(os.path.join(runner.work_dir, f'loss.rank{os.environ.get("RANK", 0)}.jsonl'),
+        with open(os.path.join(runner.work_dir, f'loss.rank{os.environ["RANK"]}.jsonl'),
                   'a') as f:
             f.write(json.dumps({'iter': runner.iter + 1, 'loss': outputs['loss'],
                                 'grad_norm': float(grad_norm)}) + '\n')
@@ -61,133 +77,125 @@ def load_config(path, options=None):
 
 
 vargo_runner.load_config = load_config
-sys.path.insert(0, os.path.join(sys.argv.pop(1), 'tools'))
-import train
-sys.exit(train.main(sys.argv[1:]))
-'''
-
-_SWITCHES = r'''
-import os, sys
-import mmengine.config.config as mmengine_config
-mmengine_config.FormatCode = lambda text, **kwargs: (text, False)
-import torch
-from vargo.core.rng import BatchRNG
-from vargo.core.runner import build_runner, load_config, prepare_config
-from vargo.core.sharding import VargoFSDP
-from vargo.core.types import Conditions
-from vargo.core.validation import build_model
-
-config, out = sys.argv[1:3]
-options = {'train_cfg.max_iters': 1, 'train_cfg.samples_per_rank': 4,
-           'default_hooks.checkpoint.interval': 1, 'default_hooks.image_grid': None,
-           'default_hooks.curves': None, 'default_hooks.report': None}
-cfg = prepare_config(load_config(config, options), config_path=config, work_dir=out,
-                     launcher='pytorch')
-rank = torch.distributed.get_rank()
 
 
-def build():
-    torch.manual_seed(0)
-    return build_model(cfg)
+def switches(config, out):
+    # gradients of one teacher-forced evaluation: one process, sharded with activation
+    # checkpointing, sharded in bf16; then one training iteration of ``config``
+    options = {'train_cfg.max_iters': 1, 'train_cfg.samples_per_rank': 4,
+               'default_hooks.checkpoint.interval': 1, 'default_hooks.image_grid': None,
+               'default_hooks.curves': None, 'default_hooks.report': None}
+    cfg = vargo_runner.prepare_config(load_config(config, options), config_path=config,
+                                      work_dir=out, launcher='pytorch')
+
+    def build():
+        torch.manual_seed(0)
+        return build_model(cfg)
+
+    algo = build()
+    # the same samples on both ranks: the sharded gradient (the mean over the ranks) is the
+    # gradient of one process
+    rollout = algo.generate(Conditions(prompts=['a red cat']),
+                            BatchRNG(3, 0, algo.group_size, rank=0, world_size=1))
+
+    def gradients(model):
+        ev = model.policy.evaluate(rollout, spec=model.sampler.logprob_spec())
+        weights = torch.linspace(-1, 1, ev.logp.numel()).view_as(ev.logp)
+        ((ev.logp * weights).sum() + ev.entropy.mean()).backward()
+        grads = {n: p.grad.full_tensor() if hasattr(p.grad, 'full_tensor') else p.grad.clone()
+                 for n, p in model.policy.named_parameters() if p.requires_grad}
+        model.policy.zero_grad(set_to_none=True)
+        return ev.logp.detach(), grads
+
+    logp, plain = gradients(algo)
+    VargoFSDP(algo, activation_checkpointing=True)
+    logp_ac, checkpointed = gradients(algo)
+    bf16_algo = build()
+    VargoFSDP(bf16_algo, mixed_precision='bf16', activation_checkpointing=True)
+    logp_bf16, bf16 = gradients(bf16_algo)
+    if torch.distributed.get_rank() == 0:
+        os.makedirs(out, exist_ok=True)
+        torch.save({'plain': plain, 'checkpointed': checkpointed, 'bf16': bf16, 'logp': logp,
+                    'logp_ac': logp_ac, 'logp_bf16': logp_bf16}, os.path.join(out, 'grads.pt'))
+    vargo_runner.build_runner(cfg).train()
+    return 0
 
 
-algo = build()
-# the same samples on both ranks, so the sharded gradient (the mean over the ranks) is the
-# gradient of one process
-rollout = algo.generate(Conditions(prompts=['a red cat']),
-                        BatchRNG(3, 0, algo.group_size, rank=0, world_size=1))
+def run(job, rank, port, log):
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank))
+    if job['nproc'] > 1:
+        os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port),
+                          WORLD_SIZE=str(job['nproc']), LOCAL_WORLD_SIZE=str(job['nproc']))
+    try:
+        code = switches(*job['argv']) if job['kind'] == 'switches' else train.main(job['argv'])
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
-def gradients(model):
-    ev = model.policy.evaluate(rollout, spec=model.sampler.logprob_spec())
-    weights = torch.linspace(-1, 1, ev.logp.numel()).view_as(ev.logp)
-    ((ev.logp * weights).sum() + ev.entropy.mean()).backward()
-    grads = {n: p.grad.full_tensor() if hasattr(p.grad, 'full_tensor') else p.grad.clone()
-             for n, p in model.policy.named_parameters() if p.requires_grad}
-    model.policy.zero_grad(set_to_none=True)
-    return ev.logp.detach(), grads
-
-
-logp, plain = gradients(algo)                              # one process, no checkpointing
-VargoFSDP(algo, activation_checkpointing=True)
-logp_ac, checkpointed = gradients(algo)                    # sharded, checkpointed
-bf16_algo = build()
-VargoFSDP(bf16_algo, mixed_precision='bf16', activation_checkpointing=True)
-logp_bf16, bf16 = gradients(bf16_algo)
-if rank == 0:
-    os.makedirs(out, exist_ok=True)
-    torch.save({'plain': plain, 'checkpointed': checkpointed, 'bf16': bf16, 'logp': logp,
-                'logp_ac': logp_ac, 'logp_bf16': logp_bf16}, os.path.join(out, 'grads.pt'))
-build_runner(cfg).train()
-'''
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
-    env['PYTHONPATH'] = os.path.join(ROOT, 'tests') + os.pathsep + env.get('PYTHONPATH', '')
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def _launch(script, args, nproc) -> list:
-    """``nproc`` processes of ``script`` with torchrun's environment (started directly: the
-    launcher process would cost another torch import)."""
-    cmd = [sys.executable, str(script), *args]
-    if nproc == 1:
-        return [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)]
-    port = str(_free_port())
-    return [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=dict(_env(), MASTER_ADDR='127.0.0.1',
-                                                 MASTER_PORT=port, RANK=str(r),
-                                                 LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
-                                                 LOCAL_WORLD_SIZE=str(nproc)))
-            for r in range(nproc)]
-
-
-def _train(launcher, work_dir, nproc, per_rank, resume=None):
-    args = [ROOT, FP32, '--work-dir', str(work_dir)]
-    if nproc > 1:
-        args += ['--launcher', 'pytorch']
-    if resume:
-        args += ['--resume', str(resume)]
-    return _launch(launcher, args + ['--cfg-options', *COMMON,
-                                     f'train_cfg.samples_per_rank={per_rank}'], nproc)
-
-
-def _wait(runs: dict) -> None:
+for phase in spec['phases']:
+    children = {}
+    for job in phase:
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = s.getsockname()[1]
+        for rank in range(job['nproc']):
+            log = os.path.join(spec['logs'], f'{job["name"]}.rank{rank}.log')
+            sys.stdout.flush()
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                run(job, rank, port, log)
+            children[pid] = log
     failed = []
-    for name, procs in runs.items():
-        for rank, proc in enumerate(procs):
-            try:
-                out, _ = proc.communicate(timeout=300)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                out, _ = proc.communicate()
-            if proc.returncode != 0:
-                failed.append(f'{name} (rank {rank}, exit {proc.returncode}):\n{out[-4000:]}')
-    assert not failed, '\n'.join(failed)
+    for pid, log in children.items():
+        _, status = os.waitpid(pid, 0)
+        if status:
+            failed.append(log)
+    if failed:
+        for log in failed:
+            print(f'== {log} ==\n' + open(log).read()[-4000:])
+        sys.exit(1)
+'''
+
+
+def _train_job(name, work_dir, nproc, per_rank, resume=None):
+    argv = [FP32, '--work-dir', str(work_dir)]
+    if nproc > 1:
+        argv += ['--launcher', 'pytorch']
+    if resume:
+        argv += ['--resume', str(resume)]
+    argv += ['--cfg-options', *COMMON, f'train_cfg.samples_per_rank={per_rank}']
+    return dict(name=name, kind='train', nproc=nproc, argv=argv)
 
 
 @pytest.fixture(scope='module')
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('sharded')
-    launcher, switches = tmp / 'launch_train.py', tmp / 'switches.py'
-    launcher.write_text(_LAUNCHER)
-    switches.write_text(_SWITCHES)
     dirs = {name: tmp / name for name in ('single', 'sharded', 'resumed_sharded',
                                           'resumed_single', 'switches')}
-    _wait({'single': _train(launcher, dirs['single'], 1, 8),
-           'sharded': _train(launcher, dirs['sharded'], 2, 4)})
     first = dirs['sharded'] / 'iter_1.pth'
-    _wait({'resumed_sharded': _train(launcher, dirs['resumed_sharded'], 2, 4, resume=first),
-           'resumed_single': _train(launcher, dirs['resumed_single'], 1, 8, resume=first),
-           'switches': _launch(switches, [BF16, str(dirs['switches'])], 2)})
+    phases = [
+        [_train_job('single', dirs['single'], 1, 8), _train_job('sharded', dirs['sharded'], 2, 4)],
+        [_train_job('resumed_sharded', dirs['resumed_sharded'], 2, 4, resume=first),
+         _train_job('resumed_single', dirs['resumed_single'], 1, 8, resume=first),
+         dict(name='switches', kind='switches', nproc=2, argv=[BF16, str(dirs['switches'])])],
+    ]
+    (tmp / 'logs').mkdir()
+    (tmp / 'spec.json').write_text(json.dumps(dict(root=ROOT, logs=str(tmp / 'logs'),
+                                                   phases=phases)))
+    (tmp / 'runs.py').write_text(_RUNS)
+    env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
+    env['PYTHONPATH'] = os.path.join(ROOT, 'tests') + os.pathsep + env.get('PYTHONPATH', '')
+    proc = subprocess.run([sys.executable, str(tmp / 'runs.py'), str(tmp / 'spec.json')],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
     return dirs
 
 
