@@ -5,7 +5,8 @@ The estimates are stated with their assumptions:
 
 * memory per rank = fp32 weights of every parameter (policy, frozen tokenizer/text encoder)
   + gradients and AdamW's two moments of the trainable ones + the reference's copy of the
-  trainable ones. Activations and KV caches are not included.
+  trainable ones. Activations and KV caches are not included. A sharded config
+  (``model_wrapper_cfg`` VargoFSDP) also gets the per-rank share on N processes.
 * FLOPs per iteration = rollout + reference + update forward/backward, from the policy's
   ``flops_per_sample(spec)`` if it has one, else ``2 * trainable parameters`` per action per
   forward (the GEMM count of a transformer, attention ignored), times 2 for CFG's doubled
@@ -48,6 +49,27 @@ def _describe_optimizer(validated) -> str:
     lr = group.get('initial_lr', group.get('lr'))
     return f'{type(opt).__name__}(lr={lr:g}) in {type(ow).__name__}' if lr is not None \
         else f'{type(opt).__name__} in {type(ow).__name__}'
+
+
+def _sharded_memory(cfg: Config, policy, train: int) -> list[str]:
+    """The memory line of a sharded run (``model_wrapper_cfg`` VargoFSDP): the shard units'
+    weights, the gradients and AdamW moments of the trainable parameters and the reference's
+    units are split over the ranks; the frozen parts outside the units are whole on each."""
+    from .sharding import is_sharding_wrapper
+    if not is_sharding_wrapper(cfg.get('model_wrapper_cfg')):
+        return []
+    seen, units = set(), 0
+    for unit in policy.shard_units():
+        for p in unit.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                units += p.numel()
+    whole = 4 * (count_parameters(policy)[1] - sum(
+        p.numel() for p in policy.parameters() if id(p) in seen and not p.requires_grad))
+    split = 4 * units + 4 * train * 3 + 4 * units
+    return [f'  sharded (est)     {_fmt(split, "B")} / N + {_fmt(whole, "B")} per rank on N '
+            f'processes ({_fmt(split / 8 + whole, "B")} on 8): model_wrapper_cfg '
+            f'{cfg.model_wrapper_cfg.get("type")}']
 
 
 def dry_run_report(cfg: Config, validated=None) -> str:
@@ -99,6 +121,7 @@ def dry_run_report(cfg: Config, validated=None) -> str:
         f'  hooks             {", ".join(type(h).__name__ for h in validated.hooks.values())}',
         f'  memory/rank (est) {_fmt(mem, "B")} = weights + grads + AdamW moments + reference '
         f'(activations and KV cache not included)',
+        *_sharded_memory(cfg, policy, train),
         f'  FLOPs/iteration   {_fmt(rollout + update + reference, "FLOP")} per rank '
         f'(rollout {_fmt(rollout)}, update {_fmt(update)}, reference {_fmt(reference)}; '
         f'basis: {basis})',

@@ -335,3 +335,12 @@ def test_shard_units_are_checked():
         with pytest.raises(ConfigError) as err:
             check_shard_units(policy)
         assert expected in str(err.value) and '\n' not in str(err.value), str(err.value)
+
+
+def test_dry_run_reports_the_share_of_a_rank(capsys):
+    # tiny Janus: 90432 trained parameters, all in the shard units, 1.17 M frozen outside them:
+    # (weights + reference units + grads + 2 moments) x 4 B split, the frozen parts whole
+    assert load_tool('train').main([FP32, '--dry-run']) == 0
+    out = capsys.readouterr().out
+    assert ('sharded (est)     1.81 MB / N + 4.68 MB per rank on N processes (4.91 MB on 8): '
+            'model_wrapper_cfg VargoFSDP') in out, out
