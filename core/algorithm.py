@@ -18,6 +18,7 @@ registered sub-module, so it is never stored in checkpoints (it equals the initi
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
@@ -186,12 +187,19 @@ class RLAlgorithm(BaseModel):
         was_training = self.policy.training
         self.policy.eval()
         try:
-            cond = self.policy.encode_conditions(cond.to(self.device))
-            rollout = sampler.rollout(self.policy, cond, group_size=self.group_size, rng=rng,
-                                           ctx=ctx)
+            with self.rollout_context():
+                cond = self.policy.encode_conditions(cond.to(self.device))
+                rollout = sampler.rollout(self.policy, cond, group_size=self.group_size, rng=rng,
+                                          ctx=ctx)
         finally:
             self.policy.train(was_training)
         return rollout
+
+    def rollout_context(self):
+        """Entered around every rollout (:meth:`generate`); nothing by default. A model wrapper
+        may replace it on the instance: ``VargoFSDP`` keeps a sharded policy gathered for the
+        whole rollout instead of gathering it at every decoding step."""
+        return contextlib.nullcontext()
 
     def reward_context(self, iteration: int) -> RewardContext:
         """A context without sampling noise for iteration ``iteration`` (direct calls)."""

@@ -60,13 +60,15 @@ def is_sharding_wrapper(model_wrapper_cfg) -> bool:
     return bool(getattr(cls, 'shards_module', False))
 
 
-def _check_settings(mixed_precision, activation_checkpointing, reshard_after_forward) -> None:
+def _check_settings(mixed_precision, activation_checkpointing, reshard_after_forward,
+                    gather_for_rollout) -> None:
     if mixed_precision not in _MIXED_PRECISION:
         raise ConfigError(f'model_wrapper_cfg.mixed_precision={mixed_precision!r}: must be None '
                           f'(fp32) or \'bf16\' (parameters gathered and computed in bf16, '
                           f'gradients reduced and weights kept in fp32)')
     for key, value in (('activation_checkpointing', activation_checkpointing),
-                       ('reshard_after_forward', reshard_after_forward)):
+                       ('reshard_after_forward', reshard_after_forward),
+                       ('gather_for_rollout', gather_for_rollout)):
         if not isinstance(value, bool):
             raise ConfigError(f'model_wrapper_cfg.{key}={value!r}: must be True or False')
 
@@ -127,14 +129,16 @@ def check_model_wrapper_cfg(model_wrapper_cfg, model, *, amp: bool = False) -> N
     if not is_sharding_wrapper(model_wrapper_cfg):
         return
     settings = {k: v for k, v in model_wrapper_cfg.items() if k != 'type'}
-    accepted = {'mixed_precision', 'activation_checkpointing', 'reshard_after_forward'}
+    accepted = {'mixed_precision', 'activation_checkpointing', 'reshard_after_forward',
+                'gather_for_rollout'}
     unknown = sorted(set(settings) - accepted)
     if unknown:
         raise ConfigError(f'model_wrapper_cfg: VargoFSDP got unknown setting(s) {unknown}; it '
                           f'accepts {sorted(accepted)}')
     _check_settings(settings.get('mixed_precision'),
                     settings.get('activation_checkpointing', False),
-                    settings.get('reshard_after_forward', True))
+                    settings.get('reshard_after_forward', True),
+                    settings.get('gather_for_rollout', True))
     if amp and settings.get('mixed_precision'):
         raise ConfigError(f'--amp and model_wrapper_cfg.mixed_precision='
                           f'{settings["mixed_precision"]!r}: the sharded units already compute '
@@ -166,6 +170,20 @@ def _shard_units(units: list[nn.Module], mesh, *, param_dtype: Optional[torch.dt
         if checkpoint:
             unit.forward = _checkpointed(unit.forward)
         fully_shard(unit, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=mp)
+
+
+@contextlib.contextmanager
+def _gathered(units: list[nn.Module], reshard_after_forward: bool) -> Iterator[None]:
+    """The units stay gathered from their first forward to the end of the context (one
+    all-gather per unit per rollout instead of one per decoding step), then are resharded."""
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
+            unit.set_reshard_after_forward(reshard_after_forward, recurse=False)
 
 
 def _move_unsharded(modules: list[nn.Module], device: torch.device) -> None:
@@ -205,15 +223,20 @@ class VargoFSDP(nn.Module):
             storing them (the units that hold no other unit; ``torch.utils.checkpoint``).
         reshard_after_forward: free the policy's gathered parameters after each forward (True,
             ZeRO-3) or keep them until backward (False: less communication, more memory).
+        gather_for_rollout: keep the policy gathered for a whole rollout (its units' parameters
+            in the compute dtype on every rank while it samples; one all-gather per unit per
+            rollout); False: gathered and freed again at every decoding step.
     """
 
     #: the wrapper takes the model where it was built and places it on the device itself
     shards_module = True
 
     def __init__(self, module: nn.Module, *, mixed_precision: Optional[str] = None,
-                 activation_checkpointing: bool = False, reshard_after_forward: bool = True):
+                 activation_checkpointing: bool = False, reshard_after_forward: bool = True,
+                 gather_for_rollout: bool = True):
         super().__init__()
-        _check_settings(mixed_precision, activation_checkpointing, reshard_after_forward)
+        _check_settings(mixed_precision, activation_checkpointing, reshard_after_forward,
+                        gather_for_rollout)
         from torch.distributed.device_mesh import init_device_mesh
         policy, reference = module.policy, module.reference
         units = check_shard_units(policy)
@@ -232,6 +255,8 @@ class VargoFSDP(nn.Module):
         _move_unsharded([module, reference], device)
         if hasattr(module, 'data_preprocessor'):
             module.data_preprocessor.to(device)   # (MMEngine's record of its device)
+        if gather_for_rollout:
+            module.rollout_context = functools.partial(_gathered, units, reshard_after_forward)
         self.module = module
         self.mixed_precision = mixed_precision
         self.activation_checkpointing = activation_checkpointing

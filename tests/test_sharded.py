@@ -109,6 +109,13 @@ def switches(config, out):
 
     logp, plain = gradients(algo)
     VargoFSDP(algo, activation_checkpointing=True)
+    # sampled sharded (the policy gathered for the whole rollout): the same tokens, and the
+    # units sharded again afterwards
+    again = algo.generate(Conditions(prompts=['a red cat']),
+                          BatchRNG(3, 0, algo.group_size, rank=0, world_size=1))
+    same_rollout = bool(torch.equal(again.actions, rollout.actions))
+    resharded = all(type(p).__name__ == 'DTensor' for p in algo.policy.parameters()
+                    if p.requires_grad)
     logp_ac, checkpointed = gradients(algo)
     bf16_algo = build()
     VargoFSDP(bf16_algo, mixed_precision='bf16', activation_checkpointing=True)
@@ -116,7 +123,8 @@ def switches(config, out):
     if torch.distributed.get_rank() == 0:
         os.makedirs(out, exist_ok=True)
         torch.save({'plain': plain, 'checkpointed': checkpointed, 'bf16': bf16, 'logp': logp,
-                    'logp_ac': logp_ac, 'logp_bf16': logp_bf16}, os.path.join(out, 'grads.pt'))
+                    'logp_ac': logp_ac, 'logp_bf16': logp_bf16, 'same_rollout': same_rollout,
+                    'resharded': resharded}, os.path.join(out, 'grads.pt'))
     vargo_runner.build_runner(cfg).train()
     return 0
 
@@ -257,6 +265,7 @@ def test_sharded_checkpoint_resumes_sharded_and_in_one_process(runs):
 @pytest.mark.distributed
 def test_activation_checkpointing_and_bf16_switches(runs):
     out = torch.load(runs['switches'] / 'grads.pt', weights_only=True)
+    assert out['same_rollout'] and out['resharded']
     plain, checkpointed, bf16 = out['plain'], out['checkpointed'], out['bf16']
     assert plain.keys() == checkpointed.keys() == bf16.keys() and len(plain) == 20
     torch.testing.assert_close(out['logp_ac'], out['logp'], atol=1e-6, rtol=1e-6)
