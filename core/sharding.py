@@ -125,7 +125,7 @@ def check_shard_units(policy: nn.Module) -> list[nn.Module]:
 def check_model_wrapper_cfg(model_wrapper_cfg, model, *, amp: bool = False) -> None:
     """Start-up check of a sharding ``model_wrapper_cfg`` against the built model (any launcher,
     so a single-process or ``--dry-run`` start already names the mistake); ``amp``: the optimizer
-    wrapper is MMEngine's ``AmpOptimWrapper`` (``--amp``)."""
+    wrapper is MMEngine's ``AmpOptimWrapper`` (``--amp``) in a distributed run, which shards."""
     if not is_sharding_wrapper(model_wrapper_cfg):
         return
     settings = {k: v for k, v in model_wrapper_cfg.items() if k != 'type'}
@@ -139,10 +139,10 @@ def check_model_wrapper_cfg(model_wrapper_cfg, model, *, amp: bool = False) -> N
                     settings.get('activation_checkpointing', False),
                     settings.get('reshard_after_forward', True),
                     settings.get('gather_for_rollout', True))
-    if amp and settings.get('mixed_precision'):
-        raise ConfigError(f'--amp and model_wrapper_cfg.mixed_precision='
-                          f'{settings["mixed_precision"]!r}: the sharded units already compute '
-                          f'in bf16 with fp32 weights; drop --amp')
+    if amp:
+        raise ConfigError('--amp with model_wrapper_cfg VargoFSDP: a sharded run computes in bf16 '
+                          'through model_wrapper_cfg.mixed_precision=\'bf16\' (fp32 weights, '
+                          'fp32 gradient reduction); drop --amp')
     check_shard_units(model.policy)
 
 

@@ -304,6 +304,11 @@ def test_unshardable_policy_and_bad_settings_are_one_line_errors(capsys):
         assert train.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert expected in err and '\n' not in err, err
+    # --amp (GPU only) in a sharded run: bf16 is the wrapper's setting
+    from vargo.core.registry import ConfigError
+    from vargo.core.sharding import check_model_wrapper_cfg
+    with pytest.raises(ConfigError, match=r"^--amp with model_wrapper_cfg VargoFSDP: .*drop --amp"):
+        check_model_wrapper_cfg(dict(type='VargoFSDP', mixed_precision='bf16'), None, amp=True)
 
 
 class _Policy(torch.nn.Module):
