@@ -17,6 +17,7 @@ records every rank's loss and gradient norm per iteration.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ _RUNS = r'''
 # Runs every job of a JSON spec, phase by phase, as processes forked from this one after the
 # imports (each rank of a job is a process with torchrun's environment), so the imports are paid
 # once, not once per process. Exit 1 with the logs of the jobs that failed.
-import json, os, socket, sys, traceback
+import json, os, signal, socket, sys, traceback
 import mmengine.config.config as mmengine_config
 mmengine_config.FormatCode = lambda text, **kwargs: (text, False)   # yapf: ~2 CPU-s a call
 from mmengine.hooks import Hook
@@ -162,10 +163,13 @@ for phase in spec['phases']:
                 run(job, rank, port, log)
             children[pid] = log
     failed = []
-    for pid, log in children.items():
-        _, status = os.waitpid(pid, 0)
-        if status:
+    while children:
+        pid, status = os.wait()
+        log = children.pop(pid, None)
+        if log is not None and status:
             failed.append(log)
+            for other in children:      # its peers would wait for it in a collective
+                os.kill(other, signal.SIGKILL)
     if failed:
         for log in failed:
             print(f'== {log} ==\n' + open(log).read()[-4000:])
@@ -201,9 +205,16 @@ def runs(tmp_path_factory):
     (tmp / 'runs.py').write_text(_RUNS)
     env = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1')
     env['PYTHONPATH'] = os.path.join(ROOT, 'tests') + os.pathsep + env.get('PYTHONPATH', '')
-    proc = subprocess.run([sys.executable, str(tmp / 'runs.py'), str(tmp / 'spec.json')],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-8000:] + proc.stderr[-3000:]
+    # a session of its own: a hung run is ended with every rank forked from it
+    proc = subprocess.Popen([sys.executable, str(tmp / 'runs.py'), str(tmp / 'spec.json')],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    assert proc.returncode == 0, out[-8000:] + err[-3000:]
     return dirs
 
 
