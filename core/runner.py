@@ -248,6 +248,31 @@ def find_resumable(work_dir: str, model) -> tuple[Optional[tuple[str, dict]], li
     return None, []
 
 
+class RunConfig(Config):
+    """A run's config, whose text is formatted once.
+
+    MMEngine formats ``pretty_text`` with yapf (about 2 CPU-s for a config with nested model
+    settings) each time it logs the config, dumps it to the work dir and writes a checkpoint's
+    meta. The config does not change once the Runner is built, so the first text is kept.
+    """
+
+    @classmethod
+    def frozen(cls, cfg: Config) -> 'RunConfig':
+        """``cfg`` (not copied) as a RunConfig."""
+        out = cls.__new__(cls)
+        for key, value in cfg.__dict__.items():
+            object.__setattr__(out, key, value)
+        return out
+
+    @property
+    def pretty_text(self) -> str:
+        text = self.__dict__.get('_run_pretty_text')
+        if text is None:
+            text = super().pretty_text
+            object.__setattr__(self, '_run_pretty_text', text)
+        return text
+
+
 class VargoRunner(Runner):
     """MMEngine's Runner with vargo's checkpoint handling.
 
@@ -316,7 +341,7 @@ class VargoRunner(Runner):
             default_scope=cfg.get('default_scope', 'mmengine'),
             randomness=cfg.get('randomness', dict(seed=None)),
             experiment_name=cfg.get('experiment_name'),
-            cfg=cfg,
+            cfg=RunConfig.frozen(cfg),
         )
         restore_rng_states(rng_states)
         runner._preloaded, runner._resume_skipped = preloaded, tuple(skipped)

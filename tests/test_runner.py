@@ -132,3 +132,26 @@ def test_make_grid_enlarges_small_images_by_whole_pixels():
     assert (cell[::3, ::3] == expect).all() and (cell[1::3, 2::3] == expect).all()
     assert make_grid(imgs, nrow=3, min_cell=0).shape == (2 * 34 + 2, 3 * 34 + 2, 3)
     assert make_grid(torch.rand(2, 3, 128, 128)).shape[0] == 128 + 4   # large: unchanged
+
+
+def test_config_text_is_formatted_once_per_run(tmp_path, monkeypatch):
+    """MMEngine formats the config (yapf, ~2 CPU-s for a large config) for the log, the dumped
+    copy and every checkpoint's meta: a run formats it once and reuses the text."""
+    import mmengine.config.config as mmengine_config
+    import toy_components  # noqa: F401  (registers the toy family)
+    from vargo.core.runner import build_runner, load_config, prepare_config
+    calls = []
+    real = mmengine_config.FormatCode
+
+    def counting(text, **kwargs):
+        calls.append(len(text))
+        return real(text, **kwargs)
+    monkeypatch.setattr(mmengine_config, 'FormatCode', counting)
+    cfg = load_config(TOY, cfg_options={'train_cfg.max_iters': 3,
+                                        'default_hooks.checkpoint.interval': 1})
+    runner = build_runner(prepare_config(cfg, config_path=TOY, work_dir=str(tmp_path)))
+    runner.train()
+    assert len(calls) == 1, calls
+    dumped = (tmp_path / os.path.basename(TOY)).read_text()
+    meta = torch.load(tmp_path / 'iter_3.pth', map_location='cpu', weights_only=True)['meta']
+    assert dumped == runner.cfg.pretty_text == meta['cfg']
