@@ -2,9 +2,7 @@
 base config, the KL VAE round trip, the pretraining loss, and samples that reproduce the model
 card.
 
-Model-card tolerance: as tests/test_shapes_models.py, 4 binomial standard deviations of the
-difference between the card's estimate (n_card samples) and this test's (n samples, its own
-fixed seed): ``4 sqrt(max(p (1 - p), 0.05) (1 / n + 1 / n_card))``.
+Model-card helpers and tolerance: tests/shapes_cards.py.
 """
 import os
 
@@ -12,12 +10,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-# the model-card helpers of the VAR tests (card JSON, binomial tolerance, strict loading)
-from test_var_shapes import (SEED, _path, _within, assert_loads_strictly_as_float32,
-                             assert_samples_reproduce_card, card)
+from shapes_cards import (SEED, assert_loads_strictly_as_float32, assert_samples_reproduce_card,
+                          build_policy, card, repo_path, within)
 from vargo.components.datasets.shapes import NUM_CLASSES, ShapesImageDataset
 from vargo.components.rewards.shapes_eval import score_images
-from vargo.core.registry import POLICIES, SAMPLERS
+from vargo.core.registry import SAMPLERS
 from vargo.core.runner import load_config
 from vargo.core.types import Conditions
 
@@ -29,18 +26,9 @@ def cfg():
     return load_config(BASE)
 
 
-def _build(cfg, **overrides):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        return POLICIES.build({**dict(cfg.policy), **overrides})
-    finally:
-        os.chdir(cwd)
-
-
 @pytest.fixture(scope='module')
 def policy(cfg):
-    return _build(cfg).eval()
+    return build_policy(cfg).eval()
 
 
 # ---- files and strict loading ------------------------------------------------------------------
@@ -48,10 +36,10 @@ def test_config_names_the_shipped_files_and_the_card_sampler(cfg):
     pc = cfg.policy
     assert pc.type == 'MARPolicy' and pc.num_classes == NUM_CLASSES and pc.image_size == 32
     for p, name in ((pc.checkpoint, 'mar_shapes_c2i'), (pc.tokenizer_checkpoint, 'kl_vae_shapes')):
-        assert not os.path.isabs(p) and os.path.isfile(_path(p)), p
+        assert not os.path.isabs(p) and os.path.isfile(repo_path(p)), p
         assert os.path.basename(p) == f'{name}.safetensors'
-        assert os.path.getsize(_path(p)) < 4.5e6
-        assert os.path.isfile(_path(p[:-len('.safetensors')] + '.md'))
+        assert os.path.getsize(repo_path(p)) < 4.5e6
+        assert os.path.isfile(repo_path(p[:-len('.safetensors')] + '.md'))
         assert card(name)['config'] == 'configs/_base_/policies/mar_shapes_c2i.py'
     assert cfg.sampler.type == 'MaskedSampler'
     assert card('mar_shapes_c2i')['evaluation']['sampler'] == dict(cfg.sampler)
@@ -80,7 +68,7 @@ def test_kl_vae_round_trip_reproduces_the_card_reconstruction_score(policy):
     strict = score_images(rec, [it['class_id'] for it in items]).strict.float().mean().item()
     ref = card('kl_vae_shapes')['evaluation']['c2i']['reconstruction']
     assert ref['strict'] >= 0.95
-    ok, tol = _within(strict, ref['strict'], 64, ref['n'])
+    ok, tol = within(strict, ref['strict'], 64, ref['n'])
     assert ok, f'{strict:.3f} vs card {ref["strict"]:.3f} (tolerance {tol:.3f})'
 
 
@@ -100,7 +88,7 @@ def _seeded_loss(policy, tokens, cond, seed=0):
 def test_pretrain_loss_trains_transformer_and_head(cfg):
     # the shipped weights: at the official init the head's output and AdaLN layers are zero, so
     # nothing upstream of them gets a gradient on the first step
-    policy = _build(cfg).train()
+    policy = build_policy(cfg).train()
     tokens, cond = _batch(policy)
     loss = _seeded_loss(policy, tokens, cond)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -116,7 +104,7 @@ def test_pretrain_loss_trains_transformer_and_head(cfg):
 
 def test_pretrain_loss_falls_on_one_fixed_batch(cfg):
     torch.manual_seed(0)
-    policy = _build(cfg, checkpoint=None).train()        # the official random init
+    policy = build_policy(cfg, checkpoint=None).train()        # the official random init
     tokens, cond = _batch(policy)
     opt = torch.optim.Adam(policy.trainable_parameters(), lr=1e-3)
     before = _seeded_loss(policy, tokens, cond).item()
@@ -129,7 +117,7 @@ def test_pretrain_loss_falls_on_one_fixed_batch(cfg):
 
 
 def test_pretrain_loss_with_fix_head_leaves_the_head_without_gradients(cfg):
-    policy = _build(cfg, fix_head=True).train()
+    policy = build_policy(cfg, fix_head=True).train()
     tokens, cond = _batch(policy, 4)
     _seeded_loss(policy, tokens, cond).backward()
     assert all(p.grad is None for p in policy.mar.diffloss.parameters())

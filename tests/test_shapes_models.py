@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import ROOT
-from test_var_shapes import assert_loads_strictly_as_float32
+from shapes_cards import assert_loads_strictly_as_float32
 from vargo.components.datasets.shapes import (NUM_CLASSES, SHAPES_VOCABULARY,
                                               ShapesImageDataset, ShapesPromptDataset)
 from vargo.components.policies.llamagen import (CheckpointKeyError, load_official,

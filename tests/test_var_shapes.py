@@ -3,31 +3,24 @@ base config, the multi-scale VQVAE round trip, samples that reproduce the model 
 seeded short GRPO run of configs/grpo/var_grpo_shapes.py that raises ShapesEval (measured by
 tools/eval.py).
 
-Model-card tolerance: as tests/test_shapes_models.py, 4 binomial standard deviations of the
-difference between the card's estimate (n_card samples) and this test's (n samples, its own
-fixed seed): ``4 sqrt(max(p (1 - p), 0.05) (1 / n + 1 / n_card))``.
+Model-card helpers and tolerance: tests/shapes_cards.py.
 """
 import json
-import math
 import os
 
 import pytest
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 from conftest import ROOT, run_python
+from shapes_cards import (SEED, assert_loads_strictly_as_float32, assert_samples_reproduce_card,
+                          build_policy, card, repo_path)
 from vargo.components.datasets.shapes import NUM_CLASSES, ShapesImageDataset
 from vargo.components.rewards.shapes_eval import score_images
-from vargo.core.registry import POLICIES, SAMPLERS
-from vargo.core.rng import BatchRNG
+from vargo.core.registry import SAMPLERS
 from vargo.core.runner import load_config
-from vargo.core.types import Conditions
 
 BASE = os.path.join(ROOT, 'configs', '_base_', 'policies', 'var_shapes_c2i.py')
 GRPO = os.path.join(ROOT, 'configs', 'grpo', 'var_grpo_shapes.py')
-WEIGHTS = os.path.join(ROOT, 'components', 'benchmarks', 'weights')
-SEED = 1234
 
 
 @pytest.fixture(scope='module')
@@ -37,27 +30,7 @@ def cfg():
 
 @pytest.fixture(scope='module')
 def policy(cfg):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        p = POLICIES.build(dict(cfg.policy))
-    finally:
-        os.chdir(cwd)
-    return p.eval()
-
-
-def card(name):
-    with open(os.path.join(WEIGHTS, f'{name}.json')) as f:
-        return json.load(f)
-
-
-def _path(p):
-    return os.path.join(ROOT, p)
-
-
-def _within(measured, p, n, n_card):
-    tol = 4 * math.sqrt(max(p * (1 - p), 0.05) * (1 / n + 1 / n_card))
-    return abs(measured - p) <= tol, tol
+    return build_policy(cfg).eval()
 
 
 # ---- files and strict loading ------------------------------------------------------------------
@@ -65,30 +38,14 @@ def test_config_names_the_shipped_files_and_the_card_sampler(cfg):
     pc = cfg.policy
     assert pc.type == 'VARPolicy' and pc.num_classes == NUM_CLASSES and pc.image_size == 32
     for p, name in ((pc.checkpoint, 'var_shapes_c2i'), (pc.tokenizer_checkpoint, 'msvq_shapes')):
-        assert not os.path.isabs(p) and os.path.isfile(_path(p)), p
+        assert not os.path.isabs(p) and os.path.isfile(repo_path(p)), p
         assert os.path.basename(p) == f'{name}.safetensors'
-        assert os.path.getsize(_path(p)) < 3.5e6
-        assert os.path.isfile(_path(p[:-len('.safetensors')] + '.md'))
+        assert os.path.getsize(repo_path(p)) < 3.5e6
+        assert os.path.isfile(repo_path(p[:-len('.safetensors')] + '.md'))
         assert card(name)['config'] == 'configs/_base_/policies/var_shapes_c2i.py'
     s = cfg.sampler
     assert s.type == 'NextScaleSampler'
     assert card('var_shapes_c2i')['evaluation']['sampler'] == dict(s)
-
-
-def assert_loads_strictly_as_float32(module, path):
-    """``module`` (float32) holds exactly the tensors of the shipped file ``path`` (relative to
-    the repository root), stored in the dtype its metadata records (shared with
-    tests/test_mar_shapes.py)."""
-    state = load_file(_path(path))
-    own = module.state_dict()
-    assert sorted(state) == sorted(own)
-    for k, v in own.items():
-        assert v.dtype == torch.float32 or not v.is_floating_point(), k
-        assert torch.equal(v, state[k].to(v.dtype)), k
-    with safe_open(_path(path), framework='pt') as f:
-        meta = f.metadata()
-    floats = {v.dtype for v in state.values() if v.is_floating_point()}
-    assert floats == {getattr(torch, meta['stored_dtype'])}, (floats, meta['stored_dtype'])
 
 
 def test_shipped_weights_load_strictly_as_float32(cfg, policy):
@@ -118,30 +75,6 @@ def test_msvq_round_trip_keeps_shapes_eval(policy):
 
 
 # ---- samples reproduce the model card ----------------------------------------------------------
-def _sample(policy, sampler, per_condition):
-    conditions = list(range(NUM_CLASSES))
-    rng = BatchRNG(SEED, 0, len(conditions) * per_condition, rank=0, world_size=1)
-    ro = sampler.rollout(policy, Conditions(class_ids=torch.tensor(conditions)),
-                         group_size=per_condition, rng=rng)
-    return ro, score_images(ro.images, [c for c in conditions for _ in range(per_condition)])
-
-
-def assert_samples_reproduce_card(policy, sampler, name, k=3):
-    """``k`` seeded samples per class with ``sampler`` are deterministic and score (strict,
-    soft) within the binomial tolerance of card ``name``'s main evaluation; returns the card's
-    entry (shared with tests/test_mar_shapes.py)."""
-    ro, scores = _sample(policy, sampler, k)
-    ro2, _ = _sample(policy, sampler, k)
-    assert torch.equal(ro.actions, ro2.actions) and torch.equal(ro.images, ro2.images)
-    ref = card(name)['evaluation']['main']['train']
-    n, n_card = NUM_CLASSES * k, ref['n']
-    for key, value in (('strict', scores.strict.float().mean().item()),
-                       ('soft', scores.soft.mean().item())):
-        ok, tol = _within(value, ref[key], n, n_card)
-        assert ok, f'{key}: {value:.3f} vs card {ref[key]:.3f} (tolerance {tol:.3f})'
-    return ref
-
-
 def test_samples_reproduce_model_card_deterministically(cfg, policy):
     ref = assert_samples_reproduce_card(policy, SAMPLERS.build(dict(cfg.sampler)),
                                         'var_shapes_c2i')

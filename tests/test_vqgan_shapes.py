@@ -2,9 +2,7 @@
 through the base config, the VQGAN round trip, and seeded samples that decode to images and
 reproduce the model card.
 
-Model-card tolerance: as tests/test_shapes_models.py, 4 binomial standard deviations of the
-difference between the card's estimate (n_card samples) and this test's (n samples, its own
-fixed seed): ``4 sqrt(max(p (1 - p), 0.05) (1 / n + 1 / n_card))``.
+Model-card helpers and tolerance: tests/shapes_cards.py.
 """
 import os
 
@@ -12,13 +10,12 @@ import pytest
 import torch
 
 from conftest import ROOT
-# the model-card helpers of the VAR tests (card JSON, binomial tolerance, strict loading)
-from test_var_shapes import (SEED, _path, _within, assert_loads_strictly_as_float32,
-                             assert_samples_reproduce_card, card)
+from shapes_cards import (SEED, assert_loads_strictly_as_float32, assert_samples_reproduce_card,
+                          build_policy, card, repo_path, within)
 from vargo.components.datasets.shapes import NUM_CLASSES, ShapesImageDataset
 from vargo.components.policies.vqgan import StateDictMismatch
 from vargo.components.rewards.shapes_eval import score_images
-from vargo.core.registry import POLICIES, SAMPLERS
+from vargo.core.registry import SAMPLERS
 from vargo.core.rng import BatchRNG
 from vargo.core.runner import load_config
 from vargo.core.types import Conditions
@@ -31,18 +28,9 @@ def cfg():
     return load_config(BASE)
 
 
-def _build(cfg, **overrides):
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        return POLICIES.build({**dict(cfg.policy), **overrides})
-    finally:
-        os.chdir(cwd)
-
-
 @pytest.fixture(scope='module')
 def policy(cfg):
-    return _build(cfg).eval()
+    return build_policy(cfg).eval()
 
 
 # ---- files and strict loading ------------------------------------------------------------------
@@ -51,10 +39,10 @@ def test_config_names_the_shipped_files_and_the_card_sampler(cfg):
     assert pc.type == 'VQGANTransformerPolicy' and pc.num_classes == NUM_CLASSES
     assert pc.image_size == 32 and pc.tokenizer['resolution'] == 32
     for p, name in ((pc.checkpoint, 'vqgan_shapes_c2i'), (pc.tokenizer_checkpoint, 'vqgan_shapes')):
-        assert not os.path.isabs(p) and os.path.isfile(_path(p)), p
+        assert not os.path.isabs(p) and os.path.isfile(repo_path(p)), p
         assert os.path.basename(p) == f'{name}.safetensors'
-        assert os.path.getsize(_path(p)) < 3.5e6
-        assert os.path.isfile(_path(p[:-len('.safetensors')] + '.md'))
+        assert os.path.getsize(repo_path(p)) < 3.5e6
+        assert os.path.isfile(repo_path(p[:-len('.safetensors')] + '.md'))
         assert card(name)['config'] == 'configs/_base_/policies/vqgan_shapes_c2i.py'
     assert cfg.sampler.type == 'ARSampler' and cfg.sampler.cfg_scale == 1.0
     assert card('vqgan_shapes_c2i')['evaluation']['sampler'] == dict(cfg.sampler)
@@ -72,13 +60,13 @@ def test_shipped_weights_load_strictly_as_float32(cfg, policy):
 def test_files_swapped_or_architecture_changed_fail_strictly(cfg):
     pc = cfg.policy
     with pytest.raises(StateDictMismatch):          # the tokenizer file is no transformer
-        _build(cfg, checkpoint=pc.tokenizer_checkpoint)
+        build_policy(cfg, checkpoint=pc.tokenizer_checkpoint)
     with pytest.raises(StateDictMismatch):          # the transformer file is no VQGAN
-        _build(cfg, tokenizer_checkpoint=pc.checkpoint)
+        build_policy(cfg, tokenizer_checkpoint=pc.checkpoint)
     with pytest.raises(StateDictMismatch):          # one layer more than the shipped file
-        _build(cfg, arch=dict(pc.arch, n_layer=pc.arch['n_layer'] + 1))
+        build_policy(cfg, arch=dict(pc.arch, n_layer=pc.arch['n_layer'] + 1))
     with pytest.raises(StateDictMismatch):          # another codebook width
-        _build(cfg, tokenizer=dict(pc.tokenizer, embed_dim=8))
+        build_policy(cfg, tokenizer=dict(pc.tokenizer, embed_dim=8))
 
 
 # ---- the VQGAN ---------------------------------------------------------------------------------
@@ -94,7 +82,7 @@ def test_vqgan_round_trip_reproduces_the_card_reconstruction_score(policy):
     strict = score_images(rec, [it['class_id'] for it in items]).strict.float().mean().item()
     ref = card('vqgan_shapes')['evaluation']['c2i']['reconstruction']
     assert ref['strict'] >= 0.95
-    ok, tol = _within(strict, ref['strict'], 64, ref['n'])
+    ok, tol = within(strict, ref['strict'], 64, ref['n'])
     assert ok, f'{strict:.3f} vs card {ref["strict"]:.3f} (tolerance {tol:.3f})'
 
 
