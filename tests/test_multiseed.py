@@ -142,6 +142,27 @@ def test_mixed_protocols_are_flagged_and_void_the_verdicts(tmp_path, capsys):
     assert 'WARNING: the runs were evaluated under 2' in capsys.readouterr().err
 
 
+def test_a_head_scored_in_one_arm_only_voids_only_its_own_metrics(tmp_path):
+    """LOO-FID's arm scores its FID head too: that changes the protocol's ``scored_heads`` but
+    not ShapesEval's or the fidelity metrics, whose verdicts stay valid; the extra head's own
+    metrics (and a sampler difference, for every metric) stay INVALID."""
+    assert multiseed.relevant_differences(['scored_heads.fid'], 'train/shapes/strict') == []
+    assert multiseed.relevant_differences(['scored_heads.fid'], 'train/fid/mean') == \
+        ['scored_heads.fid']
+    assert multiseed.relevant_differences(['scored_heads.fid', 'sampler.cfg_scale'],
+                                          'train/fidelity/fid') == ['sampler.cfg_scale']
+    heads = dict(shapes='ShapesEvalReward')
+    for seed in range(3):
+        _write_run(tmp_path, 'grpo', seed, 0.5 + seed / 100, [0.1],
+                   dict(_protocol(), scored_heads=heads))
+        _write_run(tmp_path, 'panw', seed, 0.8 + seed / 100, [0.2],
+                   dict(_protocol(), scored_heads=dict(heads, fid='LooFidReward')))
+    summary, md = _summarise(tmp_path)
+    assert summary['protocols']['differences'] == ['scored_heads.fid']
+    (v,) = summary['verdicts']                 # eval/strict: not a metric of the fid head
+    assert v['outcome'] == 'better' and md.startswith('**WARNING')
+
+
 def test_runs_without_a_protocol_are_named(tmp_path):
     _write_run(tmp_path, 'grpo', 0, 0.5, [0.1], _protocol())
     _write_run(tmp_path, 'panw', 0, 0.8, [0.2])

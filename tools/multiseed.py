@@ -457,8 +457,10 @@ def _arm_identities(protocols: dict) -> dict[str, set]:
 
 def _protocol_warning(check: dict) -> str:
     return (f'WARNING: the runs were evaluated under {len(check["groups"])} different evaluation '
-            f'protocols (they differ in {", ".join(check["differences"])}): comparisons between '
-            f'them are not valid; re-evaluate them under one protocol')
+            f'protocols (they differ in {", ".join(check["differences"])}): comparisons of the '
+            f'metrics these settings affect are not valid (their verdicts say INVALID; a head '
+            f'scored in one arm only affects its own metrics); re-evaluate them under one '
+            f'protocol to compare those')
 
 
 def _protocol_section(check: dict) -> list[str]:
@@ -482,6 +484,17 @@ def _invalid_verdict(metric, base, arm, a, b, differences) -> dict:
                      f'difference {diff:+.4g}')
 
 
+def relevant_differences(differences: list[str], metric: str) -> list[str]:
+    """The protocol differences that bear on ``metric`` (``<split>/<head or group>/...``): a
+    reward head scored in one arm and not (or as another class) in the other changes only the
+    metrics under that head's name (``scored_heads.<name>``); every other difference (sampler,
+    seeds, splits, fidelity settings) bears on every metric."""
+    parts = metric.split('/')
+    group = parts[1] if len(parts) > 2 else None
+    return [d for d in differences
+            if not d.startswith('scored_heads.') or d == f'scored_heads.{group}']
+
+
 def _verdicts(args, table, protocols, base) -> list:
     wanted = args.verdict_metrics or sorted(
         m for m in table if m.endswith(('/shapes/strict', '/fidelity/fid', '/fidelity/recall',
@@ -494,10 +507,12 @@ def _verdicts(args, table, protocols, base) -> list:
             b = list(table.get(metric, {}).get(arm, {}).values())
             if arm == base or not a or not b:
                 continue
+            differ = []
             if len(ids.get(base, set()) | ids.get(arm, set())) > 1:
                 pair = {x: protocols[x] for x in (base, arm)}
-                out.append(_invalid_verdict(metric, base, arm, a, b,
-                                            protocol_check(pair)['differences']))
+                differ = relevant_differences(protocol_check(pair)['differences'], metric)
+            if differ:
+                out.append(_invalid_verdict(metric, base, arm, a, b, differ))
             else:
                 out.append(verdict(metric, base, arm, a, b))
     return out
