@@ -18,7 +18,9 @@ F64 = torch.float64
 FAST = settings(max_examples=60, deadline=None)
 
 ratio_st = st.floats(0.05, 5.0, allow_nan=False)
-adv_st = st.floats(-5.0, 5.0, allow_nan=False)
+# no subnormal advantages: there rho * A and the clipped (1 - eps) * A round to the same float,
+# so min() cannot tell the branches apart (found by hypothesis: A = 5e-324, rho = 0.625)
+adv_st = st.floats(-5.0, 5.0, allow_nan=False, allow_subnormal=False)
 eps_st = st.floats(0.01, 0.5, allow_nan=False)
 logp_st = st.floats(-12.0, 0.0, allow_nan=False)
 
