@@ -410,16 +410,27 @@ def _raw(dets, h=64, w=64):
                 masks=masks)
 
 
+#: the wiring tests' prompts: two counting images, a colour, a position, a colour binding
+WIRING_PROMPTS = ['a photo of two buses', 'a photo of two buses', 'a photo of a red car',
+                  'a photo of a cat left of a dog', 'a photo of a red car and a green apple']
+
+
+def _wiring_raw(cat_left: bool = True):
+    """Hand-built detector outputs of WIRING_PROMPTS: 2 buses over the counting threshold, 1 of
+    2, a car, a cat left (or right) of a dog, a car and an apple."""
+    cat, dog = ((0, 10, 20, 40), (40, 10, 60, 40)) if cat_left else ((40, 10, 60, 40),
+                                                                     (0, 10, 20, 40))
+    return [_raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.92)]),
+            _raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.85)]),
+            _raw([('car', (10, 10, 40, 40), 0.6)]),
+            _raw([('dog', dog, 0.9), ('cat', cat, 0.8)]),
+            _raw([('car', (0, 0, 30, 30), 0.7), ('apple', (35, 35, 60, 60), 0.5)])]
+
+
 def test_head_end_to_end_with_fixture_detections(head, monkeypatch):
     """The wiring: prompts -> metadata, detector output -> kept detections (with the prompt's
     threshold), colour requests -> verdicts, scores/strict/metrics/records."""
-    prompts = ['a photo of two buses', 'a photo of two buses', 'a photo of a red car',
-               'a photo of a cat left of a dog', 'a photo of a red car and a green apple']
-    raw = [_raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.92)]),
-           _raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.85)]),
-           _raw([('car', (10, 10, 40, 40), 0.6)]),
-           _raw([('dog', (40, 10, 60, 40), 0.9), ('cat', (0, 10, 20, 40), 0.8)]),
-           _raw([('car', (0, 0, 30, 30), 0.7), ('apple', (35, 35, 60, 60), 0.5)])]
+    prompts, raw = WIRING_PROMPTS, _wiring_raw()
     calls = []
 
     def fake_detector(images, min_score=0.0):
@@ -451,13 +462,7 @@ def test_head_end_to_end_with_fixture_detections(head, monkeypatch):
 
 def test_head_partial_score(head, monkeypatch):
     """score='partial': the scores are the partial credit, strict and the summary unchanged."""
-    prompts = ['a photo of two buses', 'a photo of two buses', 'a photo of a red car',
-               'a photo of a cat left of a dog', 'a photo of a red car and a green apple']
-    raw = [_raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.92)]),
-           _raw([('bus', (0, 0, 20, 20), 0.95), ('bus', (30, 0, 50, 20), 0.85)]),
-           _raw([('car', (10, 10, 40, 40), 0.6)]),
-           _raw([('dog', (0, 10, 20, 40), 0.9), ('cat', (40, 10, 60, 40), 0.8)]),
-           _raw([('car', (0, 0, 30, 30), 0.7), ('apple', (35, 35, 60, 60), 0.5)])]
+    prompts, raw = WIRING_PROMPTS, _wiring_raw(cat_left=False)
     monkeypatch.setattr(head, 'detector', lambda images, min_score=0.0: raw)
     monkeypatch.setattr(head.colours, 'classify',
                         lambda requests: [['red'] for _ in requests])
