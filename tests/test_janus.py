@@ -193,6 +193,53 @@ def test_embed_actions_are_normalised_codebook_vectors(policy):
     assert torch.allclose(q.norm(dim=-1), torch.ones(2, 16))
 
 
+def test_image_tokenizer_quantises_as_the_official_janus_vq_and_decodes_as_transformers(policy):
+    """The official Janus VQ (LlamaGen's, codebook_l2_norm) takes the code nearest to the
+    L2-normalised encoder output among the L2-normalised codes; decoding is transformers' own."""
+    import torch.nn.functional as F
+    tok = policy.image_tokenizer
+    vq = policy.janus.model.vqmodel
+    images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    ids = tok.encode(images)
+    assert ids.shape == (3, 16)
+    with torch.no_grad():
+        h = vq.quant_conv(vq.encoder(images * 2 - 1)).permute(0, 2, 3, 1).reshape(3, 16, -1)
+        z = F.normalize(h, dim=-1)
+        e = F.normalize(vq.quantize.embedding.weight, dim=-1)
+        euclid = torch.cdist(z, e.expand(3, -1, -1)).argmin(dim=-1)        # on the unit sphere
+        assert torch.equal(ids, euclid)
+        assert torch.equal(tok.decode(ids), ((vq.decode(ids) + 1) / 2).clamp(0, 1))
+        # decode_latent of the code vectors is what decode computes (up to the conv layout)
+        assert torch.allclose(tok.decode_latent(e[ids]), vq.decode(ids), atol=1e-5)
+
+
+def test_pretrain_loss_is_the_teacher_forced_cross_entropy_with_prompt_dropout(policy):
+    sampler = ARSampler(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, logprob_cfg='none',
+                        decode_images=False)
+    rollout = sampler.rollout(policy, Conditions(prompts=PROMPTS), group_size=1,
+                              rng=BatchRNG(3, 0, 2))
+    with torch.no_grad():
+        loss = policy.pretrain_loss(rollout.actions, rollout.cond, null_prob=0.0)
+        pe = policy.evaluate(rollout, spec=sampler.logprob_spec(), with_entropy=False)
+        assert torch.allclose(loss, -pe.logp.mean(), atol=1e-6)
+        # every prompt dropped: the loss is the one of the unconditional (pad) prompt, which is
+        # the same for two prompts of one token length
+        same_len = ['a red circle', 'a blue square']
+        a = policy.pretrain_loss(rollout.actions[:1], Conditions(prompts=same_len[:1]),
+                                 null_prob=1.0)
+        b = policy.pretrain_loss(rollout.actions[:1], Conditions(prompts=same_len[1:]),
+                                 null_prob=1.0)
+        c = policy.pretrain_loss(rollout.actions[:1], Conditions(prompts=same_len[1:]),
+                                 null_prob=0.0)
+        assert torch.equal(a, b) and not torch.equal(b, c)
+        # the draw follows the generator
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        assert torch.equal(policy.pretrain_loss(rollout.actions, rollout.cond, null_prob=0.5,
+                                                generator=g1),
+                           policy.pretrain_loss(rollout.actions, rollout.cond, null_prob=0.5,
+                                                generator=g2))
+
+
 @pytest.fixture(scope='module')
 def saved_dir(policy, tmp_path_factory):
     path = tmp_path_factory.mktemp('janus') / 'Janus-Pro-1B'

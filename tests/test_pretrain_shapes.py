@@ -151,9 +151,54 @@ def test_vqgan_subcommands_reject_other_configs_and_guidance(tmp_path):
     assert not (tmp_path / 'x.safetensors').exists()
 
 
+def test_janus_vq_and_janus_t2i_toy_runs_write_weights_that_load_strictly(tmp_path):
+    vq = tmp_path / 'janus_vq.safetensors'
+    proc = _run('janus-vq', '--steps', '3', '--batch-size', '4', '--eval-images', '16',
+                '--threads', '1', '--log-every', '1', '--restart-every', '1', '--out', str(vq),
+                '--no-progress')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rec = json.loads((tmp_path / 'janus_vq.json').read_text())
+    assert rec['subcommand'] == 'janus-vq' and len(rec['log']) == 3
+    assert any(row.get('restarted', 0) > 0 for row in rec['log'])
+    assert rec['architecture']['tokens'] == 64 and rec['evaluation']['codebook_size'] == 512
+    with safe_open(str(vq), framework='pt') as f:
+        keys = set(f.keys())                                      # transformers' JanusVQVAE keys
+    assert {'quantize.embedding.weight', 'quant_conv.weight', 'encoder.mid.attn_1.q.weight',
+            'decoder.conv_out.weight'} <= keys
+
+    model = tmp_path / 'janus_t2i.safetensors'
+    proc = _run('janus-t2i', '--steps', '2', '--batch-size', '4', '--threads', '1',
+                '--tokenizer-checkpoint', str(vq), '--eval-per-condition', '1',
+                '--eval-prompts', '6', '--out', str(model), '--no-progress')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    rec = json.loads((tmp_path / 'janus_t2i.json').read_text())
+    ev = rec['evaluation']['main']
+    assert set(ev) == {'train', 'eval'} and 0.0 <= ev['train']['strict'] <= 1.0
+    assert rec['architecture']['tokens'] == 64 and rec['architecture']['prompt_dropout'] == 0.1
+    with safe_open(str(model), framework='pt') as f:
+        keys = set(f.keys())
+    parts = {k.split('.')[0] for k in keys}
+    assert parts == {'language_model', 'generation_embeddings', 'generation_aligner',
+                     'generation_head'}
+
+    # both files load strictly through the config; a file of the wrong part is refused
+    from mmengine import Config
+    from vargo.components.policies.janus import JanusPolicy
+    from vargo.core.checkpoint import StateDictMismatch
+    cfg = dict(Config.fromfile(os.path.join(ROOT, 'configs/_base_/policies/janus_shapes_t2i.py'))
+               .policy)
+    cfg.pop('type')
+    JanusPolicy(**{**cfg, 'checkpoint': str(model), 'tokenizer_checkpoint': str(vq)})
+    with pytest.raises(StateDictMismatch, match='Janus generation weights file .*missing keys'):
+        JanusPolicy(**{**cfg, 'checkpoint': str(vq), 'tokenizer_checkpoint': str(vq)})
+    with pytest.raises(FileNotFoundError, match='rebuilt by tools/pretrain_shapes.py'):
+        JanusPolicy(**{**cfg, 'checkpoint': str(tmp_path / 'absent.safetensors'),
+                       'tokenizer_checkpoint': str(vq)})
+
+
 # ---- the package behind the tool: registry dispatch, one module per family ----------------------
 PACKAGE = os.path.join(ROOT, 'components', 'benchmarks', 'pretrain')
-FAMILIES = ('llamagen', 'var', 'mar', 'vqgan')
+FAMILIES = ('llamagen', 'var', 'mar', 'vqgan', 'janus')
 
 
 def test_subcommands_are_registered_by_family_and_eval_dispatches_on_policy_type():
@@ -161,14 +206,15 @@ def test_subcommands_are_registered_by_family_and_eval_dispatches_on_policy_type
     from vargo.components.benchmarks.pretrain.cli import parse_args  # noqa: F401  (registers)
     from vargo.components.benchmarks.pretrain.common import load_cfg
     assert list(PRETRAINERS) == ['vq', 'llamagen-c2i', 'llamagen-t2i', 'msvq', 'var-c2i',
-                                 'kl-vae', 'mar-c2i', 'vqgan', 'vqgan-c2i']
+                                 'kl-vae', 'mar-c2i', 'vqgan', 'vqgan-c2i', 'janus-vq', 'janus-t2i']
     assert list(WRITERS) == ['text-encoder']
     policies = os.path.join(ROOT, 'configs', '_base_', 'policies')
     expected = {'llamagen_shapes_c2i.py': ('vq', 'llamagen-c2i'),
                 'llamagen_shapes_t2i.py': ('vq', 'llamagen-t2i'),
                 'var_shapes_c2i.py': ('msvq', 'var-c2i'),
                 'mar_shapes_c2i.py': ('kl-vae', 'mar-c2i'),
-                'vqgan_shapes_c2i.py': ('vqgan', 'vqgan-c2i')}
+                'vqgan_shapes_c2i.py': ('vqgan', 'vqgan-c2i'),
+                'janus_shapes_t2i.py': ('janus-vq', 'janus-t2i')}
     for name, (tokenizer, model) in expected.items():
         cfg = load_cfg(os.path.join(policies, name))
         assert pretrainer_for(cfg, name, tokenizer=True).name == tokenizer, name

@@ -10,6 +10,8 @@
     python tools/pretrain_shapes.py mar-c2i       [--config MAR_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py vqgan         [--config VQGAN_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py vqgan-c2i     [--config VQGAN_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py janus-vq      [--config JANUS_CONFIG] [--steps N] ...
+    python tools/pretrain_shapes.py janus-t2i     [--config JANUS_CONFIG] [--steps N] ...
     python tools/pretrain_shapes.py eval          --config CONFIG [--cfg-scales 1 2 3]
 
 The Shapes benchmark (README.md, "The Shapes benchmark") ships its own small tokenizer and base
@@ -73,6 +75,16 @@ Subcommands
     the VQGAN's codes of fresh c2i images; no label dropout: the model has no null class, so
     ``--cfg-scales`` other than 1 are refused; evaluated as ``llamagen-c2i``) in
     ``vargo.components.benchmarks.pretrain.vqgan``.
+``janus-vq`` / ``janus-t2i``
+    Janus-Pro's architecture at Shapes size (``configs/_base_/policies/janus_shapes_t2i.py``,
+    transformers' ``JanusForConditionalGeneration`` built from ``policy.arch``): see
+    ``JanusVQPretrainer`` (transformers' ``JanusVQVAE``, which is LlamaGen's VQ architecture,
+    trained with the ``vq`` loss and quantised as the official Janus VQ: nearest code by cosine)
+    and ``JanusT2IPretrainer`` (:meth:`JanusPolicy.pretrain_loss`: the image tokens after the
+    prompt in Janus-Pro's chat template, the prompt replaced by its pad-token twin with
+    probability ``--prompt-dropout`` for CFG; the language model and the generation embedding,
+    aligner and head train; evaluated as ``llamagen-t2i``) in
+    ``vargo.components.benchmarks.pretrain.janus``.
 ``eval``
     Re-evaluate the weights a config names (optionally at several CFG scales) and rewrite the
     evaluation part of the model card (``--vq``: the config's tokenizer); the pretrainer is the
@@ -83,7 +95,8 @@ line): shared modules (``common``: paths, seeds, the image stream, LR schedule, 
 ``loop``: the ``Pretrainer`` interface, the subcommand registry and the training loop;
 ``evaluation``: reconstruction and sampling evaluations; ``records``: the JSON record and the
 model card; ``tokenizer`` / ``generator``: what the tokenizer and generator trainers share; ``cli``:
-this command line) and one module per family (``llamagen``, ``var``, ``mar``, ``vqgan``), each
+this command line) and one module per family (``llamagen``, ``var``, ``mar``, ``vqgan``,
+``janus``), each
 registering its pretrainers (a ``Pretrainer`` subclass with ``build``, ``step``, ``weights`` and
 ``evaluate``). Shared plumbing: a seeded stream of freshly rendered ``ShapesImageDataset`` train
 images (image ``i`` of step ``s`` is item ``s * B + i``; no image repeats), AdamW, linear warm-up

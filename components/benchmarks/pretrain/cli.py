@@ -16,6 +16,7 @@ from . import llamagen  # noqa: F401,I001
 from . import var  # noqa: F401,I001
 from . import mar  # noqa: F401,I001
 from . import vqgan  # noqa: F401,I001
+from . import janus  # noqa: F401,I001
 from .common import command_line, load_cfg, stem
 from .loop import PRETRAINERS, WRITERS, pretrainer_for, train
 from .records import write_card, write_json

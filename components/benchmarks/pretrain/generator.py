@@ -64,11 +64,20 @@ class GeneratorPretrainer(Pretrainer):
         return self.policy.trainable_parameters()
 
     def eval_splits(self) -> tuple[str, ...]:
-        return ('train',)
+        """c2i: the 'train' classes; t2i: 'train' prompts and the held-out 'eval' ones."""
+        return ('train', 'eval') if self.task == 't2i' else ('train',)
 
     def eval_conditions(self, split: str, quick: bool) -> tuple[list, int]:
-        """``(conditions of ``split``, samples per condition)`` of the evaluation: every class,
-        2 samples each when ``quick``, else ``--eval-per-condition`` (default 32)."""
+        """``(conditions of ``split``, samples per condition)`` of the evaluation. c2i: every
+        class, 2 samples each when ``quick``, else ``--eval-per-condition`` (default 32). t2i:
+        ``--eval-prompts`` kind-balanced prompts of the split (48 when ``quick``), 1 sample each
+        when ``quick``, else ``--eval-per-condition`` (default 4)."""
+        if self.task == 't2i':
+            from vargo.components.datasets.shapes import ShapesPromptDataset
+            n = 48 if quick else self.args.eval_prompts
+            ds = ShapesPromptDataset(split=split, num_prompts=n, seed=0)
+            k = 1 if quick else (self.args.eval_per_condition or 4)
+            return list(ds.prompts), k
         from vargo.components.datasets.shapes import NUM_CLASSES
         k = 2 if quick else (self.args.eval_per_condition or 32)
         return list(range(NUM_CLASSES)), k

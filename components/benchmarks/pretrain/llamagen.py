@@ -15,7 +15,7 @@ from .common import DATA_SEED_OFFSET, command_line, load_cfg, rel, save_weights,
 from .generator import GeneratorPretrainer
 from .loop import register
 from .records import write_card, write_json
-from .tokenizer import TokenizerPretrainer
+from .tokenizer import L2VQPretrainer
 
 CONFIG_C2I = 'configs/_base_/policies/llamagen_shapes_c2i.py'
 CONFIG_T2I = 'configs/_base_/policies/llamagen_shapes_t2i.py'
@@ -23,12 +23,11 @@ POLICY_TYPE = 'LlamaGenPolicy'
 
 
 @register
-class VQPretrainer(TokenizerPretrainer):
+class VQPretrainer(L2VQPretrainer):
     """LlamaGen's ``VQModel`` (:mod:`vargo.components.tokenizers.vq`, official key names)
     trained as LlamaGen's ``vq_loss`` without its GAN and perceptual terms (pointless at 32 px):
-    ``rec + codebook + beta * commit`` with L2-normalised codes and encoder outputs,
-    ``codebook = ||sg(z) - z_q||^2``, ``commit = ||z - sg(z_q)||^2``, straight-through
-    gradients; dead codes are re-initialised to encoder outputs of the current batch."""
+    the loss of :class:`~.tokenizer.L2VQPretrainer` (L2-normalised codes and encoder outputs,
+    straight-through gradients, dead-code restarts)."""
 
     name = 'vq'
     help = 'the VQ tokenizer (policy.tokenizer of --config)'
@@ -37,14 +36,6 @@ class VQPretrainer(TokenizerPretrainer):
     card_title = 'The Shapes VQ tokenizer (LlamaGen `VQModel`, L2-normalised codebook).'
     defaults = dict(steps=4000, batch_size=32, lr=2e-3, warmup=100, lr_schedule='cosine',
                     weight_decay=0.0, beta2=0.99)
-
-    @classmethod
-    def add_arguments(cls, p):
-        super().add_arguments(p)
-        p.add_argument('--codebook-weight', type=float, default=1.0)
-        p.add_argument('--edge-weight', type=float, default=0.0,
-                       help='weight of an L1 loss on horizontal and vertical pixel differences '
-                            '(sharp corners; 0: off)')
 
     def build(self):
         from vargo.components.tokenizers.vq import build_vq
@@ -71,26 +62,8 @@ class VQPretrainer(TokenizerPretrainer):
         rec = vq.decode_latent(z_st.view(b, hh, ww, c).permute(0, 3, 1, 2))
         return rec, z, ids, z_q
 
-    def step(self, s):
-        a = self.args
-        images = self.batch(s)
-        x = images * 2 - 1
-        rec, z, ids, z_q = self._forward(x)
-        rec_loss = self.reconstruction_loss(rec, x, images)
-        if a.edge_weight:
-            edge = ((rec.diff(dim=-1) - x.diff(dim=-1)).abs().mean()
-                    + (rec.diff(dim=-2) - x.diff(dim=-2)).abs().mean())
-            rec_loss = rec_loss + a.edge_weight * edge
-        codebook = (z_q - z.detach()).pow(2).mean()
-        commit = (z_q.detach() - z).pow(2).mean()
-        loss = rec_loss + a.codebook_weight * codebook + a.beta * commit
-        self._z = z.detach()
-        return loss, {'loss': loss.item(), 'rec': rec_loss.item(), 'codebook': codebook.item(),
-                      'commit': commit.item(), **self.code_statistics(ids, s, rec, x)}
-
-    def after_update(self, s):
-        return self.restart_dead_codes(self.vq.quantize.embedding.weight, self._z, s,
-                                       normalize=True)
+    def codebook_weight(self) -> Tensor:
+        return self.vq.quantize.embedding.weight
 
     def weights(self):
         return self.vq.state_dict()
@@ -190,16 +163,6 @@ class LlamaGenT2IPretrainer(LlamaGenPretrainer):
     card_title = 'The Shapes text-conditional LlamaGen base model.'
     # the shipped model: 3000 constant-LR steps (strict 0.35 on train prompts; model card)
     defaults = {**LlamaGenPretrainer.defaults, 'steps': 3000, 'lr_schedule': 'constant'}
-
-    def eval_conditions(self, split, quick):
-        from vargo.components.datasets.shapes import ShapesPromptDataset
-        n = 48 if quick else self.args.eval_prompts
-        ds = ShapesPromptDataset(split=split, num_prompts=n, seed=0)
-        k = 1 if quick else (self.args.eval_per_condition or 4)
-        return list(ds.prompts), k
-
-    def eval_splits(self):
-        return ('train', 'eval')
 
 
 @register

@@ -124,3 +124,51 @@ class TokenizerPretrainer(Pretrainer):
                 f'{self.args.seed} + {DATA_SEED_OFFSET}) and {self.streams[1].batch_size} '
                 f'ShapesImageDataset(train, t2i, seed {self.args.seed} + {DATA_SEED_OFFSET + 1}) '
                 f'images, never repeated')
+
+
+class L2VQPretrainer(TokenizerPretrainer):
+    """A VQ with an L2-normalised codebook (LlamaGen's ``VQModel``; Janus-Pro's VQ, which is
+    LlamaGen's) trained as LlamaGen's ``vq_loss`` without its GAN and perceptual terms (pointless
+    at 32 px): ``rec + codebook_weight * codebook + beta * commit`` with L2-normalised codes and
+    encoder outputs, ``codebook = ||sg(z) - z_q||^2``, ``commit = ||z - sg(z_q)||^2``,
+    ``beta = 0.25``, straight-through gradients; dead codes are re-initialised to encoder outputs
+    of the current batch.
+
+    Subclasses build the model and implement :meth:`_forward` (images in [-1, 1] ->
+    reconstruction, normalised ``z [N, C]``, ids ``[N]``, ``z_q [N, C]``) and
+    :meth:`codebook_weight` (the raw code table the restarts write).
+    """
+
+    @classmethod
+    def add_arguments(cls, p):
+        super().add_arguments(p)
+        p.add_argument('--codebook-weight', type=float, default=1.0)
+        p.add_argument('--edge-weight', type=float, default=0.0,
+                       help='weight of an L1 loss on horizontal and vertical pixel differences '
+                            '(sharp corners; 0: off)')
+
+    def _forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def codebook_weight(self) -> Tensor:
+        raise NotImplementedError
+
+    def step(self, s):
+        a = self.args
+        images = self.batch(s)
+        x = images * 2 - 1
+        rec, z, ids, z_q = self._forward(x)
+        rec_loss = self.reconstruction_loss(rec, x, images)
+        if a.edge_weight:
+            edge = ((rec.diff(dim=-1) - x.diff(dim=-1)).abs().mean()
+                    + (rec.diff(dim=-2) - x.diff(dim=-2)).abs().mean())
+            rec_loss = rec_loss + a.edge_weight * edge
+        codebook = (z_q - z.detach()).pow(2).mean()
+        commit = (z_q.detach() - z).pow(2).mean()
+        loss = rec_loss + a.codebook_weight * codebook + a.beta * commit
+        self._z = z.detach()
+        return loss, {'loss': loss.item(), 'rec': rec_loss.item(), 'codebook': codebook.item(),
+                      'commit': commit.item(), **self.code_statistics(ids, s, rec, x)}
+
+    def after_update(self, s):
+        return self.restart_dead_codes(self.codebook_weight(), self._z, s, normalize=True)

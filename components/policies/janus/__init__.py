@@ -47,10 +47,11 @@ Hugging Face hub), loaded with ``local_files_only`` and strict key checks
 word-level tokenizer (:mod:`.model`; tests and benchmarks).
 """
 from .loading import JANUS_FILE_SOURCES, check_local_dir, load_pretrained
+from .image_tokenizer import JanusImageTokenizer
 from .model import (JANUS_PRO_ARCHS, JanusSpecialTokens, build_janus_config,
                     word_level_tokenizer)
-from .policy import FROZEN_PARTS, JanusDecodingCache, JanusPolicy
+from .policy import FROZEN_PARTS, GENERATION_PARTS, JanusDecodingCache, JanusPolicy
 
 __all__ = ['JanusPolicy', 'JanusDecodingCache', 'JANUS_FILE_SOURCES', 'JANUS_PRO_ARCHS',
            'JanusSpecialTokens', 'build_janus_config', 'word_level_tokenizer', 'check_local_dir',
-           'load_pretrained', 'FROZEN_PARTS']
+           'load_pretrained', 'FROZEN_PARTS', 'GENERATION_PARTS', 'JanusImageTokenizer']

@@ -17,6 +17,7 @@ from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 from ...modules.raster import register_raster_action_axis
 from ...modules.categorical import logp_entropy_under_spec
 from ..frozen import exclude_frozen_submodules
+from .image_tokenizer import JanusImageTokenizer
 from .loading import JANUS_FILE_SOURCES, load_pretrained
 from .model import JanusSpecialTokens, SharedTokenizer, build_janus_config, word_level_tokenizer
 
@@ -27,6 +28,11 @@ __all__ = ['JanusPolicy', 'JanusDecodingCache']
 #: encoder and its aligner, the VQ tokenizer, the generation embeddings, aligner and head)
 FROZEN_PARTS = ('vision_model', 'aligner', 'vqmodel', 'generation_embeddings',
                 'generation_aligner', 'generation_head')
+#: sub-modules of ``JanusModel`` that image generation reads besides the VQ: what a ``checkpoint``
+#: of a model built from ``arch`` holds (the language model and the generation embedding,
+#: aligner and head; the understanding encoder is never used to generate)
+GENERATION_PARTS = ('language_model', 'generation_embeddings', 'generation_aligner',
+                    'generation_head')
 _DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
@@ -81,6 +87,12 @@ class JanusPolicy(Policy):
             ``JanusConfig`` sub-config settings (tests use tiny ones).
         tokenizer: without ``model_path``: ``dict(vocabulary=[...])``, a small word-level
             tokenizer (:func:`~vargo.components.policies.janus.model.word_level_tokenizer`).
+        checkpoint: with ``arch``: a weights file (``.safetensors`` or a data-only ``torch.save``)
+            of the generation parts (:data:`GENERATION_PARTS`; keys ``language_model.*``,
+            ``generation_embeddings.*``, ...), loaded strictly; what
+            ``tools/pretrain_shapes.py janus-t2i`` writes. None: random.
+        tokenizer_checkpoint: with ``arch``: the ``JanusVQVAE`` weights (its own keys), loaded
+            strictly; what ``tools/pretrain_shapes.py janus-vq`` writes. None: random.
         roles: the chat roles of the prompt template: ``('<|User|>', '<|Assistant|>')`` as
             Janus-Pro's README; STAGE's trainer writes ``('User', 'Assistant')``.
         system_prompt: prepended with ``"\\n\\n"`` when not empty (official: empty).
@@ -98,6 +110,7 @@ class JanusPolicy(Policy):
 
     def __init__(self, *, model_path: Optional[str] = None,
                  arch: Union[None, str, dict] = None, tokenizer: Optional[dict] = None,
+                 checkpoint: Optional[str] = None, tokenizer_checkpoint: Optional[str] = None,
                  roles: Sequence[str] = ('<|User|>', '<|Assistant|>'), system_prompt: str = '',
                  image_start_token: str = '<begin_of_image>', dtype: str = 'float32',
                  attn_implementation: str = 'sdpa', gradient_checkpointing: bool = False):
@@ -111,9 +124,10 @@ class JanusPolicy(Policy):
         self.roles, self.system_prompt = tuple(roles), str(system_prompt)
         torch_dtype = _DTYPES[dtype]
         if model_path is not None:
-            if arch is not None or tokenizer is not None:
+            if arch is not None or tokenizer is not None or checkpoint or tokenizer_checkpoint:
                 raise ValueError('JanusPolicy: set either model_path (a local directory with its '
-                                 'own config and tokenizer) or arch + tokenizer, not both')
+                                 'own config, weights and tokenizer) or arch + tokenizer (+ '
+                                 'checkpoint / tokenizer_checkpoint), not both')
             model, tok = load_pretrained(model_path, dtype=torch_dtype,
                                          attn_implementation=attn_implementation)
         else:
@@ -137,6 +151,10 @@ class JanusPolicy(Policy):
         self.janus = model
         self.tokenizer = SharedTokenizer(tok)
         self.special = JanusSpecialTokens.of(tok, image_start_token)
+        if tokenizer_checkpoint:
+            self._load_part(self.janus.model.vqmodel, tokenizer_checkpoint, 'Janus VQ tokenizer')
+        if checkpoint:
+            self._load_part(self.generation_modules(), checkpoint, 'Janus generation weights')
 
         # only the language model trains (STAGE); the rest is frozen and out of the state dict
         self.janus.requires_grad_(False)
@@ -156,6 +174,28 @@ class JanusPolicy(Policy):
         self.codebook_size = int(model.config.vq_config.num_embeddings)
         register_raster_action_axis(self, grid)
         self.train(True)
+
+    @staticmethod
+    def _load_part(module: torch.nn.Module, path: str, what: str) -> None:
+        """Load the weights file ``path`` into ``module`` data-only and strictly (every missing,
+        unexpected or mis-shaped key is one error naming the file and the fix)."""
+        from vargo.core.checkpoint import (load_state_dict_strict, official_file_missing,
+                                           read_state_dict)
+        state = read_state_dict(path, what=what, missing=lambda p: official_file_missing(
+            p, what=what, sources=JANUS_FILE_SOURCES, family='Janus', listing='Janus README'))
+        load_state_dict_strict(module, state, source=f'{what} file {path!r}',
+                               hint='check the arch (text / vq sizes) and the tokenizer '
+                                    'vocabulary against the config the file was trained with')
+
+    def generation_modules(self) -> torch.nn.ModuleDict:
+        """The generation parts (:data:`GENERATION_PARTS`) as one module whose state dict is
+        what a ``checkpoint`` holds (the modules are shared, not copied)."""
+        return torch.nn.ModuleDict({n: getattr(self.janus.model, n) for n in GENERATION_PARTS})
+
+    @property
+    def image_tokenizer(self) -> JanusImageTokenizer:
+        """The model's VQ as vargo's image-tokenizer interface (official quantisation)."""
+        return JanusImageTokenizer(self.janus.model.vqmodel)
 
     # ---- sizes --------------------------------------------------------------------------------
     @property
@@ -287,16 +327,14 @@ class JanusPolicy(Policy):
         """``[B, 3, H, W]`` images in [0, 1]: the VQ decoder's output ``x`` in [-1, 1] as
         ``clamp((x + 1) / 2, 0, 1)`` (``generation_inference.py``), ``chunk`` at a time."""
         tokens = rollout.actions.to(self.device)
-        vq = self.janus.model.vqmodel
-        out = [vq.decode(tokens[i:i + chunk]).float() for i in range(0, tokens.shape[0], chunk)]
-        return ((torch.cat(out) + 1) / 2).clamp_(0, 1)
+        vq = self.image_tokenizer
+        return torch.cat([vq.decode(tokens[i:i + chunk]) for i in range(0, tokens.shape[0], chunk)])
 
     def embed_actions(self, rollout: Rollout) -> Tensor:
         """``[B, T, 8]`` L2-normalised VQ codebook vectors of the sampled tokens (STAGE's
         ``quant_b``: the official ``decode_code`` normalises the codes)."""
         with torch.no_grad():
-            codes = self.janus.model.vqmodel.quantize.embedding.weight
-            return F.normalize(codes[rollout.actions.to(self.device)].float(), dim=-1)
+            return self.image_tokenizer.codebook()[rollout.actions.to(self.device)].float()
 
     def rollout_axes(self) -> tuple[Tensor, Tensor]:
         """``(action_step [T], action_pos [T, 2])`` of the raster order."""
@@ -377,3 +415,28 @@ class JanusPolicy(Policy):
                               positions=cache.positions[:, pos:pos + 1], cache=cache.kv)
         cache.length = pos + 1
         return self._logits(hidden[:, -1])
+
+    # ---- pretraining (Shapes) ------------------------------------------------------------------
+    def pretrain_loss(self, tokens: Tensor, cond: Conditions, *, null_prob: float = 0.1,
+                      generator: Optional[torch.Generator] = None) -> Tensor:
+        """Next-token cross-entropy of the image tokens ``tokens [B, T]`` from the generation
+        head, teacher-forced after the prompt (``[prompt, image-start, tokens[:, :-1]]`` predicts
+        ``tokens``), averaged over the ``B T`` tokens. For CFG each prompt is replaced by its
+        unconditional twin (:meth:`null_prompt_ids`, the prompt the sampler guides with) with
+        probability ``null_prob``, as Janus trains its guidance (the Janus paper: 10% of the
+        prompts replaced by pad tokens).
+
+        Gradients reach whatever requires them (in RL only the language model; the Shapes
+        pretrainer also unfreezes the generation embedding, aligner and head)."""
+        tokens = tokens.to(self.device)
+        b, t = tokens.shape
+        ids, mask = self.prompt_ids(self.encode_conditions(cond).prompts)
+        if null_prob > 0:
+            drop = torch.rand(b, generator=generator) < null_prob
+            ids = torch.where(drop.to(ids.device)[:, None], self.null_prompt_ids(ids, mask), ids)
+        emb = self.lm.embed_tokens(ids)
+        img = self.image_embeddings(tokens[:, :-1]).to(emb.dtype)
+        x = torch.cat([emb, img], dim=1)
+        full = torch.cat([mask, mask.new_ones(b, t - 1)], dim=1)
+        hidden = self._hidden(x, full)[:, emb.shape[1] - 1:]                   # [B, T, D]
+        return F.cross_entropy(self._logits(hidden).flatten(0, 1), tokens.flatten())
