@@ -62,7 +62,8 @@ def _run(tmp_path, *extra):
 def test_benchmark_json_has_every_field(tmp_path, keep_threads, capsys):
     res = _run(tmp_path)
     printed = capsys.readouterr().out
-    for row in ('fp32 GEMM 256^3 (peak)', 'rollout, no CFG (4 x 64)', 'rollout, CFG 4 (4 x 64)',
+    for row in ('fp32 GEMM 256^3, before the workloads', 'GEMM peak (best of both)',
+                'rollout, no CFG (4 x 64)', 'rollout, CFG 4 (4 x 64)',
                 'update fwd+bwd (4 x 64)', 'of the GEMM peak', 'iteration (4 samples, G=4)'):
         assert row in printed, printed
 
@@ -83,6 +84,13 @@ def test_benchmark_json_has_every_field(tmp_path, keep_threads, capsys):
     assert gemm['size'] == 256 and gemm['calls_per_run'] >= 1
     _stat(gemm['time_s'])
     _rate(gemm['gflops'])
+    # the peak: at least 5 timed runs per probe, probed before and after the workloads, best of both
+    end = res['machine']['gemm_end']
+    assert len(gemm['time_s']['values']) == len(end['time_s']['values']) == 5
+    peak = res['machine']['gemm_peak']
+    assert peak['gflops'] == max(gemm['gflops']['best'], end['gflops']['best'])
+    assert peak['probes_gflops'] == [gemm['gflops']['best'], end['gflops']['best']]
+    assert isinstance(res['warnings'], list)
     bw = res['machine']['bandwidth']
     assert bw['bytes'] == 8 * 2 ** 20
     for k in ('read_time_s', 'copy_time_s'):
@@ -118,7 +126,7 @@ def test_benchmark_json_has_every_field(tmp_path, keep_threads, capsys):
     _rate(up['gflops'])
     assert up['gflops']['best'] == pytest.approx(up['flops_per_step'] / 1e9 / up['time_s']['min'])
     assert up['pct_of_gemm_peak']['best'] == pytest.approx(
-        100 * up['gflops']['best'] / gemm['gflops']['best'])
+        100 * up['gflops']['best'] / peak['gflops'])
     assert up['peak_rss_mb'] > 0
 
     # iteration split
@@ -131,6 +139,24 @@ def test_benchmark_json_has_every_field(tmp_path, keep_threads, capsys):
     assert set(it['loop_split_s']) == {'rollout', 'reward', 'update'}
     assert it['loop_split_s']['rollout'] == it['generate_s']['median']
     assert it['peak_rss_mb'] > 0
+
+
+def test_a_workload_above_the_gemm_peak_is_reported_with_a_warning(capsys):
+    bench = _load_tool()
+
+    def probe(best):
+        return {'size': 8, 'gflops': {'median': best, 'best': best}}
+
+    res = {'machine': {'gemm': probe(90.0), 'gemm_end': probe(100.0)},
+           'update': {'gflops': {'median': 99.0, 'best': 108.7}}}
+    res['machine']['gemm_peak'] = bench.gemm_peak([res['machine']['gemm'],
+                                                   res['machine']['gemm_end']])
+    assert res['machine']['gemm_peak']['gflops'] == 100.0
+    warnings = bench.fraction_of_peak(res)
+    assert res['update']['pct_of_gemm_peak'] == pytest.approx({'median': 99.0, 'best': 108.7})
+    assert len(warnings) == 1 and '108.7% of the GEMM peak' in warnings[0]
+    res['update']['gflops'] = {'median': 50.0, 'best': 60.0}
+    assert bench.fraction_of_peak(res) == []
 
 
 def test_benchmark_times_the_last_steps_as_a_continuation(tmp_path, keep_threads):
