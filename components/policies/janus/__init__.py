@@ -43,11 +43,16 @@ reproduces the sampler's ``logp_old``.
 
 Files: a local directory in transformers' format (deepseek-community/Janus-Pro-1B or -7B on the
 Hugging Face hub), loaded with ``local_files_only`` and strict key checks
-(:mod:`.loading`). Without a directory the model is built at random from ``arch`` with a small
-word-level tokenizer (:mod:`.model`; tests and benchmarks).
+(:mod:`.loading`). Without a directory the model is built from ``arch`` with a small
+word-level tokenizer (:mod:`.model`): at random (tests and benchmarks), or with a ``checkpoint``
+of its generation parts and a ``tokenizer_checkpoint`` of its VQ, both loaded data-only and
+strictly -- the Shapes-size Janus (``configs/_base_/policies/janus_shapes_t2i.py``), pretrained by
+``tools/pretrain_shapes.py janus-vq`` / ``janus-t2i``. :class:`JanusImageTokenizer` encodes images
+as the official Janus VQ does (nearest L2-normalised code; transformers' ``JanusVQVAE.encode``
+compares un-normalised vectors, which only matters when encoding, never when generating).
 """
-from .loading import JANUS_FILE_SOURCES, check_local_dir, load_pretrained
 from .image_tokenizer import JanusImageTokenizer
+from .loading import JANUS_FILE_SOURCES, check_local_dir, load_pretrained
 from .model import (JANUS_PRO_ARCHS, JanusSpecialTokens, build_janus_config,
                     word_level_tokenizer)
 from .policy import FROZEN_PARTS, GENERATION_PARTS, JanusDecodingCache, JanusPolicy
