@@ -38,8 +38,9 @@ class JanusImageTokenizer(nn.Module):
         return int(self.vq.quantize.quant_state_dims[0])
 
     def codebook(self) -> Tensor:
-        """``[V, C]`` L2-normalised code vectors (what the decoder reads)."""
-        return F.normalize(self.vq.quantize.embedding.weight, dim=-1)
+        """``[V, C]`` L2-normalised code vectors (what the decoder reads), normalised in fp32
+        whatever the model's dtype (differentiable: the VQ trainer learns through it)."""
+        return F.normalize(self.vq.quantize.embedding.weight.float(), dim=-1)
 
     def latent(self, x: Tensor) -> Tensor:
         """``[B, h*w, C]`` L2-normalised encoder outputs (after ``quant_conv``) of images ``x`` in
@@ -50,7 +51,7 @@ class JanusImageTokenizer(nn.Module):
     def nearest(self, z: Tensor) -> Tensor:
         """Ids of the codes nearest to normalised vectors ``z [..., C]``: on the unit sphere the
         nearest code is the one of largest cosine, ``argmax_k z . e_k / |e_k|``."""
-        return (z @ self.codebook().t()).argmax(dim=-1)
+        return (z.float() @ self.codebook().t()).argmax(dim=-1)
 
     def decode_latent(self, z_q: Tensor) -> Tensor:
         """Images in about [-1, 1] from code vectors ``z_q [B, h*w, C]`` (raster order): the
@@ -60,6 +61,7 @@ class JanusImageTokenizer(nn.Module):
         if n != side * side:
             raise ValueError(f'{n} code vectors per image; this VQ decodes {side} x {side}')
         grid = z_q.transpose(1, 2).reshape(b, c, side, side)
+        grid = grid.to(self.vq.post_quant_conv.weight.dtype)
         return self.vq.decoder(self.vq.post_quant_conv(grid))
 
     @torch.no_grad()

@@ -334,7 +334,7 @@ class JanusPolicy(Policy):
         """``[B, T, 8]`` L2-normalised VQ codebook vectors of the sampled tokens (STAGE's
         ``quant_b``: the official ``decode_code`` normalises the codes)."""
         with torch.no_grad():
-            return self.image_tokenizer.codebook()[rollout.actions.to(self.device)].float()
+            return self.image_tokenizer.codebook()[rollout.actions.to(self.device)]
 
     def rollout_axes(self) -> tuple[Tensor, Tensor]:
         """``(action_step [T], action_pos [T, 2])`` of the raster order."""
