@@ -38,7 +38,8 @@ __all__ = ['REPO_ROOT', 'NOT_COMPARED', 'file_sha256', 'file_record', 'folder_re
 
 PROTOCOL_VERSION = 1
 #: the checkout this module belongs to (core/ is one level below it)
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# realpath: a checkout reached through a symlinked package directory still finds its git root
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 #: protocol keys (``a.b`` paths) left out when two protocols are compared
 NOT_COMPARED = ('vargo_commit', 'sampler.logprob_cfg', 'sampler.decode_images',
                 'sampler.record_predictions', 'sampler.loss_ar_steps',
