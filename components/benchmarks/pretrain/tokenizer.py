@@ -3,6 +3,7 @@ mixed c2i/t2i image stream, the foreground-weighted reconstruction loss, codeboo
 dead-code restarts, and the reconstruction evaluation."""
 from __future__ import annotations
 
+import abc
 from typing import Any, Optional
 
 import torch
@@ -147,11 +148,14 @@ class L2VQPretrainer(TokenizerPretrainer):
                        help='weight of an L1 loss on horizontal and vertical pixel differences '
                             '(sharp corners; 0: off)')
 
+    @abc.abstractmethod
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        raise NotImplementedError
+        """Images in [-1, 1] -> (reconstruction, normalised ``z [N, C]``, ids ``[N]``,
+        ``z_q [N, C]``)."""
 
+    @abc.abstractmethod
     def codebook_weight(self) -> Tensor:
-        raise NotImplementedError
+        """The raw ``[V, C]`` code table the dead-code restarts write."""
 
     def step(self, s):
         a = self.args
