@@ -22,6 +22,8 @@ def test_vq_and_llamagen_c2i_toy_runs_write_weights_record_and_card(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rec = json.loads((tmp_path / 'vq.json').read_text())
     assert rec['steps'] == 3 and len(rec['log']) == 3 and rec['subcommand'] == 'vq'
+    # no progress bar: the last logged row (and every 10th) is printed as a JSON line
+    assert json.loads(proc.stdout.splitlines()[0]) == rec['log'][-1]
     assert set(rec['evaluation']) >= {'c2i', 't2i', 'codebook_used'}
     assert rec['evaluation']['c2i']['reconstruction']['n'] == 16
     card = (tmp_path / 'vq.md').read_text()

@@ -57,7 +57,8 @@ def parse_args(argv=None, description: str = DESCRIPTION) -> argparse.Namespace:
                         help='quick evaluation every N steps (0: only at the end)')
         sp.add_argument('--keep-snapshots', action='store_true',
                         help='keep the weights of the --eval-every evaluations')
-        sp.add_argument('--no-progress', action='store_true')
+        sp.add_argument('--no-progress', action='store_true',
+                        help='no progress bar: print a JSON log line every 10 logged steps')
         cls.add_arguments(sp)
     for name, cls in WRITERS.items():
         cls.add_arguments(subs.add_parser(name, help=cls.help))

@@ -5,6 +5,7 @@ import abc
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Any, Optional, Sequence
 
@@ -158,6 +159,9 @@ def train(trainer: Pretrainer, argv: Sequence[str]) -> dict[str, Any]:
             log.append(row)
             acc, n_acc = {}, 0
             bar.set_postfix(loss=f'{row["loss"]:.4f}')
+            # without a progress bar: every 10th logged row and the last as a JSON line
+            if args.no_progress and (len(log) % 10 == 0 or s + 1 == args.steps):
+                print(json.dumps(row), flush=True)
         if args.eval_every and (s + 1) % args.eval_every == 0 and s + 1 < args.steps:
             tmp = stem(out) + f'.step{s + 1}.safetensors'
             save_weights(trainer.weights(), tmp, dtype=args.weights_dtype,
@@ -169,6 +173,7 @@ def train(trainer: Pretrainer, argv: Sequence[str]) -> dict[str, Any]:
             res = {'step': s + 1, 'time_s': round(time.time() - t0, 1), **res}
             evals.append(res)
             tqdm.write(json.dumps(res))
+            sys.stdout.flush()
     wall = time.time() - t0
     final = {k: v for k, v in log[-1].items() if k not in ('step', 'lr', 'time_s')} if log else {}
     window = [r for r in log if r['step'] > args.steps - args.final_loss_window]
