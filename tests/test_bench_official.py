@@ -1,0 +1,183 @@
+"""tools/bench_official.py: its machinery on a stand-in LlamaGen checkout written here.
+
+The official repositories are not available offline, so each test writes a tiny checkout with
+the official layout (``autoregressive/models/gpt.py`` + ``generate.py``) whose ``Transformer`` is
+vargo's own ``LlamaGenGPT`` (official key names) and whose ``generate()`` is a plain uncached
+loop with the official CFG mix and ``torch.multinomial`` draw. No timing is asserted.
+"""
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+GPT = '''
+from dataclasses import dataclass
+
+from vargo.components.policies.llamagen.model import GPTConfig, LlamaGenGPT
+
+
+@dataclass
+class ModelArgs:
+    dim: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    vocab_size: int = 16384
+    block_size: int = 256
+    num_classes: int = 1000
+    cls_token_num: int = 1
+    model_type: str = 'c2i'
+
+
+class Transformer(LlamaGenGPT):
+    def __init__(self, a):
+        super().__init__(GPTConfig(dim=a.dim, n_layer=a.n_layer, n_head=a.n_head,
+                                   vocab_size=a.vocab_size, block_size=a.block_size,
+                                   num_classes=a.num_classes, cls_token_num=a.cls_token_num,
+                                   task=a.model_type))
+        self.model_type, self.num_classes = a.model_type, a.num_classes
+
+
+GPT_models = {}
+'''
+
+GENERATE = '''
+import torch
+
+SHIFT = {shift}
+
+
+@torch.no_grad()
+def generate(model, cond, max_new_tokens, cfg_scale=1.0, temperature=1.0, **unused):
+    guided = cfg_scale > 1.0
+    ids = torch.cat([cond, torch.full_like(cond, model.num_classes)]) if guided else cond
+    emb = model.condition_embeddings(class_ids=ids)
+    seq = torch.zeros(len(cond), 0, dtype=torch.long)
+    for _ in range(max_new_tokens):
+        logits = model(emb, torch.cat([seq, seq]) if guided else seq)[:, -1]
+        if guided:
+            c, u = logits.chunk(2)
+            logits = u + (c - u) * cfg_scale
+        seq = torch.cat([seq, torch.multinomial(torch.softmax(logits / temperature, -1), 1)], 1)
+    return (seq + SHIFT) % model.cfg.vocab_size
+'''
+
+TINY = ['--arch', '{"dim": 32, "n_layer": 1, "n_head": 2}', '--steps', '9', '--vocab', '32',
+        '--num-classes', '5', '--batch', '2', '--cfg', '3', '--rounds', '3', '--threads', '1',
+        '--gemm-size', '64', '--bandwidth-mb', '4']
+
+
+def _tool():
+    name = 'vargo_tools_bench_official'
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            name, os.path.join(ROOT, 'tools', 'bench_official.py'))
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def _checkout(root, shift=0):
+    models = root / 'autoregressive' / 'models'
+    models.mkdir(parents=True)
+    (models / 'gpt.py').write_text(GPT)
+    (models / 'generate.py').write_text(GENERATE.format(shift=shift))
+    return root
+
+
+@pytest.fixture
+def keep_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def test_interleaved_rounds_ratio_range_and_json(tmp_path, capsys, keep_threads):
+    root = _checkout(tmp_path / 'LlamaGen')
+    out = tmp_path / 'res.json'
+    assert _tool().main(['--family', 'llamagen', '--official', str(root), *TINY,
+                         '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res['official_dir'] == str(root) and res['family'] == 'llamagen'
+    assert res['steps'] == 9 and res['step_unit'] == 'token'
+    assert res['params']['official'] == res['params']['vargo'] > 0     # the same weights
+    for side in ('official', 'vargo'):
+        t = res[side]['time_s']
+        assert len(t['values']) == 3 and t['min'] <= t['median'] <= t['max']
+        assert res[side]['ms_per_step']['median'] == pytest.approx(1000 * t['median'] / 9)
+    r = res['ratio_official_over_vargo']
+    want = [o / v for o, v in zip(res['official']['time_s']['values'],
+                                  res['vargo']['time_s']['values'])]
+    assert r['values'] == pytest.approx(want) and r['min'] <= r['median'] <= r['max']
+    checks = res['agreement']['checks']
+    assert res['agreement']['runs_checked'] == 4 and all(c['agree'] for c in checks)
+    assert all(c['tokens'] == 2 * 9 and c['differing'] == 0 for c in checks)
+    floor = res['weight_read_floor_ms_per_step']
+    assert res['weight_bytes'] > 0 and 0 < floor['min'] <= floor['median']
+    m = res['machine']
+    assert m['gemm_peak']['gflops'] > 0 and len(m['gemm_peak']['probes_gflops']) == 2
+    assert m['bandwidth']['read_gbps']['median'] > 0
+    assert len(res['load_average_start']) == 3 and res['threads'] == 1
+    printed = capsys.readouterr().out
+    assert '| seconds per run |' in printed and '| ms per token |' in printed
+    assert 'weight-read floor' in printed and 'identical in all 4 runs' in printed
+
+
+def test_the_side_order_alternates_and_every_run_is_compared():
+    tool = _tool()
+    calls = []
+
+    def side(name):
+        return tool.Side(name, lambda: calls.append(name) or torch.zeros(1, 3), 1)
+
+    got = tool.interleaved(side('official'), side('vargo'), tool._same_tokens, rounds=3,
+                           warmup=1)
+    assert calls == ['official', 'vargo'] * 4
+    assert [len(v) for v in got['times'].values()] == [3, 3] and len(got['checks']) == 4
+
+
+def test_disagreeing_outputs_refuse_to_report_a_ratio(tmp_path, capsys, keep_threads):
+    tool = _tool()
+    good, bad = _checkout(tmp_path / 'good'), _checkout(tmp_path / 'bad', shift=1)
+    out = tmp_path / 'res.json'
+    assert tool.main(['--family', 'llamagen', '--official', str(good), *TINY,
+                      '--rounds', '1', '--out', str(out)]) == 0
+    out.unlink()
+    capsys.readouterr()
+    # the second checkout's modules replace the first's (same module names, another directory)
+    assert tool.main(['--family', 'llamagen', '--official', str(bad), *TINY,
+                      '--out', str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'no ratio reported' in err
+    assert 'warm-up run 1: 18 of 18 tokens differ' in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('family, expected', [('llamagen', 'autoregressive/models/gpt.py'),
+                                              ('var', 'models/var.py'),
+                                              ('mar', 'models/mar.py')])
+def test_a_directory_that_is_not_a_checkout_is_one_line(tmp_path, capsys, family, expected):
+    (tmp_path / 'models').mkdir()
+    assert _tool().main(['--family', family, '--official', str(tmp_path),
+                         '--out', str(tmp_path / 'r.json')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith('error: --official')
+    assert f'(no {expected})' in err and not (tmp_path / 'r.json').exists()
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--steps', '10'], 'must be a square number of tokens'),
+    (['--cfg', '0.5'], 'must be >= 1'),
+    (['--decode'], '--decode is a VAR option'),
+])
+def test_bad_settings_are_one_line(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        _tool().parse_args(['--family', 'llamagen', '--official', str(tmp_path), *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
