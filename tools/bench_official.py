@@ -746,12 +746,7 @@ def main(argv=None) -> int:
         return 1
     res = _jsonable(res)
     print(table(res))
-    out = os.path.abspath(args.out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = out + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, out)
+    _benchmark_helpers().write_result(res, args.out)
     print(f'wrote {args.out}')
     return 0
 

@@ -829,6 +829,12 @@ def run(args) -> dict:
     return res
 
 
+def write_result(res: dict, path: str) -> None:
+    """The result JSON, written atomically (an interrupted write leaves the old file)."""
+    from vargo.core.checkpoint import atomic_write_bytes
+    atomic_write_bytes(json.dumps(res, indent=1).encode(), path)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vargo.core.registry import ConfigError
@@ -839,12 +845,7 @@ def main(argv=None) -> int:
         return 2
     res = _jsonable(res)
     print(table(res))
-    out = os.path.abspath(args.out)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = out + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(res, f, indent=1)
-    os.replace(tmp, out)
+    write_result(res, args.out)
     print(f'wrote {args.out}')
     return 0
 
