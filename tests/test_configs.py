@@ -39,7 +39,7 @@ TINY = {
                        attn_resolutions=(8,), resolution=16, z_channels=16, norm_groups=8)),
     # a 2-layer Janus over 4 x 4 tokens of a 64-code VQ (32 px); a word-level tokenizer
     'JanusPolicy': dict(
-        model_path=None,
+        model_path=None, checkpoint=None, tokenizer_checkpoint=None,
         arch=dict(text=dict(vocab_size=64, hidden_size=32, intermediate_size=64,
                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                             max_position_embeddings=512),
@@ -71,7 +71,10 @@ def shrink(cfg):
     if policy['type'] not in TINY:
         raise AssertionError(f'add a tiny setting for {policy["type"]} to tests/test_configs.py')
     size = policy.get('image_size')
+    vocabulary = policy.get('tokenizer', {}).get('vocabulary')
     policy.update(TINY[policy['type']])
+    if policy['type'] == 'JanusPolicy' and vocabulary:   # Shapes prompts: keep their words
+        policy['tokenizer'] = dict(vocabulary=vocabulary)
     if size == 32:   # Shapes configs: the ShapesEval reward needs the 32-px world
         policy['image_size'] = 32
     if policy.get('task') == 't2i':
