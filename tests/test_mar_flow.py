@@ -143,6 +143,22 @@ def test_flow_pretrain_loss_and_gradients():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize('lo,std', [(0.7, 0.25), (0.0, 1.0)])
+def test_mask_ratio_is_the_truncated_normal(lo, std):
+    """Draws lie in [min, 1] with the truncated normal's mean
+    ``1 + std (phi(a) - phi(0)) / (Phi(0) - Phi(a))``, ``a = (min - 1) / std``."""
+    pol = _policy(head_type='flow', mask_ratio_min=lo, mask_ratio_std=std)
+    torch.manual_seed(0)
+    r = torch.tensor([pol.draw_mask_ratio() for _ in range(4000)], dtype=torch.float64)
+    assert lo <= float(r.min()) and float(r.max()) <= 1.0
+    a = torch.tensor((lo - 1) / std, dtype=torch.float64)
+    phi = lambda x: torch.exp(-x ** 2 / 2) / math.sqrt(2 * math.pi)      # noqa: E731
+    mean = 1 + std * (phi(a) - phi(torch.tensor(0.0))) / (0.5 - torch.special.ndtr(a))
+    assert abs(float(r.mean() - mean)) < 4 * float(r.std()) / math.sqrt(len(r))
+    with pytest.raises(ValueError, match='mask_ratio_std'):
+        _policy(head_type='flow', mask_ratio_std=0.0)
+
+
 def test_flow_loss_is_the_velocity_mse(flow_policy):
     """A head that returns eps - x0 exactly has zero loss."""
     x0, z = torch.randn(5, D), torch.randn(5, 32)

@@ -183,6 +183,7 @@ class MARC2IPretrainer(GeneratorPretrainer):
                     'buffer_size': pol.cfg.buffer_size,
                     'num_classes': pol.cfg.num_classes, 'label_drop_prob': pol.label_drop_prob,
                     'mask_ratio_min': pol.mask_ratio_min,
+                    'mask_ratio_std': pol.mask_ratio_std,
                     'diffusion_batch_mul': pol.diffusion_batch_mul,
                     'attn_dropout': pol.cfg.attn_dropout, 'proj_dropout': pol.cfg.proj_dropout,
                     'parameters': sum(p.numel() for p in pol.mar.parameters())},

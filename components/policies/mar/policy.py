@@ -88,6 +88,9 @@ class MARPolicy(Policy):
             ``head_sampler='flow_sde'``; no official checkpoint), see :class:`MARConfig`.
         label_drop_prob, mask_ratio_min, diffusion_batch_mul, attn_dropout, proj_dropout:
             pretraining settings of :meth:`pretrain_loss` (official 0.1, 0.7, 4, 0.1, 0.1).
+        mask_ratio_std: the std of the masking ratio's truncated normal (mode 1; official 0.25;
+            larger values train more often with much of the image visible, as late sampling
+            steps see it).
         logprob_sigma: the variance :meth:`evaluate` scores a transition with.
             ``'recomputed'`` (default, vargo's original behaviour): the DDPM head's learned-range
             ``log s_t^2`` recomputed from its ``v`` output, so the log-prob has gradients through
@@ -105,7 +108,8 @@ class MARPolicy(Policy):
                  checkpoint: Optional[str] = None, checkpoint_key: str = 'model_ema',
                  tokenizer: Union[str, dict] = 'kl16', tokenizer_checkpoint: Optional[str] = None,
                  fix_head: bool = False, label_drop_prob: float = 0.1,
-                 mask_ratio_min: float = 0.7, diffusion_batch_mul: int = 4,
+                 mask_ratio_min: float = 0.7, mask_ratio_std: float = 0.25,
+                 diffusion_batch_mul: int = 4,
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_type: str = 'ddpm',
                  logprob_sigma: str = 'recomputed'):
         super().__init__()
@@ -136,7 +140,10 @@ class MARPolicy(Policy):
             for p in self.mar.diffloss.parameters():
                 p.requires_grad_(False)
         self.label_drop_prob = label_drop_prob
-        self.mask_ratio_min = mask_ratio_min
+        if not (0.0 <= mask_ratio_min < 1.0 and mask_ratio_std > 0):
+            raise ValueError(f'MARPolicy: mask_ratio_min={mask_ratio_min!r} must be in [0, 1) and '
+                             f'mask_ratio_std={mask_ratio_std!r} > 0 (official 0.7 and 0.25)')
+        self.mask_ratio_min, self.mask_ratio_std = mask_ratio_min, mask_ratio_std
         self.diffusion_batch_mul = diffusion_batch_mul
         h = self.cfg.seq_h
         r, c = torch.meshgrid(torch.arange(h), torch.arange(h), indexing='ij')
@@ -547,7 +554,8 @@ class MARPolicy(Policy):
     # ---- pretraining ---------------------------------------------------------------------------
     def pretrain_loss(self, tokens: Tensor, cond: Conditions) -> Tensor:
         """Official ``MAR.forward`` loss on ``tokens [B, N, D]`` (scaled latents): random
-        orders, a truncated-normal masking ratio (mode 1, std 0.25, >= ``mask_ratio_min``),
+        orders, a truncated-normal masking ratio (mode 1, std ``mask_ratio_std`` = 0.25,
+        >= ``mask_ratio_min``),
         label dropout to ``fake_latent``, dropout in training mode, and the DiffLoss (eps MSE +
         the learned-variance VLB term, ``training_losses`` with ``LossType.MSE``) on the masked
         tokens, each repeated ``diffusion_batch_mul`` times with independent ``t`` and noise.
@@ -558,11 +566,7 @@ class MARPolicy(Policy):
         b, n, d = x.shape
         dev = x.device
         orders = torch.rand(b, n, device=dev).argsort(dim=1)
-        lo = torch.special.ndtr(torch.tensor((self.mask_ratio_min - 1.0) / 0.25,
-                                             dtype=torch.float64))
-        u = lo + (0.5 - lo) * torch.rand((), dtype=torch.float64)
-        rate = float(1.0 + 0.25 * torch.special.ndtri(u))
-        num_masked = int(math.ceil(n * rate))
+        num_masked = int(math.ceil(n * self.draw_mask_ratio()))
         mask = torch.zeros(b, n, dtype=torch.bool, device=dev)
         mask.scatter_(1, orders[:, :num_masked], True)
         drop = (torch.rand(b, device=dev) < self.label_drop_prob) if self.training else None
@@ -577,6 +581,17 @@ class MARPolicy(Policy):
         else:
             loss = self._diffusion_loss(target, zz)
         return (loss * w).sum() / w.sum()
+
+    def draw_mask_ratio(self) -> float:
+        """One masking ratio ``r = 1 + std * Phi^-1(u)``, ``u ~ U(Phi((min - 1) / std), 1/2)``:
+        the normal of mode 1 and std ``mask_ratio_std`` truncated to ``[mask_ratio_min, 1]``
+        (official ``stats.truncnorm((min - 1) / 0.25, 0, loc=1, scale=0.25)``), drawn from
+        torch's global generator."""
+        std = self.mask_ratio_std
+        lo = torch.special.ndtr(torch.tensor((self.mask_ratio_min - 1.0) / std,
+                                             dtype=torch.float64))
+        u = lo + (0.5 - lo) * torch.rand((), dtype=torch.float64)
+        return float(1.0 + std * torch.special.ndtri(u))
 
     def _flow_loss(self, x0: Tensor, z: Tensor) -> Tensor:
         """Flow-matching MSE of a velocity head: ``s ~ U(0, 1)``, ``x_s = (1 - s) x0 + s eps``,
