@@ -119,6 +119,11 @@ def test_interleaved_rounds_ratio_range_and_json(tmp_path, capsys, keep_threads)
     assert all(c['tokens'] == 2 * 9 and c['differing'] == 0 for c in checks)
     floor = res['weight_read_floor_ms_per_step']
     assert res['weight_bytes'] > 0 and 0 < floor['min'] <= floor['median']
+    # 2 FLOP per decode weight and row; fp32 weights: 4 bytes each
+    rows = res['batch'] * (2 if res['cfg'] != 1 else 1)
+    assert res['step_gflop'] == pytest.approx(2 * rows * res['weight_bytes'] / 4 / 1e9)
+    assert res['compute_floor_ms_per_step'] == pytest.approx(
+        1000 * res['step_gflop'] / res['machine']['gemm_peak']['gflops'])
     m = res['machine']
     assert m['gemm_peak']['gflops'] > 0 and len(m['gemm_peak']['probes_gflops']) == 2
     assert m['bandwidth']['read_gbps']['median'] > 0
@@ -126,6 +131,7 @@ def test_interleaved_rounds_ratio_range_and_json(tmp_path, capsys, keep_threads)
     printed = capsys.readouterr().out
     assert '| seconds per run |' in printed and '| ms per token |' in printed
     assert 'weight-read floor' in printed and 'identical in all 4 runs' in printed
+    assert 'compute floor' in printed
 
 
 def test_the_side_order_alternates_and_every_run_is_compared():

@@ -36,8 +36,11 @@ What runs:
    disagreement ends the tool with exit code 1 and one line: no ratio is reported;
 6. same-run machine limits (tools/benchmark.py's helpers): fp32 GEMM peak (best of a probe
    before and one after the rounds), read / copy memory bandwidth, and for the raster decode
-   (LlamaGen) the weight-read floor of a step: vargo's trainable weight bytes (embedding tables
-   excluded) / the measured read bandwidth, next to both sides' ms per step.
+   (LlamaGen) the two floors of a step: weight-read (vargo's trainable weight bytes, embedding
+   tables excluded, / the read bandwidth) and compute (2 FLOP per weight and row, CFG rows
+   included, / the GEMM peak); with batch 8 and CFG a step does 8 FLOP per weight byte, so on a
+   CPU the compute floor is usually the higher one. Both are printed next to both sides' ms
+   per step.
 
 Shims (only what the official code needs on a CPU-only machine, applied while it runs):
 ``torch.Tensor.cuda`` returns the tensor itself when CUDA is absent (MAR calls ``.cuda()``);
@@ -672,6 +675,13 @@ def run(args) -> dict:
         res['weight_bytes'] = wb
         res['weight_read_floor_ms_per_step'] = {'median': 1000 * wb / (read['median'] * 1e9),
                                                 'min': 1000 * wb / (read['best'] * 1e9)}
+        # the same weights multiply every row of the step (CFG doubles the rows): at B rows a
+        # step is 2 B FLOP per weight, so small batches are bandwidth-bound and larger ones
+        # compute-bound; the floor of a step is the larger of the two
+        rows = args.batch * (2 if args.cfg != 1 else 1)
+        flops = 2 * rows * sum(p.numel() for p in bench.decode_weights(built['policy']))
+        res['step_gflop'] = flops / 1e9
+        res['compute_floor_ms_per_step'] = 1000 * flops / (machine['gemm_peak']['gflops'] * 1e9)
     res['load_average_end'] = bench.load_average()
     return res
 
@@ -707,6 +717,8 @@ def table(res: dict) -> str:
         fl = res['weight_read_floor_ms_per_step']
         lines.append(f'| weight-read floor, ms per {unit} ({res["weight_bytes"] / 1e6:.0f} MB '
                      f'/ read bandwidth) | {fl["median"]:.3g} (best {fl["min"]:.3g}) | | |')
+        lines.append(f'| compute floor, ms per {unit} ({res["step_gflop"]:.2f} GFLOP at the GEMM '
+                     f'peak) | {res["compute_floor_ms_per_step"]:.3g} | | |')
     bw, probes = m['bandwidth'], [round(x, 1) for x in m['gemm_peak']['probes_gflops']]
     lines += [
         f'| fp32 GEMM peak, GFLOP/s (best of probes {probes}) | {m["gemm_peak"]["gflops"]:.1f} '

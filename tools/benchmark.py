@@ -384,12 +384,17 @@ def action_sizes(policy, sampler) -> tuple[int, int, int]:
     return int(actions), int(steps), int(getattr(sampler, 'actions_per_token', 1))
 
 
-def weight_bytes(policy) -> int:
-    """Bytes of the trainable weights a decode step reads in full (embedding tables excluded)."""
+def decode_weights(policy) -> list:
+    """The trainable weights a decode step reads in full (embedding tables excluded: a step
+    reads one row of each)."""
     from torch import nn
     tables = {id(m.weight) for m in policy.modules() if isinstance(m, nn.Embedding)}
-    return sum(p.numel() * p.element_size() for p in policy.trainable_parameters()
-               if id(p) not in tables)
+    return [p for p in policy.trainable_parameters() if id(p) not in tables]
+
+
+def weight_bytes(policy) -> int:
+    """Bytes of :func:`decode_weights`."""
+    return sum(p.numel() * p.element_size() for p in decode_weights(policy))
 
 
 # ---------------------------------------------------------------------------------------------
