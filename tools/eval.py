@@ -113,10 +113,17 @@ is printed under the table; ``tools/multiseed.py`` and the run report print it u
 """
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning: with another busy process on the machine,
+# spinning threads made 2-thread runs 2.5-4x slower than 1 thread (README, "Threads on a
+# shared machine"); your own OMP_WAIT_POLICY wins. Set before torch is imported: OpenMP reads
+# it when it is loaded.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from typing import Optional

@@ -13,8 +13,15 @@ directories this run created are removed. ``--debug`` shows the traceback instea
 """
 from __future__ import annotations
 
-import argparse
 import os
+
+# Idle OpenMP threads sleep instead of spinning: with another busy process on the machine,
+# spinning threads made 2-thread runs 2.5-4x slower than 1 thread (README, "Threads on a
+# shared machine"); your own OMP_WAIT_POLICY wins. Set before torch is imported: OpenMP reads
+# it when it is loaded.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+import argparse
 import os.path as osp
 import shutil
 import sys
