@@ -88,9 +88,15 @@ def folder_record(path: str) -> dict:
 
 
 def vargo_commit() -> Optional[str]:
-    """The checkout's commit (``+dirty`` if tracked files changed); None without git."""
+    """The vargo checkout's commit (:func:`git_commit` of the repository root)."""
+    return git_commit(REPO_ROOT)
+
+
+def git_commit(root: str) -> Optional[str]:
+    """The commit of the git work tree at ``root`` (``+dirty`` if tracked files changed);
+    None without git or outside a work tree."""
     def git(*args):
-        return subprocess.run(['git', *args], cwd=REPO_ROOT, capture_output=True, text=True,
+        return subprocess.run(['git', *args], cwd=root, capture_output=True, text=True,
                               check=True, timeout=30).stdout.strip()
     try:
         head = git('rev-parse', 'HEAD')

@@ -66,8 +66,6 @@ import math
 import os
 import platform
 import re
-import statistics
-import subprocess
 import sys
 import types
 from typing import Any, Callable, Optional
@@ -284,16 +282,6 @@ def cpu_shims():
             yield
         finally:
             torch.Tensor.cuda = original
-
-
-def checkout_commit(root: str) -> Optional[str]:
-    """The checkout's git commit, if it is a git work tree."""
-    try:
-        out = subprocess.run(['git', '-C', root, 'rev-parse', 'HEAD'], capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -626,20 +614,17 @@ def interleaved(official: Side, vargo: Side, compare, rounds: int, warmup: int) 
     return {'times': times, 'checks': checks}
 
 
-def _range(values: list[float]) -> dict:
-    return {'median': statistics.median(values), 'min': min(values), 'max': max(values),
-            'values': list(values)}
-
-
 def run(args) -> dict:
     """Build both sides, probe the machine, time the interleaved rounds; the result dict."""
     import torch
+
+    from vargo.core.eval_protocol import git_commit
     bench = _benchmark_helpers()
     root = check_checkout(args.family, args.official)
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {
         'family': args.family, 'official_dir': root, 'official_repo': CHECKOUTS[args.family][1],
-        'official_commit': checkout_commit(root), 'arch': args.arch, 'batch': args.batch,
+        'official_commit': git_commit(root), 'arch': args.arch, 'batch': args.batch,
         'cfg': args.cfg, 'top_k': args.top_k, 'top_p': args.top_p,
         'temperature': args.temperature, 'seed': args.seed, 'perturb': args.perturb,
         'threads': torch.get_num_threads(), 'rounds': args.rounds, 'warmup': args.warmup,
@@ -665,10 +650,10 @@ def run(args) -> dict:
                         'checks': timing['checks']}
     steps = built['steps']
     for name, values in timing['times'].items():
-        res[name] = {'time_s': _range(values),
-                     'ms_per_step': _range([1000 * v / steps for v in values])}
+        res[name] = {'time_s': bench.stats(values),
+                     'ms_per_step': bench.stats([1000 * v / steps for v in values])}
     ratios = [o / v for o, v in zip(timing['times']['official'], timing['times']['vargo'])]
-    res['ratio_official_over_vargo'] = _range(ratios)
+    res['ratio_official_over_vargo'] = bench.stats(ratios)
     if built['raster']:
         wb = bench.weight_bytes(built['policy'])
         read = machine['bandwidth']['read_gbps']
@@ -742,10 +727,6 @@ def _worst(checks: list[dict]) -> str:
     return out
 
 
-def _jsonable(x):
-    return _benchmark_helpers()._jsonable(x)
-
-
 def main(argv=None) -> int:
     from vargo.core.cli import fail
     args = parse_args(argv)
@@ -756,7 +737,7 @@ def main(argv=None) -> int:
     except OutputsDisagree as e:
         print(f'error: the outputs disagree, no ratio reported: {e}', file=sys.stderr)
         return 1
-    res = _jsonable(res)
+    res = _benchmark_helpers()._jsonable(res)
     print(table(res))
     _benchmark_helpers().write_result(res, args.out)
     print(f'wrote {args.out}')

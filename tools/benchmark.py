@@ -156,8 +156,9 @@ def timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[list[flo
 
 
 def stats(values: list[float]) -> dict:
-    """``{'median', 'min', 'values'}`` of timings (seconds or ms)."""
-    return {'median': statistics.median(values), 'min': min(values), 'values': list(values)}
+    """``{'median', 'min', 'max', 'values'}`` of timings (seconds or ms)."""
+    return {'median': statistics.median(values), 'min': min(values), 'max': max(values),
+            'values': list(values)}
 
 
 def rate(work: float, times: dict) -> dict:

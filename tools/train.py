@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning: with another busy process on the machine,
-# spinning threads made 2-thread runs 2.5-4x slower than 1 thread (README, "Threads on a
-# shared machine"); your own OMP_WAIT_POLICY wins. Set before torch is imported: OpenMP reads
-# it when it is loaded.
+# before torch loads OpenMP: idle threads sleep, not spin (README "Threads on a shared machine")
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
 import argparse
