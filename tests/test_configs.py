@@ -71,7 +71,8 @@ def shrink(cfg):
     if policy['type'] not in TINY:
         raise AssertionError(f'add a tiny setting for {policy["type"]} to tests/test_configs.py')
     size = policy.get('image_size')
-    vocabulary = policy.get('tokenizer', {}).get('vocabulary')
+    tokenizer = policy.get('tokenizer')
+    vocabulary = tokenizer.get('vocabulary') if isinstance(tokenizer, dict) else None
     policy.update(TINY[policy['type']])
     if policy['type'] == 'JanusPolicy' and vocabulary:   # Shapes prompts: keep their words
         policy['tokenizer'] = dict(vocabulary=vocabulary)
