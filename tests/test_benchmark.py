@@ -367,3 +367,37 @@ def test_benchmark_covers_the_janus_policy(tmp_path, keep_threads, capsys):
     assert res['trainable_params'] == sum(p.numel() for p in policy.lm.parameters())
     it = res['iteration']
     assert it['samples'] == 4 and sum(it['fraction'].values()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('spec, groups, mask_units', [
+    (LogprobSpec(mode='none'), 1, 0.0),
+    (LogprobSpec(mode='rollout', cfg_scale=4.0, top_k=100, top_p=0.9), 2, 0.25)])
+def test_logp_memory_keeps_to_the_gradient_where_the_plain_composition_does_not(
+        spec, groups, mask_units, keep_threads):
+    """Issue 19 item 5: vargo's chunked log-prob + entropy holds, above the logits, their
+    gradient (``groups`` units of one [rows, vocab] fp32 tensor) and, with truncation, the
+    kept-set mask (bool: 0.25 units) -- no further [rows, vocab] tensor; the plain
+    log_softmax composition holds several. Also pins that both compute the same values."""
+    bench = _load_tool()
+    torch.set_num_threads(1)
+    mem = bench.PeakMemory()
+    if not mem.method.startswith('VmHWM'):
+        pytest.skip('no per-phase peak memory on this system (needs /proc/self/clear_refs)')
+    out = bench.bench_logp_memory(1024, 8192, spec, mem, seed=0)
+    assert out['logit_groups'] == groups and out['unit_mb'] == 32.0
+    if not out['exact_release']:
+        pytest.skip('glibc mallopt unavailable: freed temporaries may stay resident')
+    ours, plain = (out[k]['peak_above_start_units'] for k in ('vargo', 'plain'))
+    chunks = 3 * 4 / out['unit_mb']       # at most three live ~4 MB row chunks
+    assert groups + mask_units - 0.01 <= ours <= groups + mask_units + chunks + 0.01, out
+    assert plain >= groups + 2.5, out
+
+    from vargo.components.modules.categorical import categorical_logp_entropy
+    kw = dict(cfg_scale=spec.cfg_scale, temperature=1.0,
+              top_k=spec.top_k if spec.mode == 'rollout' else 0,
+              top_p=spec.top_p if spec.mode == 'rollout' else 1.0)
+    logits = torch.randn(groups, 64, 300).mul_(3)
+    actions = (logits[0] if groups == 1 else logits[1] + 4 * (logits[0] - logits[1])).argmax(-1)
+    for a, b in zip(categorical_logp_entropy(logits, actions, **kw),
+                    bench.plain_logp_entropy(logits, actions, **kw)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

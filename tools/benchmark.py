@@ -63,6 +63,20 @@ with ``torch.set_num_threads(--threads)``:
    exist: only the policy's checkpoints are replaced by random weights). ``metrics``: the
    head's own metrics of the last call (e.g. ``OcrReward``'s ``lines`` read per image, on which
    its cost depends).
+8. log-prob and entropy memory (``--logp-memory ROWS VOCAB``): the peak memory above the start
+   of one forward + backward of the categorical log-prob of the taken tokens and the entropy
+   (loss ``-mean(logp) - 0.01 * mean(entropy)``) on random ``[g, ROWS, VOCAB]`` fp32 logits
+   (``g = 2`` when the config's log-prob spec uses CFG, its scale, temperature and, in
+   ``'rollout'`` mode, its top-k / top-p), in units of one ``[ROWS, VOCAB]`` fp32 tensor,
+   for vargo's chunked :func:`~vargo.components.modules.categorical.categorical_logp_entropy`
+   and for the plain composition (``cfg_mix``, ``log_softmax``, ``-(p * log p).sum``, the
+   truncation as a ``-inf`` fill). The logits' own gradient (``g`` units) is part of both:
+   vargo's needs nothing else of that size beyond the kept-set mask (bool) and ~4 MB chunks.
+   Each is run once untimed before the measured run (the allocator's first-call growth), and
+   glibc is told to mmap every allocation of 64 KiB or more (``exact_release``), so a freed
+   temporary leaves the resident set at once and the peak counts only live tensors; this phase
+   runs last, after the final GEMM probe, because the setting stays for the process.
+   E.g. ``--logp-memory 2048 16384``: LlamaGen GPT-B's 8 x 256 tokens over 16384 codes.
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -123,6 +137,9 @@ def parse_args(argv=None):
     p.add_argument('--reward-heads', action='store_true',
                    help="time the startup and per-image cost of the config's reward heads and "
                         'eval_cfg.metric_heads')
+    p.add_argument('--logp-memory', type=int, nargs=2, metavar=('ROWS', 'VOCAB'),
+                   help='measure the peak memory of the log-prob + entropy forward/backward on '
+                        'ROWS x VOCAB logits, vargo vs the plain composition (item 8)')
     p.add_argument('--gemm-size', type=int, default=2048, help='n of the n x n fp32 GEMM')
     p.add_argument('--bandwidth-mb', type=int, default=512,
                    help='size of the bandwidth test tensor (well above the caches)')
@@ -135,6 +152,9 @@ def parse_args(argv=None):
             p.error(f'--{name.replace("_", "-")}={getattr(args, name)} must be >= 1')
     if args.steps is not None and args.steps < 1:
         p.error(f'--steps={args.steps} must be >= 1 (or omitted to time whole rollouts)')
+    if args.logp_memory and min(args.logp_memory) < 1:
+        p.error(f'--logp-memory {args.logp_memory[0]} {args.logp_memory[1]}: ROWS and VOCAB '
+                'must be >= 1')
     return args
 
 
@@ -601,6 +621,81 @@ def vmr_cost(sampler, record: list[tuple[str, float]], generate: list[float]) ->
     return out
 
 
+def plain_logp_entropy(logits, actions, *, cfg_scale: float, temperature: float, top_k: int,
+                       top_p: float):
+    """The textbook composition :func:`bench_logp_memory` compares against: the same
+    distribution as ``categorical_logp_entropy`` (``cfg_mix`` / temperature, truncation as a
+    ``-inf`` fill, ``log_softmax``, ``H = -sum p log p`` over the kept tokens), unchunked."""
+    import torch
+
+    from vargo.components.modules.categorical import cfg_mix, truncation_keep_mask
+    z = cfg_mix(logits[0], logits[1] if logits.shape[0] == 2 else None, cfg_scale) / temperature
+    keep = truncation_keep_mask(z.detach(), top_k, top_p) if top_k > 0 or top_p < 1 else None
+    if keep is not None:
+        keep = keep.scatter(1, actions[:, None], True)
+        z = z.masked_fill(~keep, float('-inf'))
+    logp_all = torch.log_softmax(z, dim=-1)
+    p = logp_all.exp()
+    plogp = p * (logp_all if keep is None else logp_all.masked_fill(~keep, 0.0))
+    return logp_all.gather(1, actions[:, None])[:, 0], -plogp.sum(-1)
+
+
+#: glibc mallopt parameter number of the mmap threshold (malloc.h)
+M_MMAP_THRESHOLD = -3
+
+
+def _mmap_every_large_allocation() -> bool:
+    """Make glibc serve every allocation of 64 KiB or more by its own mmap (returned to the
+    system on free), so the resident high-water mark counts only the tensors alive at the peak:
+    with its default dynamic threshold, freed blocks below 32 MB stay in the heap and the peak
+    depends on what ran before. True if set (Linux glibc); the setting stays for the process."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024))
+    except (OSError, AttributeError):
+        return False
+
+
+def bench_logp_memory(rows: int, vocab: int, spec, mem: PeakMemory, seed: int) -> dict:
+    """Peak memory of the log-prob + entropy forward/backward (the module doc, item 8)."""
+    import torch
+
+    from vargo.components.modules.categorical import categorical_logp_entropy
+    g = 2 if spec.uses_cfg else 1
+    truncate = spec.mode == 'rollout'
+    kw = dict(cfg_scale=spec.cfg_scale if g == 2 else 1.0, temperature=spec.temperature,
+              top_k=spec.top_k if truncate else 0, top_p=spec.top_p if truncate else 1.0)
+    unit = rows * vocab * 4 / 2 ** 20
+    gen = torch.Generator().manual_seed(seed)
+    out = {'rows': rows, 'vocab': vocab, 'logit_groups': g, **kw, 'unit_mb': unit,
+           'exact_release': _mmap_every_large_allocation()}
+    for name, fn in (('vargo', lambda lg, a: categorical_logp_entropy(lg, a, **kw)),
+                     ('plain', lambda lg, a: plain_logp_entropy(lg, a, **kw))):
+        logits = torch.randn(g, rows, vocab, generator=gen).mul_(3).requires_grad_(True)
+        actions = torch.randint(vocab, (rows,), generator=gen)
+        with torch.no_grad():   # taken tokens inside any truncated set, as a sampler's are
+            z = logits[0] if g == 1 else logits[1] + (logits[0] - logits[1]) * kw['cfg_scale']
+            actions = z.argmax(-1)
+            del z
+
+        def step():
+            logits.grad = None
+            with torch.enable_grad():
+                logp, ent = fn(logits, actions)
+                (-logp.mean() - ENTROPY_COEF * ent.mean()).backward()
+
+        step()          # warm-up: the allocator's first-call growth is not the method's
+        logits.grad = None
+        mem.start()
+        step()
+        m = mem.stop()
+        out[name] = {**m, 'peak_above_start_units': m['peak_above_start_mb'] / unit}
+        del logits, actions
+    return out
+
+
 def bench_reward_heads(cfg, model, cond, args, mem: PeakMemory) -> dict:
     """Startup and per-image cost of every reward head (see the module doc, item 7)."""
     import dataclasses
@@ -723,6 +818,13 @@ def table(res: dict) -> str:
                 rows.append(('  of the GEMM peak', up['pct_of_gemm_peak']['median'],
                              up['pct_of_gemm_peak']['best'], '%'))
         rows.append(('  peak memory', up['peak_rss_mb'], None, 'MB'))
+    lm = res.get('logp_memory')
+    if lm:
+        shape = f'{lm["logit_groups"]} x {lm["rows"]} x {lm["vocab"]}'
+        rows.append((f'log-prob + entropy fwd+bwd ({shape} logits), peak above start', None,
+                     None, f'x one [{lm["rows"]}, {lm["vocab"]}] fp32 = {lm["unit_mb"]:.1f} MB'))
+        for name in ('vargo', 'plain'):
+            rows.append((f'  {name}', lm[name]['peak_above_start_units'], None, 'x'))
     it = res.get('iteration')
     if it:
         rows.append((f'iteration ({it["samples"]} samples, G={it["group_size"]})',
@@ -830,6 +932,9 @@ def run(args) -> dict:
         res['reward_heads'] = bench_reward_heads(cfg, model, cond, args, mem)
     res['machine']['gemm_end'] = bench_gemm(args.gemm_size, args.repeat)
     res['machine']['gemm_peak'] = gemm_peak([res['machine']['gemm'], res['machine']['gemm_end']])
+    if args.logp_memory:     # last: it changes the allocator's mmap threshold
+        res['logp_memory'] = bench_logp_memory(*args.logp_memory, config_sampler.logprob_spec(),
+                                               mem, args.seed)
     res['warnings'] = fraction_of_peak(res)
     res['load_average_end'] = load_average()
     return res
