@@ -6,9 +6,16 @@ import sys
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 os.environ.setdefault('MPLBACKEND', 'Agg')
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # one of several test workers (pyproject's addopts: one per core): one thread each, for
+    # torch here and for the tools the tests start, so workers do not oversubscribe the cores
+    os.environ['OMP_NUM_THREADS'] = '1'
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -70,6 +70,22 @@ def test_alpha_one_gives_every_scale_the_same_total_and_a_mean_of_scale_means():
     assert torch.allclose(got, scale_means, atol=1e-6)
 
 
+@pytest.mark.parametrize('mode', sorted(AGGREGATIONS))
+def test_alpha_one_is_the_scale_uniform_objective_for_every_aggregation(mode):
+    """With alpha = 1, whatever the aggregation, every token of a sample counts as that sample's
+    scale-uniform mean ``J_i = (1/S) sum_s mean_{t in s} x_t``: the aggregate of ``x`` under the
+    PANW weights equals the unweighted aggregate of ``J_i`` broadcast over the sample."""
+    step, steps = _var_steps(4)
+    mask = torch.ones(4, 14, dtype=torch.bool)
+    x = torch.randn(4, 14, generator=torch.Generator().manual_seed(2))
+    w = _select(1.0, mask, steps).pg
+    j = torch.stack([x[:, step == i].mean(1) for i in range(len(PATCH_NUMS))], 1).mean(1)
+    y = j[:, None].expand(-1, 14)
+    ctx = {'num_groups': 2, 'group_size': 2} if mode == 'group_weighted_token_mean' else None
+    assert torch.allclose(aggregate(x, mask, w, mode, ctx), aggregate(y, mask, None, mode, ctx),
+                          atol=1e-6), mode
+
+
 def test_a_partial_rollout_is_normalised_over_its_segment_only():
     step, steps = _var_steps(2)
     mask = (steps >= 1).clone()                       # a suffix update: scale 0 was given

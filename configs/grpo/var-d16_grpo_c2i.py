@@ -4,7 +4,7 @@
 # clip_hps_imagenet.py): the AR-GRPO-style baseline of llamagen-xl_grpo-clip-hps_c2i.py on VAR
 # (GRPO settings of docs/methods/grpo.md: token-level ratio, PPO clip 0.2, token-mean
 # aggregation, k3 KL beta 0.1, G=8, AdamW lr 1e-5), the starting point of VAR RL Done Right
-# (docs/methods/var_rl.md, planned). Rollouts use the base config's sampler, VAR's FID setting
+# (docs/methods/var_rl.md). Rollouts use the base config's sampler, VAR's FID setting
 # (cfg 1.5 of the official code = cfg_scale 2.5 with its per-scale ramp, top-k 900, top-p 0.96);
 # log-probs from conditional logits, as the papers train.
 _base_ = [
