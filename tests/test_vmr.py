@@ -1,5 +1,5 @@
 """VMR (value as middle return, VAR RL Done Right): the soft value, the phase schedule of
-``VMRSampler``, its prefix-phase mask and shared-prefix groups (VAR and raster LlamaGen), the
+``VMRSampler``, its prefix-phase mask and shared-prefix groups (VAR, raster LlamaGen and MAR), the
 value ``VMRReward`` computes from its completions, rank invariance (2 gloo processes = 1
 process), re-running an iteration from the same state, and a 2-iteration training run covering
 both phases."""
@@ -372,3 +372,41 @@ def test_vmr_split_table_attributes_a_first_token_reward_to_every_prefix():
     assert all(math.isclose(r['explained'], 1.0) and r['disagree'] == 0.0 for r in rows)
     rows = vmr_split.split_table(policy, sampler, LastScale(), cond, completions=4, seed=0)
     assert all(r['explained'] < 0.5 and r['disagree'] > 0.5 for r in rows)
+
+
+def test_mar_split_at_an_ar_step_shares_the_prefix_tokens_and_completes_the_rest():
+    """VMR on MAR (configs/var_rl/README.md: a split at an AR step): the prefix phase trains the
+    head transitions of the AR steps before the split; the suffix phase's G completions of one
+    prefix share its committed tokens and its transitions, and differ after the split."""
+    from test_mar import _policy as mar_policy
+    policy = mar_policy(seed=1)
+    split = 2
+    s = VMRSampler(sampler=dict(type='MaskedSampler', num_iter=4, num_sampling_steps=5,
+                                cfg_scale=1.0, cfg_schedule='linear', temperature=0.9,
+                                logprob_cfg='rollout'),
+                   split_step=split, prefix_updates=1, suffix_updates=1)
+    s.check_policy(policy)
+    cond = Conditions(class_ids=torch.tensor([1, 3]))
+    g = 3
+    pre = s.rollout(policy, cond, group_size=g, ctx=make_ctx(policy, s, 0, 2, g))
+    assert pre.prefix_steps == 0 and torch.equal(pre.action_mask, pre.steps() < split)
+    assert bool(pre.action_mask.any()) and not bool(pre.action_mask.all())
+    ctx = make_ctx(policy, s, 1, 2, g)
+    suf = s.rollout(policy, cond, group_size=g, rng=ctx.rng, ctx=ctx)
+    assert suf.batch_size == 2 * g and suf.prefix_steps == split
+    steps = suf.steps()
+    assert torch.equal(suf.action_mask, steps >= split)
+    assert torch.equal(suf.group_ids, torch.arange(2).repeat_interleave(g))
+    steps = steps.view(2, g, -1)
+    # a group's completions continue one prefix: the same random order, so the same AR step
+    # per action (tokens in raster order, each image its own order)
+    assert torch.equal(steps, steps[:, :1].expand_as(steps))
+    before = steps[:, 0] < split                                                  # [2, A]
+    acts = suf.actions.view(2, g, suf.num_actions, -1)
+    for c in range(2):
+        b = before[c]
+        assert torch.equal(acts[c][:, b], acts[c][:1, b].expand(g, -1, -1))       # shared
+        assert not torch.equal(acts[c][0, ~b], acts[c][1, ~b])                    # completions
+    shared = s.shared_prefixes(policy, cond, ctx)
+    for c in range(2):
+        assert torch.equal(acts[c, 0, before[c]], shared.actions[c, before[c]])
