@@ -205,3 +205,28 @@ def test_config_runs_one_iteration_tiny(path, tmp_path):
     assert reward_keys, sorted(scalars)
     mismatch = scalars['train/policy/logp_mismatch_max'].current()
     assert mismatch < 1e-3
+
+
+#: the paper configs whose official files (weights, prompts, reward models) a user downloads
+PAPER_CONFIGS = ['stage/janus-pro-7b_stage_geneval.py', 'stage/janus-pro-7b_stage_hps.py',
+                 'var_rl/janus-pro-7b_var-rl_text.py', 'var_rl/var-d16_var-rl_c2i.py',
+                 'mar_grpo/mar-b_mar-grpo_c2i.py', 'grpo/var-d16_grpo_c2i.py',
+                 'grpo/mar-b_grpo_c2i.py']
+
+
+@pytest.mark.parametrize('name', PAPER_CONFIGS)
+def test_paper_config_without_its_files_names_each_and_where_it_is_published(name, tmp_path):
+    """What ``tools/train.py CONFIG --dry-run`` reports on a machine without the official files:
+    one entry per missing file, each followed by where the file is published; no work dir."""
+    path = os.path.join(ROOT, 'configs', name)
+    assert os.path.exists(path), name
+    with pytest.raises(FileNotFoundError) as e:
+        prepare_config(load_config(path), config_path=path, work_dir=str(tmp_path / 'wd'))
+    lines = str(e.value).splitlines()
+    assert lines[0] == 'the config names files that do not exist:'
+    entries = [i for i, ln in enumerate(lines) if ln.startswith('  ') and ' = ' in ln
+               and not ln.startswith('    ')]
+    assert entries, lines
+    for i in entries:
+        assert lines[i + 1].strip().startswith('published at '), (name, lines[i:i + 2])
+    assert not (tmp_path / 'wd').exists()
