@@ -117,6 +117,11 @@ def switches(config, out):
     same_rollout = bool(torch.equal(again.actions, rollout.actions))
     resharded = all(type(p).__name__ == 'DTensor' for p in algo.policy.parameters()
                     if p.requires_grad)
+    # the frozen reference is sharded as the policy's units are (not a whole copy per rank)
+    trainable = {n for n, p in algo.policy.named_parameters() if p.requires_grad}
+    ref_params = dict(algo.reference.named_parameters())
+    resharded = resharded and bool(trainable) and trainable <= ref_params.keys() and all(
+        type(ref_params[n]).__name__ == 'DTensor' for n in trainable)
     logp_ac, checkpointed = gradients(algo)
     bf16_algo = build()
     VargoFSDP(bf16_algo, mixed_precision='bf16', activation_checkpointing=True)
