@@ -389,7 +389,9 @@ def test_logp_memory_keeps_to_the_gradient_where_the_plain_composition_does_not(
         pytest.skip('glibc mallopt unavailable: freed temporaries may stay resident')
     ours, plain = (out[k]['peak_above_start_units'] for k in ('vargo', 'plain'))
     chunks = 3 * 4 / out['unit_mb']       # at most three live ~4 MB row chunks
-    assert groups + mask_units - 0.01 <= ours <= groups + mask_units + chunks + 0.01, out
+    # at least the gradient; at most gradient + mask + chunks (the mask's pages are not always
+    # counted at the peak: seen 2.0001 for 2.25 in one pytest worker)
+    assert groups - 0.01 <= ours <= groups + mask_units + chunks + 0.01, out
     assert plain >= groups + 2.5, out
 
     from vargo.components.modules.categorical import categorical_logp_entropy
