@@ -38,8 +38,8 @@ class KLVAEPretrainer(TokenizerPretrainer):
     with ``KL = 0.5 (mu^2 + sigma^2 - 1 - log sigma^2)`` averaged over latent elements and
     ``rec`` the foreground-weighted L2 (or L1) of the VQ trainers on images in [-1, 1].
 
-    Evaluated as ``vq`` on the posterior means (``encode_latents``; the MAR trains on posterior
-    samples, ``mar-c2i --latents``), plus the latent statistics: the config's ``scale_factor``
+    Evaluated as ``vq`` on the posterior means (``encode_latents``; the Shapes MAR trains on
+    them too, ``mar-c2i --latents``), plus the latent statistics: the config's ``scale_factor``
     should make the scaled latents about unit std (``unit_std_scale_factor`` in the card), as
     MAR's 0.2325 does for KL-16 on ImageNet. The scale does not change the weights or the
     reconstructions: train, set the config's ``tokenizer.scale_factor`` to the card's
@@ -118,12 +118,14 @@ class KLVAEPretrainer(TokenizerPretrainer):
 class MARC2IPretrainer(GeneratorPretrainer):
     """The class-conditional MAR (``policy`` of a MAR config) trained with
     :meth:`MARPolicy.pretrain_loss` -- the official ``MAR.forward`` loss: random orders, one
-    truncated-normal masking ratio per batch (mode 1, std 0.25, >= ``mask_ratio_min`` 0.7),
+    truncated-normal masking ratio per batch (mode 1, std ``mask_ratio_std``, >=
+    ``mask_ratio_min``; official 0.25 and 0.7, the Shapes config 0.5 and 0),
     labels dropped to ``fake_latent`` with ``label_drop_prob`` (for CFG), attention/projection
     dropout, and the head's loss on the masked tokens, ``diffusion_batch_mul`` draws of the
     noise level per token (DDPM head: eps MSE + learned-variance VLB; flow head: velocity MSE)
-    -- on the latents of freshly rendered Shapes c2i images, a posterior sample of the
-    config's frozen KL VAE (``engine_mar.py``; ``--latents mean``: the posterior mean). An
+    -- on the latents of freshly rendered Shapes c2i images, the posterior means of the
+    config's frozen KL VAE (``--latents sample``: posterior samples, as the official
+    ``engine_mar.py``; on Shapes their noise is as large as the signal). An
     exponential moving average of the weights (``--ema``, the
     official ``model_ema``) is what is shipped and evaluated. Evaluated by sampling every class
     with the config's ``MaskedSampler``."""
@@ -136,8 +138,10 @@ class MARC2IPretrainer(GeneratorPretrainer):
     tokenizer_noun = 'KL VAE'
     card_title = ('The Shapes class-conditional MAR base model (masked autoregression of '
                   'continuous tokens with a diffusion head).')
-    # the shipped mar_shapes_c2i: 2400 constant-LR steps (strict 0.17 unguided; model card)
-    defaults = dict(steps=2400, batch_size=32, lr=2e-3, warmup=100, lr_schedule='constant',
+    # the shipped mar_shapes_c2i: 4000 constant-LR steps on posterior means (model card;
+    # docs/experiments/mar_shapes_base for why: posterior noise, and the context is used only
+    # after about 3000 steps)
+    defaults = dict(steps=4000, batch_size=32, lr=2e-3, warmup=100, lr_schedule='constant',
                     weight_decay=0.02, beta2=0.95)
 
     @classmethod
@@ -146,8 +150,9 @@ class MARC2IPretrainer(GeneratorPretrainer):
         p.add_argument('--ema', type=float, default=0.999,
                        help='EMA decay of the shipped weights (0: ship the raw weights); the '
                             'decay at step s is min(ema, (1 + s) / (10 + s))')
-        p.add_argument('--latents', choices=('sample', 'mean'), default='sample',
-                       help='train on posterior samples (official) or posterior means')
+        p.add_argument('--latents', choices=('sample', 'mean'), default='mean',
+                       help='train on posterior means (default: on Shapes the posterior noise '
+                            'is as large as the signal) or posterior samples (official)')
 
     def build(self):
         params = super().build()

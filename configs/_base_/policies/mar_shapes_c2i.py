@@ -1,8 +1,9 @@
 # Shapes base model, class-conditional MAR: a width-128 MAE encoder/decoder (3 + 3 blocks, 4
 # class-buffer slots) with a DiffLoss MLP head (3 AdaLN res-blocks of width 128) generating the
 # 8 x 8 = 64 continuous tokens (4 channels) of a small KL VAE (stride 4, 32 px), both pretrained
-# by tools/pretrain_shapes.py (subcommands kl-vae, mar-c2i), which reads the architectures from
-# this file. Model cards: components/benchmarks/weights/kl_vae_shapes.md and mar_shapes_c2i.md.
+# by tools/pretrain_shapes.py (subcommands kl-vae, mar-c2i; the MAR on the VAE's posterior
+# means, not samples as the official MAR), which reads the architectures from this file. Model
+# cards: components/benchmarks/weights/kl_vae_shapes.md and mar_shapes_c2i.md.
 # The head is a flow (velocity) head sampled with Flow-GRPO's SDE (NOVA-style MAR-GRPO), not the
 # official DDPM eps head: the respaced cosine chain's first step (t = 999, abar ~ 2e-9) multiplies
 # the head's eps error by ~1300 at 25 steps (~350 at 100), and a head this small stays ~1e-2 off
@@ -24,13 +25,20 @@ policy = dict(
     fix_head=False,
     head_type='flow',
     label_drop_prob=0.1,
+    # masking ratio of pretraining: the truncated normal of mode 1 reaches down to 0 (official
+    # >= 0.7, std 0.25), so training also sees the nearly complete contexts of the last decoding
+    # steps (docs/experiments/mar_shapes_base: no measurable effect at 2400 steps; kept because
+    # the run that learned to use its context had it)
+    mask_ratio_min=0.0,
+    mask_ratio_std=0.5,
     # no dropout (official 0.1): every training image is fresh, nothing to regularise against
     attn_dropout=0.0,
     proj_dropout=0.0)
 # The sampling setting the model card's ShapesEval and FID were measured with: no guidance, 16 AR
-# steps, 25 flow-SDE head steps (noise level 0.7, Flow-GRPO's). Deliberately imperfect: unguided
-# the base model is right about one time in six (strict 0.17, FID 27; it often draws a second
-# small object), CFG 3 (linear) lifts it to 0.26 (model card), leaving room for RL.
+# steps, 25 flow-SDE head steps (noise level 0.7, Flow-GRPO's). Imperfect: unguided the base model
+# is right about three times in ten (model card), below the LlamaGen and VAR bases; the first base
+# (posterior samples, 2400 steps) was at 0.17 because it did not use its context
+# (docs/experiments/mar_shapes_base).
 sampler = dict(type='MaskedSampler', num_iter=16, num_sampling_steps=25, cfg_scale=1.0,
                cfg_schedule='linear', temperature=1.0, logprob_cfg='rollout',
                head_sampler='flow_sde', sde_noise_level=0.7)
