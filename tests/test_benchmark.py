@@ -394,12 +394,12 @@ def test_logp_memory_keeps_to_the_gradient_where_the_plain_composition_does_not(
     assert groups - 0.01 <= ours <= groups + mask_units + chunks + 0.01, out
     assert plain >= groups + 2.5, out
 
-    from vargo.components.modules.categorical import categorical_logp_entropy
+    from vargo.components.modules.categorical import categorical_logp_entropy, cfg_mix
     kw = dict(cfg_scale=spec.cfg_scale, temperature=1.0,
               top_k=spec.top_k if spec.mode == 'rollout' else 0,
               top_p=spec.top_p if spec.mode == 'rollout' else 1.0)
     logits = torch.randn(groups, 64, 300).mul_(3)
-    actions = (logits[0] if groups == 1 else logits[1] + 4 * (logits[0] - logits[1])).argmax(-1)
+    actions = cfg_mix(logits[0], logits[1] if groups == 2 else None, spec.cfg_scale).argmax(-1)
     for a, b in zip(categorical_logp_entropy(logits, actions, **kw),
                     bench.plain_logp_entropy(logits, actions, **kw)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

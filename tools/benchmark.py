@@ -662,7 +662,7 @@ def bench_logp_memory(rows: int, vocab: int, spec, mem: PeakMemory, seed: int) -
     """Peak memory of the log-prob + entropy forward/backward (the module doc, item 8)."""
     import torch
 
-    from vargo.components.modules.categorical import categorical_logp_entropy
+    from vargo.components.modules.categorical import categorical_logp_entropy, cfg_mix
     g = 2 if spec.uses_cfg else 1
     truncate = spec.mode == 'rollout'
     kw = dict(cfg_scale=spec.cfg_scale if g == 2 else 1.0, temperature=spec.temperature,
@@ -674,11 +674,9 @@ def bench_logp_memory(rows: int, vocab: int, spec, mem: PeakMemory, seed: int) -
     for name, fn in (('vargo', lambda lg, a: categorical_logp_entropy(lg, a, **kw)),
                      ('plain', lambda lg, a: plain_logp_entropy(lg, a, **kw))):
         logits = torch.randn(g, rows, vocab, generator=gen).mul_(3).requires_grad_(True)
-        actions = torch.randint(vocab, (rows,), generator=gen)
         with torch.no_grad():   # taken tokens inside any truncated set, as a sampler's are
-            z = logits[0] if g == 1 else logits[1] + (logits[0] - logits[1]) * kw['cfg_scale']
-            actions = z.argmax(-1)
-            del z
+            actions = cfg_mix(logits[0], logits[1] if g == 2 else None,
+                              kw['cfg_scale']).argmax(-1)
 
         def step():
             logits.grad = None
