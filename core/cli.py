@@ -186,6 +186,22 @@ def family_sampler_cfg(sampler_cfg):
     return sampler_cfg
 
 
+def evaluation_sampler_cfg(sampler_cfg):
+    """A copy of :func:`family_sampler_cfg` ``(sampler_cfg)`` with its class's training-only
+    settings switched off (:attr:`~vargo.core.interfaces.Sampler.TRAINING_ONLY`): the config of
+    the sampler that :meth:`~vargo.core.interfaces.Sampler.evaluation_sampler` returns, which is
+    what evaluations draw with and record in their protocol."""
+    import copy
+
+    from vargo.core.registry import SAMPLERS
+    drawing = copy.deepcopy(family_sampler_cfg(sampler_cfg))
+    cls = SAMPLERS.get(drawing.get('type')) if isinstance(drawing.get('type'), str) \
+        else drawing.get('type')
+    for name, value in (getattr(cls, 'TRAINING_ONLY', None) or {}).items():
+        drawing[name] = value
+    return drawing
+
+
 def policy_conditioning(policy) -> tuple[str, Optional[int]]:
     """``('text', None)`` for a policy conditioned on prompts, ``('class', num_classes)`` for a
     class-conditional one (``num_classes`` None when the policy does not say).

@@ -14,6 +14,7 @@ tools) may leave it out: ``ctx=None`` must keep working (reward heads get ``Rewa
 from __future__ import annotations
 
 import abc
+import copy
 from typing import Optional
 
 import torch
@@ -101,11 +102,24 @@ class Sampler(abc.ABC):
     def logprob_spec(self) -> LogprobSpec:
         """The distribution ``logp_old`` is recorded under (policy evaluation must match it)."""
 
+    #: settings that serve training iterations only (recorded extras, extra actions for the
+    #: loss), as ``{name: value that switches it off}``: the evaluation sampler has these values,
+    #: and tools record them so in the evaluation protocol (``vargo.core.cli.
+    #: evaluation_sampler_cfg``). Each name is a constructor argument and an attribute.
+    TRAINING_ONLY: dict = {}
+
     def evaluation_sampler(self) -> 'Sampler':
         """The sampler that draws samples outside training iterations (evaluation, previews,
-        ``tools/sample.py``): this one, or for a wrapper that changes what training iterations
+        ``tools/sample.py``): this one with its :attr:`TRAINING_ONLY` settings switched off
+        (itself when they already are), or for a wrapper that changes what training iterations
         sample (a schedule of partial rollouts) the sampler it wraps."""
-        return self
+        off = {k: v for k, v in self.TRAINING_ONLY.items() if getattr(self, k) != v}
+        if not off:
+            return self
+        twin = copy.copy(self)
+        for name, value in off.items():
+            setattr(twin, name, value)
+        return twin
 
     def check_policy(self, policy: Policy) -> None:
         """Raise ``ValueError`` naming the fix when this sampler cannot sample ``policy``.

@@ -217,3 +217,45 @@ def test_one_iteration_of_the_shapes_mar_grpo_config(tmp_path):
     kept = scalars['train/select/consistency/refinement_kept_frac'].current()
     assert 0 <= kept <= 1
     assert math.isfinite(scalars['train/loss'].current())
+
+
+# ---- evaluation draws without the training-only extras ---------------------------------------------
+
+def test_evaluation_sampler_draws_the_plain_samplers_tokens_without_extras(policy):
+    """Evaluation, previews and tools/sample.py use ``evaluation_sampler()``: for a MAR-GRPO
+    sampler (recorded predictions, refinement and MTE chains) it is the plain sampler, so every
+    arm of a comparison is evaluated on the same noise path, with no extra actions (whose number
+    varies with the loss subset: rollouts of two batches could not be concatenated)."""
+    plain = _sampler(1.0, 'rollout', loss_ar_steps=2, loss_diffusion_steps=2)
+    assert plain.evaluation_sampler() is plain
+    full = _sampler(1.0, 'rollout', loss_ar_steps=2, loss_diffusion_steps=2,
+                    record_predictions=True, refinement=True, mte_chains=2, mte_top_fraction=0.5)
+    ev = full.evaluation_sampler()
+    assert ev is not full and type(ev) is type(full)
+    assert (ev.record_predictions, ev.refinement, ev.mte_chains, ev.mte_top_fraction) == \
+        (False, False, 0, None)
+    assert full.record_predictions and full.refinement and full.mte_chains == 2   # untouched
+    assert (ev.loss_ar_steps, ev.num_iter, ev.logprob_spec()) == \
+        (2, full.num_iter, full.logprob_spec())
+    a, b = _rollout(policy, ev, seed=5), _rollout(policy, plain, seed=5)
+    assert torch.equal(a.extras.tokens, b.extras.tokens) and a.num_actions == b.num_actions
+    assert a.extras.x0_pred is None
+    # the training sampler itself still draws its extras
+    assert _rollout(policy, full, seed=5).num_actions > a.num_actions
+
+
+def test_evaluation_protocol_of_mar_grpo_arms_equals_the_grpo_arms():
+    """tools/eval.py records ``evaluation_sampler_cfg`` in the protocol: the MAR-GRPO arms and
+    their GRPO arm are evaluated under one protocol (tools/multiseed.py compares them)."""
+    from vargo.core import eval_protocol
+    from vargo.core.cli import evaluation_sampler_cfg
+    from vargo.core.registry import SAMPLERS
+    from vargo.core.runner import load_config
+    settings = []
+    for name in ('grpo/mar_grpo_shapes.py', 'mar_grpo/mar_grpo-refinement_shapes.py',
+                 'mar_grpo/mar_mar-grpo_shapes.py', 'mar_grpo/mar_mar-grpo-mte-all_shapes.py'):
+        cfg = load_config(os.path.join(ROOT, 'configs', name))
+        drawing = evaluation_sampler_cfg(cfg.sampler)
+        settings.append(eval_protocol.resolved_settings(drawing, SAMPLERS.get(drawing['type'])))
+        assert cfg.sampler.get('record_predictions', False) == ('mar_grpo/' in name)  # copied
+    assert all(s == settings[0] for s in settings[1:]), settings

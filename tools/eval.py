@@ -134,7 +134,8 @@ from vargo.components.metrics import frechet  # noqa: E402
 from vargo.core import eval_protocol  # noqa: E402
 from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
                             UsageError, cfg_scale, check_cfg_scale, checkpoint_file, fail,
-                            family_sampler_cfg, load_policy_checkpoint, positive_int)
+                            evaluation_sampler_cfg, family_sampler_cfg, load_policy_checkpoint,
+                            positive_int)
 
 FIDELITY_METRICS = ('fid', 'isc', 'kid', 'prc')
 FIDELITY_KEYS = ('extractor', 'task', 'weights_path', 'feature_layer', 'reference_stats',
@@ -708,6 +709,7 @@ def main(argv=None) -> int:
             drawing.cfg_scale = scales[0]
         elif drawing.get('cfg_scale') is not None:
             check_cfg_scale(drawing.cfg_scale, 'sampler.cfg_scale (config or --cfg-options)')
+        drawing = evaluation_sampler_cfg(drawing)     # what evaluation_sampler() draws with
     except (ConfigError, FileNotFoundError, UsageError) as e:
         return fail(e)
     # -- build (models, metric heads, extractor, samplers), still before sampling ---------------

@@ -75,7 +75,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from vargo.core.cli import (CHECKPOINT_HELP, ArgumentParser, CfgOptionsAction,  # noqa: E402
                             UsageError, cfg_scale, check_cfg_scale, checkpoint_file,
-                            existing_path, fail, family_sampler_cfg, int_at_least,
+                            existing_path, fail, evaluation_sampler_cfg, int_at_least,
                             load_policy_checkpoint, positive_int)
 
 IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
@@ -298,7 +298,7 @@ def load_policy(config: str, checkpoint: Optional[str], cfg_options: Optional[di
         raise FileNotFoundError('\n'.join(lines))
     if checkpoint and not os.path.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
-    sampler_cfg = dict(family_sampler_cfg(cfg.sampler))
+    sampler_cfg = dict(evaluation_sampler_cfg(cfg.sampler))
     if cfg_scale is not None:
         check_cfg_scale(cfg_scale, '--cfg-scale')
         sampler_cfg['cfg_scale'] = float(cfg_scale)

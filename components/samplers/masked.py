@@ -249,6 +249,11 @@ class MaskedSampler(RolloutSampler):
 
     protocol = MaskedDecoding
     step_unit = 'AR steps'
+    #: MAR-GRPO's per-step predictions, refinement chains and MTE chains feed the loss only:
+    #: evaluation and previews draw without them (the images of a rollout without recorded
+    #: predictions, ``num_iter / 2`` times less head work, and no extra actions)
+    TRAINING_ONLY = dict(record_predictions=False, refinement=False, mte_chains=0,
+                         mte_top_fraction=None)
 
     def __init__(self, *, num_iter: int, num_sampling_steps: int, cfg_scale: float,
                  cfg_schedule: str, temperature: float, logprob_cfg: str,
