@@ -8,7 +8,8 @@
 # Nothing else differs from the GRPO job (clip, schedule, lr, aggregation), so the comparison is
 # the mechanisms; configs/mar_grpo/mar_grpo-refinement_shapes.py is the GRPO arm with the same
 # refinement terms. Read model_zoo.md on the Shapes MAR base before drawing conclusions: GRPO on
-# the first MAR base hacked the reward (FID 27 -> 84); the current base is not yet measured.
+# the first MAR base hacked the reward (FID 27 -> 84). Its update costs several times a GRPO
+# iteration's (configs/mar_grpo/README.md, "Cost").
 _base_ = ['../grpo/mar_grpo_shapes.py']
 sampler = dict(record_predictions=True, refinement=True, mte_chains=3, mte_top_fraction=0.3)
 token_selectors = dict(

@@ -36,8 +36,9 @@ policy = dict(
     proj_dropout=0.0)
 # The sampling setting the model card's ShapesEval and FID were measured with: no guidance, 16 AR
 # steps, 25 flow-SDE head steps (noise level 0.7, Flow-GRPO's). Imperfect: unguided the base model
-# is right about three times in ten (model card), below the LlamaGen and VAR bases; the first base
-# (posterior samples, 2400 steps) was at 0.17 because it did not use its context
+# is right a bit less than half of the time (strict 0.44, FID 6.2; 0.53 at CFG 2: model card),
+# below the LlamaGen and VAR bases; the first base (posterior samples, 2400 steps) was at 0.17
+# because it did not use its context, the second (4000 steps) at 0.29
 # (docs/experiments/mar_shapes_base).
 sampler = dict(type='MaskedSampler', num_iter=16, num_sampling_steps=25, cfg_scale=1.0,
                cfg_schedule='linear', temperature=1.0, logprob_cfg='rollout',
