@@ -159,6 +159,14 @@ def test_a_workload_above_the_gemm_peak_is_reported_with_a_warning(capsys):
     assert bench.fraction_of_peak(res) == []
 
 
+def test_config_scale_only_times_one_rollout(tmp_path, keep_threads):
+    """tools/thread_sweep.py's setting: only the config's own scale (1 here: ``no_cfg``)."""
+    res = _run(tmp_path, '--config-scale-only', '--skip-update', '--skip-iteration')
+    assert res['rollout']['config_scale'] == 1.0
+    assert 'no_cfg' in res['rollout'] and 'cfg' not in res['rollout']
+    _stat(res['rollout']['no_cfg']['time_s'])
+
+
 def test_benchmark_times_the_last_steps_as_a_continuation(tmp_path, keep_threads):
     res = _run(tmp_path, '--steps', '8', '--skip-update', '--skip-iteration')
     assert 'update' not in res and 'iteration' not in res

@@ -1,7 +1,8 @@
 """Throughput of a policy config on this machine, against limits measured in the same run.
 
     python tools/benchmark.py CONFIG [--arch GPT-B] [--batch 8] [--steps N] [--repeat 3]
-                              [--threads 2] [--out bench.json] [--skip-rollout] [--skip-update]
+                              [--threads 2] [--out bench.json] [--skip-rollout]
+                              [--config-scale-only] [--skip-update]
                               [--skip-iteration] [--reward-heads] [--gemm-size 2048]
                               [--bandwidth-mb 512] [--seed 0] [--cfg-options k=v ...]
 
@@ -30,7 +31,9 @@ with ``torch.set_num_threads(--threads)``:
    config samples without CFG), images not decoded, conditions encoded beforehand; ms per decode
    step; and the ms per step that reading the policy's trainable weights once (embedding tables
    excluded: a step reads only B of their rows) at the measured read bandwidth would take, the
-   floor of a memory-bound decode step (KV-cache reads come on top).
+   floor of a memory-bound decode step (KV-cache reads come on top). ``rollout.config_scale``
+   is the config's own scale; ``--config-scale-only`` times only the rollout at that scale
+   (``no_cfg`` when it is 1, else ``cfg``), as tools/thread_sweep.py does.
 4. update: ``policy.evaluate(rollout, spec=<the config sampler's logprob_spec>)``, loss
    ``-mean(logp) - 0.01 * mean(entropy)``, ``backward``; tokens/s, GFLOP/s = 3 * forward FLOPs /
    (forward + backward time), and that as % of the GEMM peak.
@@ -132,6 +135,8 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=2, help='torch.set_num_threads')
     p.add_argument('--out', default='bench.json', help='JSON file of all numbers')
     p.add_argument('--skip-rollout', action='store_true', help='skip the rollout throughput')
+    p.add_argument('--config-scale-only', action='store_true',
+                   help="time the rollout at the config's CFG scale only (not also at 1 / 4)")
     p.add_argument('--skip-update', action='store_true', help='skip the update throughput')
     p.add_argument('--skip-iteration', action='store_true', help='skip the iteration split')
     p.add_argument('--reward-heads', action='store_true',
@@ -774,6 +779,8 @@ def table(res: dict) -> str:
     ro = res.get('rollout')
     if ro:
         for key in ('no_cfg', 'cfg'):
+            if key not in ro:        # --config-scale-only
+                continue
             r = ro[key]
             what = f'rollout, CFG {r["cfg_scale"]:g}' if key == 'cfg' else 'rollout, no CFG'
             shape = f'{r["samples"]} x {r["steps_timed"]}'
@@ -905,8 +912,11 @@ def run(args) -> dict:
     rollout = None
     if not args.skip_rollout:
         config_scale = config_sampler.logprob_spec().cfg_scale
-        res['rollout'] = {}
-        for key, scale in (('no_cfg', 1.0), ('cfg', config_scale if config_scale != 1 else 4.0)):
+        res['rollout'] = {'config_scale': config_scale}
+        settings = (('no_cfg', 1.0), ('cfg', config_scale if config_scale != 1 else 4.0))
+        if args.config_scale_only:
+            settings = [(k, s) for k, s in settings if s == config_scale]
+        for key, scale in settings:
             sampler = sampler_variant(cfg, decode_images=False, cfg_scale=scale)
             res['rollout'][key], r = bench_rollout(policy, sampler, enc, group_size, args, mem)
             if scale == config_scale:

@@ -7,8 +7,8 @@ machine").
                                  [--arch A] [--out sweep.json] [--cfg-options k=v ...]
 
 OpenMP reads ``OMP_WAIT_POLICY`` once, when it is loaded, so every cell (threads x policy x
-load) runs in a fresh process: ``tools/benchmark.py CONFIG --threads T --skip-update
---skip-iteration`` with the policy in its environment (``default``: the variable removed, so
+load) runs in a fresh process: ``tools/benchmark.py CONFIG --threads T --config-scale-only
+--skip-update --skip-iteration`` with the policy in its environment (``default``: the variable removed, so
 the OpenMP runtime's own policy applies; GNU OpenMP spins a while before it sleeps). It times
 ``--repeat`` rollouts of ``--batch`` samples (the config's batch by default) with the config's
 CFG scale, after a warm-up, on random weights (benchmark.py's rules). Load ``busy`` starts one
@@ -73,12 +73,12 @@ def parse_args(argv=None):
 def config_batch(config: str, cfg_options: list[str]) -> int:
     """The samples one iteration of ``config`` draws (``train_cfg.samples_per_rank``, else
     ``train_dataloader.batch_size`` conditions x ``group_size``): the sweep's default batch."""
-    from mmengine.config import Config, DictAction
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        ns = argparse.Namespace()
-        DictAction(option_strings=['--cfg-options'], dest='o')(None, ns, cfg_options)
-        cfg.merge_from_dict(ns.o)
+    from vargo.core.cli import CfgOptionsAction
+    from vargo.core.runner import load_config
+    options = argparse.ArgumentParser()
+    options.add_argument('--cfg-options', nargs='+', action=CfgOptionsAction)
+    cfg = load_config(config, options.parse_args(['--cfg-options', *cfg_options]).cfg_options
+                      if cfg_options else None)
     per_rank = cfg.get('train_cfg', {}).get('samples_per_rank')
     return int(per_rank or cfg.train_dataloader.batch_size * cfg.group_size)
 
@@ -99,11 +99,9 @@ def cell_env(wait_policy: str, threads: int) -> dict:
 
 
 def start_busy() -> subprocess.Popen:
-    """The ``busy`` neighbour (one thread, its own process group so it is stopped whole)."""
-    env = cell_env('PASSIVE', 1)
-    proc = subprocess.Popen([sys.executable, '-c', BUSY_CODE], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    """The ``busy`` neighbour: one process, one thread, no children (``stop`` kills it)."""
+    proc = subprocess.Popen([sys.executable, '-c', BUSY_CODE], env=cell_env('PASSIVE', 1),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)      # past its import, into the GEMM loop
     if proc.poll() is not None:
         raise RuntimeError(f'the busy process exited at once (code {proc.returncode})')
@@ -120,8 +118,8 @@ def run_cell(args, cell: dict, batch: int, workdir: str, tag: str) -> dict:
     """One fresh tools/benchmark.py process for ``cell``; its config-scale rollout seconds."""
     out = os.path.join(workdir, f'{tag}.json')
     cmd = [sys.executable, BENCHMARK, args.config, '--threads', str(cell['threads']),
-           '--batch', str(batch), '--repeat', str(args.repeat), '--skip-update',
-           '--skip-iteration', '--gemm-size', str(args.gemm_size), '--bandwidth-mb', '32',
+           '--batch', str(batch), '--repeat', str(args.repeat), '--config-scale-only',
+           '--skip-update', '--skip-iteration', '--gemm-size', str(args.gemm_size), '--bandwidth-mb', '32',
            '--out', out]
     if args.arch:
         cmd += ['--arch', args.arch]
@@ -139,18 +137,11 @@ def run_cell(args, cell: dict, batch: int, workdir: str, tag: str) -> dict:
     with open(out) as f:
         res = json.load(f)
     ro = res['rollout']
-    key = 'cfg' if ro['cfg']['cfg_scale'] == ro_config_scale(res) else 'no_cfg'
+    key = 'no_cfg' if ro['config_scale'] == 1 else 'cfg'
     return {'rollout_s': ro[key]['time_s']['median'], 'rollout_s_values': ro[key]['time_s']['values'],
             'cfg_scale': ro[key]['cfg_scale'], 'samples': ro[key]['samples'],
             'load_average_start': res['load_average_start'], 'cpu': res['cpu'],
             'torch': res['torch'], 'busy_pid': busy.pid if busy else None, 'command': cmd}
-
-
-def ro_config_scale(res: dict) -> float:
-    """The CFG scale of the config's own sampler (benchmark.py times 1 and, if the config uses
-    none, 4: the config's is then 1)."""
-    scale = res['sampler_cfg'].get('cfg_scale', 1.0)
-    return float(scale if scale is not None else 1.0)
 
 
 def summarise(cell_rounds: dict[tuple, list[float]]) -> dict:
