@@ -87,6 +87,10 @@ class RasterDecoding(Protocol):
         """Feed token ``index`` (``tokens [B2]``), return fp32 logits ``[B2, V]`` of token
         ``index + 1``."""
 
+    # optional: decoding_modules() -> list[nn.Module], the modules prefill/decode_step run;
+    # their nn.Linear layers then use packed weights during a rollout (ARSampler's
+    # packed_weights). A policy without it decodes with plain F.linear.
+
 
 @SAMPLERS.register_module()
 class ARSampler(KVCachedSampler):
@@ -103,6 +107,10 @@ class ARSampler(KVCachedSampler):
         cfg_interval: ``(lo, hi)`` fractions of the token sequence where CFG is applied (see
             :func:`~vargo.components.modules.categorical.cfg_active_steps`), None = everywhere.
         decode_images: decode ``rollout.images`` with the policy's ``decode``.
+        packed_weights: run the ``nn.Linear`` layers of the policy's ``decoding_modules()`` on
+            weights packed once per rollout for small-batch products (CPU, fp32; see
+            :class:`~vargo.components.samplers.cached.KVCachedSampler`); False = plain
+            ``F.linear``.
 
     Examples:
         >>> sampler = ARSampler(cfg_scale=4.0, temperature=1.0, top_k=0, top_p=1.0,
@@ -117,10 +125,11 @@ class ARSampler(KVCachedSampler):
 
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
                  logprob_cfg: str, cfg_interval: Optional[Sequence[float]] = None,
-                 decode_images: bool = True):
+                 decode_images: bool = True, packed_weights: bool = True):
         check_sampling('ARSampler', cfg_scale=cfg_scale, temperature=temperature,
                        logprob_cfg=logprob_cfg, top_k=top_k, top_p=top_p)
         check_bool('ARSampler', 'decode_images', decode_images)
+        check_bool('ARSampler', 'packed_weights', packed_weights)
         if cfg_interval is not None:
             if isinstance(cfg_interval, (str, bytes)) or not hasattr(cfg_interval, '__len__') \
                     or len(cfg_interval) != 2:
@@ -135,7 +144,7 @@ class ARSampler(KVCachedSampler):
         super().__init__(LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale),
                                      cfg_interval=cfg_interval, temperature=float(temperature),
                                      top_k=int(top_k), top_p=float(top_p)),
-                         decode_images=decode_images)
+                         decode_images=decode_images, packed_weights=packed_weights)
 
     def num_steps_of(self, policy: Policy) -> int:
         """T, the tokens of a sample (what ``stop_at_step`` counts)."""
@@ -172,14 +181,22 @@ class ARSampler(KVCachedSampler):
         """Tokens ``[B, T]`` and their log-probs ``[B, T]`` (``given [B, m]`` kept; noise from
         ``uniforms [B, T]`` or, if None, from ``torch.multinomial``)."""
         spec = self._spec
-        use_cfg = spec.cfg_scale != 1.0
-        b = len(cond)
-        b2 = 2 * b if use_cfg else b
-        dev = policy.device
-        kept = 0 if given is None else given.shape[1]
+        b2 = 2 * len(cond) if spec.cfg_scale != 1.0 else len(cond)
         guided = cfg_active_steps(spec.cfg_interval, num_steps).tolist()   # host list, no syncs
         cache = self._get_cache(policy, b2)
+        with self._packed(policy, b2).active():
+            return self._decode_loop(policy, cond, given, num_steps, uniforms, cache, b2,
+                                     guided)
 
+    def _decode_loop(self, policy: Policy, cond: Conditions, given: Optional[Tensor],
+                     num_steps: int, uniforms: Optional[Tensor], cache: Any, b2: int,
+                     guided: list) -> tuple[Tensor, Tensor]:
+        """Prefill, then one cached step per token (see :meth:`_generate`)."""
+        spec = self._spec
+        use_cfg = spec.cfg_scale != 1.0
+        b = len(cond)
+        dev = policy.device
+        kept = 0 if given is None else given.shape[1]
         tokens = torch.empty(b, num_steps, dtype=torch.long, device=dev)
         logp = torch.empty(b, num_steps, dtype=torch.float32, device=dev)
         logits = policy.prefill(cond, given, cache, with_null=use_cfg)  # [B2, kept + 1, V]

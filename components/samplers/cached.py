@@ -6,6 +6,7 @@ from typing import Any, Optional
 from vargo.core.interfaces import Policy
 from vargo.core.types import LogprobSpec
 
+from ..modules.packed_linear import PackedLinears, packed_modules
 from .base import RolloutSampler
 
 __all__ = ['KVCachedSampler']
@@ -18,21 +19,39 @@ class KVCachedSampler(RolloutSampler):
     The cache comes from the policy's protocol (``decoding_cache_key(batch)``,
     ``new_decoding_cache(batch)``); it is keyed by shape, not by model, so the policy and its
     frozen reference (same architecture) share one allocation.
+
+    With ``packed_weights`` (CPU, fp32) the ``nn.Linear`` layers of the policy's optional
+    ``decoding_modules()`` run on weights reordered once per rollout for small-batch products
+    (:class:`~vargo.components.modules.packed_linear.PackedLinears`): same numbers up to float
+    summation order, one extra copy of those weights kept between rollouts.
     """
 
-    def __init__(self, spec: LogprobSpec, *, decode_images: bool):
+    def __init__(self, spec: LogprobSpec, *, decode_images: bool, packed_weights: bool = True):
         super().__init__(decode_images=decode_images)
         self._spec = spec
         self._cache: Optional[Any] = None
         self._cache_key: Optional[Any] = None
+        self._packs = PackedLinears(enabled=packed_weights)
 
     def logprob_spec(self) -> LogprobSpec:
         """The distribution ``logp_old`` is recorded under (evaluate with the same spec)."""
         return self._spec
 
     def release_cache(self) -> None:
-        """Free the static KV cache (it is kept between rollouts of the same batch shape)."""
+        """Free the static KV cache (it is kept between rollouts of the same batch shape) and
+        the packed weights."""
         self._cache, self._cache_key = None, None
+        self._packs.release()
+
+    def _packed(self, policy: Policy, rows: int) -> PackedLinears:
+        """The packed weights of ``policy``'s decoding modules for ``rows`` input rows,
+        repacking the layers whose weights changed (enter ``.active()`` to use them)."""
+        modules = packed_modules(policy) if self._packs.enabled else None
+        if modules:
+            self._packs.refresh(modules, rows)
+        else:
+            self._packs.release()
+        return self._packs
 
     def _get_cache(self, policy: Policy, batch: int) -> Any:
         """The cache for ``batch`` rows of ``policy``, reallocated only when its key (batch

@@ -377,6 +377,15 @@ class JanusPolicy(Policy):
         return ('janus', batch, c.num_hidden_layers, c.num_key_value_heads, c.hidden_size,
                 w.dtype, w.device)
 
+    def decoding_modules(self) -> list[torch.nn.Module]:
+        """What ``prefill`` and ``decode_step`` run: the language model, the image-generation
+        embedding and aligner, and the generation head (their linear layers use packed weights
+        during a rollout, see ``ARSampler(packed_weights=...)``)."""
+        m = self.janus.model
+        return [self.lm, *(getattr(m, name) for name in ('generation_embeddings',
+                                                          'generation_aligner', 'generation_head')
+                           if getattr(m, name, None) is not None)]
+
     def new_decoding_cache(self, batch: int) -> JanusDecodingCache:
         """A transformers static cache for ``batch`` rows (``2 B`` with CFG), sized for the
         image tokens and a prompt of up to 64 tokens (grown when a prompt batch is longer)."""

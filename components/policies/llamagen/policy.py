@@ -294,6 +294,11 @@ class LlamaGenPolicy(Policy):
         return (batch, cfg.n_layer, cfg.kv_heads, cfg.head_dim,
                 cfg.cls_token_num + cfg.block_size, w.dtype, w.device)
 
+    def decoding_modules(self) -> list[torch.nn.Module]:
+        """The transformer: what ``prefill`` and ``decode_step`` run (its linear layers use
+        packed weights during a rollout, see ``ARSampler(packed_weights=...)``)."""
+        return [self.gpt]
+
     def new_decoding_cache(self, batch: int) -> StaticKVCache:
         """A static KV cache for ``batch`` rows over the C condition and T token positions."""
         return self.gpt.new_cache(batch)

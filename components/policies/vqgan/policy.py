@@ -250,6 +250,11 @@ class VQGANTransformerPolicy(Policy):
         """A static KV cache for ``batch`` rows over the class token and ``T - 1`` fed tokens."""
         return self.transformer.new_cache(batch, max_len=self.num_actions)
 
+    def decoding_modules(self) -> list[torch.nn.Module]:
+        """The transformer: what ``prefill`` and ``decode_step`` run (its linear layers use
+        packed weights during a rollout, see ``ARSampler(packed_weights=...)``)."""
+        return [self.transformer]
+
     def prefill(self, cond: Conditions, given: Optional[Tensor], cache: StaticKVCache, *,
                 with_null: bool) -> Tensor:
         """Run the class token and the kept tokens ``given [B, m]`` (or None) from position 0,

@@ -1,0 +1,173 @@
+"""Packed ``nn.Linear`` weights for grad-free decoding on a CPU.
+
+A cached decode step multiplies a few rows (``B`` or ``2 B`` with CFG) by every weight matrix of
+the model: each weight is read once per step, so the step's speed is the speed of small-M
+matrix products over weights that stream from memory. In ``nn.Linear``'s layout PyTorch's CPU
+``addmm``/``mm`` path reaches about a third to a half of the GEMM peak on those shapes (it repacks
+the weight on every call); oneDNN's inner product on a weight reordered *once* into its blocked
+layout runs them at or near the peak (measured in ``tools/benchmark.py --decode-linears``).
+
+:class:`PackedLinears` keeps such reordered copies of the ``nn.Linear`` weights of given modules
+and, inside :meth:`PackedLinears.active`, routes those layers' forwards through them. A copy is
+used only while its weight is unchanged (the tensor's version counter and storage are checked
+on every call, so an optimizer step or a loaded state dict falls back to ``F.linear`` until the
+next :meth:`refresh` repacks it) and only with autograd off. State dicts, parameters and the
+training forward are untouched. Outputs equal ``F.linear``'s up to float summation order
+(about 1e-6 relative); each output row depends only on its input row, whatever the batch size.
+
+Costs: one extra copy of the packed weights (released with :meth:`release`) and one reorder per
+weight after each change (one pass over the weights per rollout).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ['PackedLinears', 'packed_linear_supported', 'packed_modules']
+
+
+def packed_linear_supported() -> bool:
+    """Whether this torch build has oneDNN's reordered-weight linear on the CPU."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    ops = torch.ops.mkldnn
+    try:
+        return hasattr(ops, '_reorder_linear_weight') and hasattr(ops, '_linear_pointwise')
+    except RuntimeError:            # an op namespace that fails to resolve
+        return False
+
+
+class _Pack:
+    """One layer's packed weight and what it was packed from."""
+
+    __slots__ = ('module', 'packed', 'version', 'ptr', 'forward')
+
+    def __init__(self, module: nn.Linear, rows: int):
+        w = module.weight
+        self.module = module
+        self.version, self.ptr = w._version, w.data_ptr()
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), rows)
+        self.forward = self._make_forward()
+
+    def fresh(self) -> bool:
+        w = self.module.weight
+        return w._version == self.version and w.data_ptr() == self.ptr
+
+    def _make_forward(self) -> Callable[[Tensor], Tensor]:
+        module, pack = self.module, self
+
+        def forward(x: Tensor) -> Tensor:
+            w, b = module.weight, module.bias
+            if torch.is_grad_enabled() or w._version != pack.version or \
+                    w.data_ptr() != pack.ptr or x.dtype != torch.float32:
+                return F.linear(x, w, b)
+            lead = x.shape[:-1]
+            y = torch.ops.mkldnn._linear_pointwise(
+                x.reshape(-1, x.shape[-1]).contiguous(), pack.packed,
+                None if b is None else b.detach(), 'none', [], '')
+            return y.view(*lead, y.shape[-1])
+        return forward
+
+
+class PackedLinears:
+    """Reordered copies of the ``nn.Linear`` weights of some modules, used in grad-free
+    forwards inside :meth:`active` (see the module doc).
+
+    Args:
+        enabled: False makes every method a no-op (plain ``F.linear`` everywhere).
+
+    Only fp32 CPU weights are packed; other layers keep ``F.linear``. Copying or pickling an
+    instance gives an empty one (packs are a cache, rebuilt by :meth:`refresh`).
+
+    Examples:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+        >>> packs = PackedLinears()
+        >>> x = torch.randn(3, 8)
+        >>> with torch.no_grad():
+        ...     packs.refresh([net], rows=3)
+        ...     with packs.active():
+        ...         y = net(x)
+        >>> bool(torch.allclose(y, net(x), atol=1e-5))
+        True
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = bool(enabled) and packed_linear_supported()
+        self._packs: dict[int, _Pack] = {}
+
+    def __deepcopy__(self, memo) -> 'PackedLinears':
+        return PackedLinears(self.enabled)
+
+    def __getstate__(self) -> dict:
+        return {'enabled': self.enabled}
+
+    def __setstate__(self, state: dict) -> None:
+        self.enabled, self._packs = state['enabled'], {}
+
+    @staticmethod
+    def _eligible(modules: Iterable[nn.Module]) -> Iterator[nn.Linear]:
+        seen = set()
+        for root in modules:
+            for m in root.modules():
+                w = m.weight if type(m) is nn.Linear else None
+                # plain CPU fp32 weights only (not FSDP's sharded DTensors, not bf16)
+                if w is not None and id(m) not in seen and type(w.detach()) is torch.Tensor \
+                        and w.device.type == 'cpu' and w.dtype == torch.float32:
+                    seen.add(id(m))
+                    yield m
+
+    def refresh(self, modules: Iterable[nn.Module], rows: int) -> int:
+        """Pack the eligible ``nn.Linear`` layers of ``modules`` whose weight changed since it
+        was last packed (or that were never packed); forget layers no longer listed. ``rows``
+        is the expected number of input rows (oneDNN's layout hint). Returns how many layers
+        were (re)packed."""
+        if not self.enabled:
+            return 0
+        keep, repacked = {}, 0
+        for m in self._eligible(modules):
+            pack = self._packs.get(id(m))
+            if pack is None or pack.module is not m or not pack.fresh():
+                pack = _Pack(m, max(int(rows), 1))
+                repacked += 1
+            keep[id(m)] = pack
+        self._packs = keep
+        return repacked
+
+    def release(self) -> None:
+        """Free every packed copy."""
+        self._packs = {}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the packed copies."""
+        return sum(p.packed.numel() * p.packed.element_size() for p in self._packs.values())
+
+    def __len__(self) -> int:
+        return len(self._packs)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Route the packed layers' forwards through their packed weights for the duration
+        (a layer whose weight changed since packing, a forward with autograd on or a
+        non-fp32 input uses ``F.linear``)."""
+        packs = list(self._packs.values())
+        for p in packs:
+            p.module.forward = p.forward
+        try:
+            yield
+        finally:
+            for p in packs:
+                p.module.__dict__.pop('forward', None)
+
+
+def packed_modules(policy: nn.Module) -> Optional[list[nn.Module]]:
+    """The modules a policy decodes with (its optional ``decoding_modules()``), or None."""
+    fn = getattr(policy, 'decoding_modules', None)
+    return None if fn is None else list(fn())

@@ -1,0 +1,144 @@
+"""Packed linear weights for decoding (components/modules/packed_linear.py): same outputs as
+F.linear up to summation order, rows independent of the batch size, never used with stale
+weights or with autograd on, nothing left patched, and the raster sampler's tokens unchanged."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from test_llamagen import conditions, make_policy
+from vargo.components.modules.packed_linear import PackedLinears, packed_linear_supported
+from vargo.components.samplers import ARSampler
+from vargo.core.rng import BatchRNG
+
+pytestmark = pytest.mark.skipif(not packed_linear_supported(),
+                                reason='this torch build has no oneDNN linear on the CPU')
+
+
+def net(bias=True):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(24, 40, bias=bias), nn.GELU(), nn.Linear(40, 16, bias=bias))
+
+
+def packed_forward(model, x, rows=None):
+    packs = PackedLinears()
+    with torch.no_grad():
+        assert packs.refresh([model], rows or x.shape[0]) == \
+            sum(type(m) is nn.Linear for m in model.modules())
+        with packs.active():
+            return model(x), packs
+
+
+@pytest.mark.parametrize('bias', [True, False])
+def test_packed_forward_matches_f_linear_and_takes_any_leading_shape(bias):
+    model = net(bias)
+    x = torch.randn(3, 5, 24)
+    y, packs = packed_forward(model, x, rows=15)
+    with torch.no_grad():
+        ref = model(x)
+    assert y.shape == (3, 5, 16)
+    assert torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+    assert len(packs) == 2 and packs.nbytes >= (24 * 40 + 40 * 16) * 4
+
+
+def test_packed_forward_is_not_plain_f_linear():
+    """The patched path really runs: on a wide product the packed kernel's summation order
+    differs from F.linear's in some bit (if this starts failing, the route is dead code)."""
+    torch.manual_seed(1)
+    model = nn.Linear(768, 2048)
+    x = torch.randn(16, 768)
+    y, _ = packed_forward(model, x)
+    with torch.no_grad():
+        assert not torch.equal(y, model(x))
+
+
+def test_each_output_row_depends_only_on_its_input_row():
+    model = net()
+    x = torch.randn(32, 24)
+    full, packs = packed_forward(model, x, rows=32)
+    with torch.no_grad(), packs.active():
+        for m in (1, 7, 16):
+            assert torch.equal(model(x[:m]), full[:m])
+
+
+def test_a_changed_weight_is_never_read_through_a_stale_pack():
+    model = net()
+    x = torch.randn(4, 24)
+    _, packs = packed_forward(model, x)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model(x).square().sum().backward()
+    opt.step()                                          # in-place update: new weight versions
+    with torch.no_grad():
+        fresh = model(x)
+        with packs.active():
+            assert torch.equal(model(x), fresh)         # stale packs: plain F.linear
+        assert packs.refresh([model], 4) == 2           # both repacked
+        assert packs.refresh([model], 4) == 0           # nothing changed since
+        with packs.active():
+            assert torch.allclose(model(x), fresh, rtol=1e-5, atol=1e-6)
+    model.load_state_dict({k: v + 1 for k, v in model.state_dict().items()})
+    with torch.no_grad():
+        loaded = model(x)
+        with packs.active():
+            assert torch.equal(model(x), loaded)
+
+
+def test_autograd_forwards_use_f_linear_and_get_gradients():
+    model = net()
+    x = torch.randn(4, 24)
+    _, packs = packed_forward(model, x)
+    with packs.active():
+        y = model(x)
+        y.sum().backward()
+    with torch.no_grad():
+        assert torch.equal(y.detach(), model(x))
+    assert model[0].weight.grad is not None
+
+
+def test_nothing_stays_patched_even_after_an_error():
+    model = net()
+    x = torch.randn(4, 24)
+    _, packs = packed_forward(model, x)
+    with pytest.raises(ValueError), torch.no_grad(), packs.active():
+        assert 'forward' in model[0].__dict__
+        raise ValueError('boom')
+    assert all('forward' not in m.__dict__ for m in model)
+    assert list(model.state_dict()) == ['0.weight', '0.bias', '2.weight', '2.bias']
+
+
+def test_disabled_copies_and_unsupported_layers_pack_nothing():
+    model = net()
+    assert PackedLinears(enabled=False).refresh([model], 4) == 0
+    _, packs = packed_forward(model, torch.randn(4, 24))
+    assert len(copy.deepcopy(packs)) == 0               # a copy is an empty cache
+    bf16 = net().to(torch.bfloat16)
+    assert PackedLinears().refresh([bf16], 4) == 0
+    packs.refresh([nn.Sequential(nn.Linear(3, 3))], 4)  # layers no longer listed are dropped
+    assert len(packs) == 1
+    packs.release()
+    assert len(packs) == 0 and packs.nbytes == 0
+
+
+@pytest.mark.parametrize('cfg_scale', [1.0, 3.0])
+def test_raster_sampler_tokens_are_unchanged_by_packed_weights(cfg_scale):
+    policy = make_policy()
+    n_linear = sum(type(m) is nn.Linear for m in policy.gpt.modules())
+    rolls = {}
+    for packed in (False, True):
+        sampler = ARSampler(cfg_scale=cfg_scale, temperature=1.0, top_k=0, top_p=1.0,
+                            logprob_cfg='rollout', packed_weights=packed)
+        rolls[packed] = sampler.rollout(policy, conditions('c2i'), group_size=3,
+                                        rng=BatchRNG(5, 1, 6))
+        assert len(sampler._packs) == (n_linear if packed else 0)
+        assert all('forward' not in m.__dict__ for m in policy.gpt.modules())
+    assert torch.equal(rolls[True].actions, rolls[False].actions)
+    assert torch.allclose(rolls[True].logp_old, rolls[False].logp_old, atol=1e-5)
+    sampler.release_cache()
+    assert len(sampler._packs) == 0
+
+
+def test_packed_weights_must_be_a_bool():
+    with pytest.raises(ValueError, match='packed_weights'):
+        ARSampler(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, logprob_cfg='none',
+                  packed_weights='yes')
