@@ -307,14 +307,20 @@ def test_stability_numbers_from_the_training_log():
     kl = [(i, 0.01 * i) for i in range(1, 21)]
     ent = [(i, 1.0 if i <= 10 else 0.5) for i in range(1, 21)]
     rew = [(i, 0.0 if i <= 10 else 1.0) for i in range(1, 21)]
+    secs = [(i, 30.0 + (i % 3)) for i in range(1, 21)]
     m = multiseed.stability_metrics({'grad_norm': g, 'kl/mean': kl, 'entropy/mean': ent,
-                                     'reward/shapes/mean': rew,
+                                     'reward/shapes/mean': rew, 'time': secs,
                                      'reward/shapes/clause/count': rew})
     assert m['log/grad_norm_spikes'] == 1.0 and m['log/grad_norm_max'] == 3.5
     assert m['log/grad_norm_mean'] == pytest.approx((18 + 3.5 + 2.9) / 20)
+    assert m['log/grad_norm_var'] == pytest.approx(statistics.variance([v for _, v in g]))
     assert m['log/kl_last'] == pytest.approx(0.01 * statistics.fmean(range(11, 21)))
+    assert m['log/kl_roughness'] == pytest.approx(0.01)          # a straight line: steps of 0.01
+    jagged = multiseed.stability_metrics({'kl/mean': [(1, 0.0), (2, 0.3), (3, 0.0), (4, 0.3)]})
+    assert jagged['log/kl_roughness'] == pytest.approx(0.3)      # same range, rougher
     assert m['log/entropy_change'] == pytest.approx(-0.5)
-    assert m['log/shapes_last'] == 1.0 and len(m) == 6
+    assert m['log/seconds_per_iter'] == 31.0
+    assert m['log/shapes_last'] == 1.0 and len(m) == 9
     assert multiseed.stability_metrics({}) == {}
 
 

@@ -384,27 +384,40 @@ TAIL = 10
 
 def stability_metrics(series: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
     """Training-stability numbers of one run from its logged scalars (``log/`` rows of the
-    summary): ``grad_norm_mean``, ``grad_norm_max``, ``grad_norm_spikes`` (iterations whose
-    gradient norm exceeds ``SPIKE_FACTOR`` x the run's median), ``kl_last`` (mean ``kl/mean``
-    of the last ``TAIL`` iterations), ``entropy_change`` (mean ``entropy/mean`` of the last
-    ``TAIL`` minus the first ``TAIL``) and ``<head>_last`` (mean ``reward/<head>/mean`` of the
-    last ``TAIL``; its spread across seeds is the reward variance across seeds).
+    summary): ``grad_norm_mean``, ``grad_norm_var`` (variance over the logged iterations),
+    ``grad_norm_max``, ``grad_norm_spikes`` (iterations whose gradient norm exceeds
+    ``SPIKE_FACTOR`` x the run's median), ``kl_last`` (mean ``kl/mean`` of the last ``TAIL``
+    iterations), ``kl_roughness`` (mean ``|kl_t - kl_{t-1}|`` over consecutive logged
+    iterations: 0 for a smooth KL curve), ``entropy_change`` (mean ``entropy/mean`` of the last
+    ``TAIL`` minus the first ``TAIL``), ``seconds_per_iter`` (median of the logged ``time``)
+    and ``<head>_last`` (mean ``reward/<head>/mean`` of the last ``TAIL``; its spread across
+    seeds is the reward variance across seeds).
 
     Examples:
-        >>> m = stability_metrics({'grad_norm': [(i, 1.0) for i in range(1, 20)] + [(20, 5.0)]})
-        >>> m['log/grad_norm_spikes'], m['log/grad_norm_max']
-        (1.0, 5.0)
+        >>> m = stability_metrics({'grad_norm': [(i, 1.0) for i in range(1, 20)] + [(20, 5.0)],
+        ...                        'kl/mean': [(1, 0.0), (2, 0.2), (3, 0.1)]})
+        >>> m['log/grad_norm_spikes'], m['log/grad_norm_max'], round(m['log/kl_roughness'], 3)
+        (1.0, 5.0, 0.15)
+        >>> round(m['log/grad_norm_var'], 3)
+        0.8
     """
     out = {}
     g = [v for _, v in sorted(series.get('grad_norm', [])) if math.isfinite(v)]
     if g:
         med = statistics.median(g)
         out['log/grad_norm_mean'] = statistics.fmean(g)
+        if len(g) > 1:
+            out['log/grad_norm_var'] = statistics.variance(g)
         out['log/grad_norm_max'] = max(g)
         out['log/grad_norm_spikes'] = float(sum(v > SPIKE_FACTOR * med for v in g))
     kl = [v for _, v in sorted(series.get('kl/mean', []))]
     if kl:
         out['log/kl_last'] = statistics.fmean(kl[-TAIL:])
+        if len(kl) > 1:
+            out['log/kl_roughness'] = statistics.fmean(abs(b - a) for a, b in zip(kl, kl[1:]))
+    secs = [v for _, v in series.get('time', []) if math.isfinite(v)]
+    if secs:
+        out['log/seconds_per_iter'] = statistics.median(secs)
     ent = [v for _, v in sorted(series.get('entropy/mean', []))]
     if ent:
         out['log/entropy_change'] = statistics.fmean(ent[-TAIL:]) - statistics.fmean(ent[:TAIL])
