@@ -147,6 +147,38 @@ def test_the_side_order_alternates_and_every_run_is_compared():
     assert [len(v) for v in got['times'].values()] == [3, 3] and len(got['checks']) == 4
 
 
+def test_an_extra_vargo_side_is_interleaved_and_compared_with_the_official_one():
+    tool = _tool()
+    calls = []
+
+    def side(name, value=0.0):
+        return tool.Side(name, lambda: calls.append(name) or torch.full((1, 3), value), 1)
+
+    got = tool.interleaved(side('official'), side('vargo'), tool._same_tokens, rounds=2,
+                           warmup=1, extra=[side('vargo_plain')])
+    assert calls == ['official', 'vargo', 'vargo_plain'] * 3
+    assert [c.get('side') for c in got['checks']] == [None, 'vargo_plain'] * 3
+    with pytest.raises(tool.OutputsDisagree, match='vargo_plain'):
+        tool.interleaved(side('official'), side('vargo'), tool._same_tokens, rounds=1,
+                         warmup=0, extra=[side('vargo_plain', 1.0)])
+
+
+def test_plain_too_times_the_unpacked_sampler_beside_the_packed_one(tmp_path, capsys,
+                                                                     keep_threads):
+    root = _checkout(tmp_path / 'LlamaGen')
+    out = tmp_path / 'res.json'
+    assert _tool().main(['--family', 'llamagen', '--official', str(root), *TINY,
+                         '--rounds', '2', '--plain-too', '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    plain, packed = res['vargo_plain']['time_s']['values'], res['vargo']['time_s']['values']
+    assert res['ratio_plain_over_packed']['values'] == pytest.approx(
+        [p / v for p, v in zip(plain, packed)])
+    assert res['agreement']['runs_checked'] == 3 and len(res['agreement']['checks']) == 6
+    assert 'plain / packed' in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        _tool().parse_args(['--family', 'var', '--official', str(root), '--plain-too'])
+
+
 def test_disagreeing_outputs_refuse_to_report_a_ratio(tmp_path, capsys, keep_threads):
     tool = _tool()
     good, bad = _checkout(tmp_path / 'good'), _checkout(tmp_path / 'bad', shift=1)

@@ -68,7 +68,7 @@ import platform
 import re
 import sys
 import types
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
@@ -143,10 +143,16 @@ def parse_args(argv=None):
     p.add_argument('--perturb', type=float, default=0.02,
                    help='std of the noise added to every official parameter after its init')
     p.add_argument('--atol', type=float, default=1e-3, help='MAR: max |diff| of the latents')
+    p.add_argument('--plain-too', action='store_true',
+                   help='LlamaGen: also time vargo with packed_weights=False (plain F.linear in '
+                        'the decode steps) as a third interleaved side')
     p.add_argument('--gemm-size', type=positive_int, default=2048)
     p.add_argument('--bandwidth-mb', type=positive_int, default=512)
     p.add_argument('--out', default='bench_official.json', help='JSON file of all numbers')
     args = p.parse_args(argv)
+    if args.plain_too and args.family != 'llamagen':
+        p.error(f'--plain-too is for --family llamagen (the raster sampler packs weights), not '
+                f'{args.family}')
     for key, value in DEFAULTS[args.family].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -361,8 +367,12 @@ def build_llamagen(args, root: str) -> dict:
     load_state_dict_strict(policy.gpt, official.state_dict(), source='the official model',
                            drop=is_derived_key)
     policy.eval()
-    sampler = ARSampler(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, logprob_cfg='none', decode_images=False)
+    def make_sampler(packed: bool):
+        return ARSampler(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
+                         top_p=args.top_p, logprob_cfg='none', decode_images=False,
+                         packed_weights=packed)
+    sampler = make_sampler(True)
+    plain = make_sampler(False)
     labels = _labels(args.batch, nc)
     cond = policy.encode_conditions(Conditions(class_ids=labels))
 
@@ -378,8 +388,13 @@ def build_llamagen(args, root: str) -> dict:
         _seed(args.seed)
         return sampler.rollout(policy, cond, group_size=1, rng=None).actions
 
+    def run_plain():
+        _seed(args.seed)
+        return plain.rollout(policy, cond, group_size=1, rng=None).actions
+
+    extra = [Side('vargo_plain', run_plain, _count(policy.gpt))] if args.plain_too else []
     return dict(official=Side('official', run_official, _count(official)),
-                vargo=Side('vargo', run_vargo, _count(policy.gpt)),
+                vargo=Side('vargo', run_vargo, _count(policy.gpt)), extra=extra,
                 policy=policy, steps=t, step_unit='token', compare=_same_tokens,
                 compared='sampled tokens, identical', raster=True,
                 settings=dict(tokens=t, cfg_official=args.cfg, arch=arch))
@@ -593,24 +608,31 @@ def _close_latents(official, vargo, atol: float) -> dict:
 # measuring
 # ---------------------------------------------------------------------------------------------
 
-def interleaved(official: Side, vargo: Side, compare, rounds: int, warmup: int) -> dict:
-    """``warmup`` untimed then ``rounds`` timed runs of each side, alternating; every run's
-    outputs compared (:class:`OutputsDisagree` at the first disagreement)."""
+def interleaved(official: Side, vargo: Side, compare, rounds: int, warmup: int,
+                extra: Sequence[Side] = ()) -> dict:
+    """``warmup`` untimed then ``rounds`` timed runs of each side (official, vargo, then any
+    ``extra`` vargo variants), alternating; every vargo-side run's outputs compared with the
+    official run's of the same round (:class:`OutputsDisagree` at the first disagreement)."""
     timed = _benchmark_helpers().timed
-    times: dict[str, list[float]] = {'official': [], 'vargo': []}
+    sides = [official, vargo, *extra]
+    times: dict[str, list[float]] = {side.name: [] for side in sides}
     checks = []
     for k in range(warmup + rounds):
         outs = {}
-        for side in (official, vargo):
+        for side in sides:
             t, outs[side.name] = timed(side.run, repeat=1, warmup=0)
             if k >= warmup:
                 times[side.name] += t
-        check = compare(outs['official'], outs['vargo'])
-        checks.append(check)
-        if not check['agree']:
-            what = 'warm-up run' if k < warmup else 'timed round'
-            raise OutputsDisagree(f'{what} {k + 1 if k < warmup else k - warmup + 1}: '
-                                  f'{check["detail"]}')
+        for side in sides[1:]:
+            check = compare(outs['official'], outs[side.name])
+            if side is not vargo:
+                check = {**check, 'side': side.name}
+            checks.append(check)
+            if not check['agree']:
+                what = 'warm-up run' if k < warmup else 'timed round'
+                who = '' if side is vargo else f' ({side.name})'
+                raise OutputsDisagree(f'{what} {k + 1 if k < warmup else k - warmup + 1}{who}: '
+                                      f'{check["detail"]}')
     return {'times': times, 'checks': checks}
 
 
@@ -642,11 +664,11 @@ def run(args) -> dict:
                'bandwidth': bench.bench_bandwidth(args.bandwidth_mb, 3)}
     with torch.no_grad():
         timing = interleaved(built['official'], built['vargo'], built['compare'], args.rounds,
-                             args.warmup)
+                             args.warmup, built.get('extra', ()))
     machine['gemm_end'] = bench.bench_gemm(args.gemm_size, 3)
     machine['gemm_peak'] = bench.gemm_peak([machine['gemm'], machine['gemm_end']])
     res['machine'] = machine
-    res['agreement'] = {'compared': built['compared'], 'runs_checked': len(timing['checks']),
+    res['agreement'] = {'compared': built['compared'], 'runs_checked': args.warmup + args.rounds,
                         'checks': timing['checks']}
     steps = built['steps']
     for name, values in timing['times'].items():
@@ -654,6 +676,9 @@ def run(args) -> dict:
                      'ms_per_step': bench.stats([1000 * v / steps for v in values])}
     ratios = [o / v for o, v in zip(timing['times']['official'], timing['times']['vargo'])]
     res['ratio_official_over_vargo'] = bench.stats(ratios)
+    if 'vargo_plain' in timing['times']:
+        res['ratio_plain_over_packed'] = bench.stats(
+            [p / v for p, v in zip(timing['times']['vargo_plain'], timing['times']['vargo'])])
     if built['raster']:
         wb = bench.weight_bytes(built['policy'])
         read = machine['bandwidth']['read_gbps']
@@ -698,6 +723,11 @@ def table(res: dict) -> str:
         f'| seconds per run | {_rng(o["time_s"])} | {_rng(v["time_s"])} | {_rng(r)} |',
         f'| ms per {unit} | {_rng(o["ms_per_step"])} | {_rng(v["ms_per_step"])} | |',
     ]
+    if 'vargo_plain' in res:
+        pl = res['vargo_plain']
+        lines.append(f'| ms per {unit}, vargo with plain F.linear (packed_weights=False) | | '
+                     f'{_rng(pl["ms_per_step"])} | plain / packed: '
+                     f'{_rng(res["ratio_plain_over_packed"])} |')
     if 'weight_read_floor_ms_per_step' in res:
         fl = res['weight_read_floor_ms_per_step']
         lines.append(f'| weight-read floor, ms per {unit} ({res["weight_bytes"] / 1e6:.0f} MB '
