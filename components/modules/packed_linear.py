@@ -5,7 +5,8 @@ the model: each weight is read once per step, so the step's speed is the speed o
 matrix products over weights that stream from memory. In ``nn.Linear``'s layout PyTorch's CPU
 ``addmm``/``mm`` path reaches about a third to a half of the GEMM peak on those shapes (it repacks
 the weight on every call); oneDNN's inner product on a weight reordered *once* into its blocked
-layout runs them at or near the peak (measured in ``tools/benchmark.py --decode-linears``).
+layout runs them at or near the peak (``tools/bench_official.py --family llamagen --plain-too``
+times a whole rollout both ways; README, "Performance").
 
 :class:`PackedLinears` keeps such reordered copies of the ``nn.Linear`` weights of given modules
 and, inside :meth:`PackedLinears.active`, routes those layers' forwards through them. A copy is
