@@ -142,3 +142,36 @@ def test_packed_weights_must_be_a_bool():
     with pytest.raises(ValueError, match='packed_weights'):
         ARSampler(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, logprob_cfg='none',
                   packed_weights='yes')
+
+
+def test_next_scale_and_masked_samplers_take_packed_weights_with_the_same_outputs():
+    from test_mar import COND as MAR_COND
+    from test_mar import _policy as mar_policy
+    from test_mar import _sampler as mar_sampler
+    from test_var import cond as var_cond
+    from test_var import make_policy as var_policy
+    from vargo.components.samplers import NextScaleSampler
+
+    var = var_policy()
+    got = {}
+    for packed in (False, True):
+        sampler = NextScaleSampler(cfg_scale=3.0, temperature=1.0, top_k=8, top_p=0.9,
+                                   logprob_cfg='rollout', packed_weights=packed,
+                                   decode_images=False)
+        got[packed] = sampler.rollout(var, var_cond(), group_size=2, rng=BatchRNG(0, 1, 4))
+        assert (len(sampler._packs) > 0) == packed
+    assert torch.equal(got[True].actions, got[False].actions)
+    assert torch.allclose(got[True].logp_old, got[False].logp_old, atol=1e-5)
+
+    mar = mar_policy()
+    got = {}
+    for packed in (False, True):
+        sampler = mar_sampler(cfg=2.0, packed_weights=packed)
+        got[packed] = sampler.rollout(mar, MAR_COND, group_size=2, rng=BatchRNG(0, 1, 4))
+        assert (len(sampler._packs) > 0) == packed
+        sampler.release_cache()
+        assert len(sampler._packs) == 0
+    # the random tiny head drifts far from the data range (|x| ~ 1e4): relative tolerance
+    assert torch.allclose(got[True].actions, got[False].actions, rtol=2e-3, atol=1e-3)
+    assert torch.allclose(got[True].logp_old, got[False].logp_old, rtol=1e-4, atol=1e-3)
+    assert all('forward' not in m.__dict__ for m in mar.modules())

@@ -84,6 +84,7 @@ from vargo.core.types import Conditions, LogprobSpec, Rollout
 from ..modules.diffusion import gaussian_transition_logp
 from ..modules.masked import (MARExtras, MARSelection, cfg_scales, mask_schedule,
                               token_uncertainty, top_fraction_tokens)
+from ..modules.packed_linear import PackedLinears, packed_modules
 from .base import RolloutSampler
 from .checks import check_bool, check_int, check_real, check_sampling
 
@@ -239,6 +240,9 @@ class MaskedSampler(RolloutSampler):
             orders), as the official code draws ``selected_mask_steps``; otherwise every step's.
             Layout in :class:`~vargo.components.modules.masked.MARExtras` (``R`` chains of
             ``K`` transitions after the chain blocks); ``action_pos`` becomes ``[B, A, 2]``.
+        packed_weights: run the ``nn.Linear`` layers of the policy's ``decoding_modules()`` on
+            weights packed once per rollout (CPU, fp32;
+            :class:`~vargo.components.modules.packed_linear.PackedLinears`).
 
     Examples:
         >>> s = MaskedSampler(num_iter=64, num_sampling_steps=25, cfg_scale=3.0,
@@ -261,7 +265,8 @@ class MaskedSampler(RolloutSampler):
                  head_sampler: str = 'ddpm', sde_noise_level: Optional[float] = None,
                  loss_ar_steps: Optional[int] = None, loss_diffusion_steps: Optional[int] = None,
                  mte_chains: int = 0, mte_top_fraction: Optional[float] = None,
-                 refinement: bool = False):
+                 refinement: bool = False, packed_weights: bool = False):
+        check_bool('MaskedSampler', 'packed_weights', packed_weights)
         check_int('MaskedSampler', 'num_iter', num_iter, lo=1, hint='AR steps (official 64)')
         check_int('MaskedSampler', 'num_sampling_steps', num_sampling_steps, lo=2,
                   hint='head steps T (official 100; MAR-GRPO 25)')
@@ -327,6 +332,7 @@ class MaskedSampler(RolloutSampler):
         self.cfg_schedule = cfg_schedule
         self.record_predictions = bool(record_predictions)
         super().__init__(decode_images=decode_images)
+        self._packs = PackedLinears(enabled=packed_weights)
         self._spec = LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale), cfg_interval=None,
                                  temperature=float(temperature))
 
@@ -473,7 +479,16 @@ class MaskedSampler(RolloutSampler):
             rows = torch.arange(prefix.batch_size).repeat_interleave(group_size)
             given = prefix.index(rows).to(policy.device)
             orders = given.extras.orders
-        return self.generate(policy, cond, orders, rng, prefix=given, kept=kept)
+        modules = packed_modules(policy) if self._packs.enabled else None
+        if modules:
+            rows = len(cond) * (2 if self._spec.cfg_scale != 1.0 else 1)
+            self._packs.refresh(modules, rows)
+        with self._packs.active():
+            return self.generate(policy, cond, orders, rng, prefix=given, kept=kept)
+
+    def release_cache(self) -> None:
+        """Free the packed weights (kept between rollouts)."""
+        self._packs.release()
 
     def _check_prefix(self, policy: Policy, prefix: Rollout, kept: int, rows: int) -> None:
         """The template's checks, after checking that ``prefix`` is a MAR rollout, then that it

@@ -138,6 +138,9 @@ class NextScaleSampler(KVCachedSampler):
             ``'none'`` = ``log_softmax(cond_logits / temperature)`` (the papers' choice),
             ``'rollout'`` = exactly the distribution sampled from.
         decode_images: decode ``rollout.images`` with the policy's VQVAE.
+        packed_weights: run the ``nn.Linear`` layers of the policy's ``decoding_modules()`` on
+            weights packed once per rollout (CPU, fp32; see
+            :class:`~vargo.components.samplers.cached.KVCachedSampler`).
 
     Examples:
         >>> sampler = NextScaleSampler(cfg_scale=2.5, temperature=1.0, top_k=900, top_p=0.96,
@@ -150,14 +153,15 @@ class NextScaleSampler(KVCachedSampler):
     step_unit = 'scales'
 
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
-                 logprob_cfg: str, decode_images: bool = True):
+                 logprob_cfg: str, decode_images: bool = True, packed_weights: bool = False):
         check_sampling('NextScaleSampler', cfg_scale=cfg_scale, temperature=temperature,
                        logprob_cfg=logprob_cfg, top_k=top_k, top_p=top_p)
         check_bool('NextScaleSampler', 'decode_images', decode_images)
+        check_bool('NextScaleSampler', 'packed_weights', packed_weights)
         super().__init__(LogprobSpec(mode=logprob_cfg, cfg_scale=float(cfg_scale),
                                      cfg_interval=None, temperature=float(temperature),
                                      top_k=int(top_k), top_p=float(top_p)),
-                         decode_images=decode_images)
+                         decode_images=decode_images, packed_weights=packed_weights)
 
     def num_steps_of(self, policy: Policy) -> int:
         """The scales of a rollout of ``policy`` (what ``stop_at_step`` counts)."""
@@ -181,7 +185,9 @@ class NextScaleSampler(KVCachedSampler):
             given = (prefix.actions[:, :kept_tokens].to(dev)
                      .repeat_interleave(group_size, dim=0))
         uniforms = None if rng is None else rng.rand(policy.num_actions).to(dev)   # [B, L]
-        tokens, logp = self._generate(policy, cond, given, kept, uniforms)
+        rows = len(cond) * (2 if self._spec.cfg_scale != 1.0 else 1)
+        with self._packed(policy, rows).active():
+            tokens, logp = self._generate(policy, cond, given, kept, uniforms)
         b = tokens.shape[0]
         step, pos = policy.rollout_axes()
         action_mask = (step >= kept).unsqueeze(0).expand(b, -1).clone()

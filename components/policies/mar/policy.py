@@ -218,6 +218,12 @@ class MARPolicy(Policy):
         load_mar_file(self.mar, path, self.checkpoint_key, what='MAR transformer')
 
     # ---- conditions ----------------------------------------------------------------------------
+    def decoding_modules(self) -> list[torch.nn.Module]:
+        """The transformer and its diffusion head: what sampling runs step by step (their
+        linear layers use packed weights during a rollout with
+        ``MaskedSampler(packed_weights=True)``)."""
+        return [self.mar]
+
     def encode_conditions(self, cond: Conditions) -> Conditions:
         """Check class ids and move them to the model's device."""
         if cond.class_ids is None:

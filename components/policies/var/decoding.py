@@ -26,6 +26,11 @@ class VARNextScaleDecoding:
         """``(begin, end)`` token positions of each scale (official ``begin_ends``)."""
         return self.var.begin_ends
 
+    def decoding_modules(self) -> list:
+        """The transformer: what sampling runs scale by scale (its linear layers use packed
+        weights during a rollout with ``NextScaleSampler(packed_weights=True)``)."""
+        return [self.var]
+
     def decoding_cache_key(self, batch: int) -> Hashable:
         """Batch, model shape, dtype and device: what the cache's allocation depends on."""
         w, cfg = self.var.head.weight, self.cfg
