@@ -144,15 +144,13 @@ def parse_args(argv=None):
                    help='std of the noise added to every official parameter after its init')
     p.add_argument('--atol', type=float, default=1e-3, help='MAR: max |diff| of the latents')
     p.add_argument('--plain-too', action='store_true',
-                   help='LlamaGen: also time vargo with packed_weights=False (plain F.linear in '
-                        'the decode steps) as a third interleaved side')
+                   help='run vargo with packed_weights=True and also time it with '
+                        'packed_weights=False (plain F.linear) as a third interleaved side '
+                        '(without it vargo runs with its sampler\'s default)')
     p.add_argument('--gemm-size', type=positive_int, default=2048)
     p.add_argument('--bandwidth-mb', type=positive_int, default=512)
     p.add_argument('--out', default='bench_official.json', help='JSON file of all numbers')
     args = p.parse_args(argv)
-    if args.plain_too and args.family != 'llamagen':
-        p.error(f'--plain-too is for --family llamagen (the raster sampler packs weights), not '
-                f'{args.family}')
     for key, value in DEFAULTS[args.family].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -367,11 +365,11 @@ def build_llamagen(args, root: str) -> dict:
     load_state_dict_strict(policy.gpt, official.state_dict(), source='the official model',
                            drop=is_derived_key)
     policy.eval()
-    def make_sampler(packed: bool):
+    def make_sampler(packed: Optional[bool]):
         return ARSampler(cfg_scale=args.cfg, temperature=args.temperature, top_k=args.top_k,
                          top_p=args.top_p, logprob_cfg='none', decode_images=False,
-                         packed_weights=packed)
-    sampler = make_sampler(True)
+                         **_packing(packed))
+    sampler = make_sampler(True if args.plain_too else None)
     plain = make_sampler(False)
     labels = _labels(args.batch, nc)
     cond = policy.encode_conditions(Conditions(class_ids=labels))
@@ -395,6 +393,7 @@ def build_llamagen(args, root: str) -> dict:
     extra = [Side('vargo_plain', run_plain, _count(policy.gpt))] if args.plain_too else []
     return dict(official=Side('official', run_official, _count(official)),
                 vargo=Side('vargo', run_vargo, _count(policy.gpt)), extra=extra,
+                packed_weights=sampler._packs.enabled,
                 policy=policy, steps=t, step_unit='token', compare=_same_tokens,
                 compared='sampled tokens, identical', raster=True,
                 settings=dict(tokens=t, cfg_official=args.cfg, arch=arch))
@@ -456,8 +455,12 @@ def build_var(args, root: str) -> dict:
     policy.eval()
     if not args.decode:
         official.vae_proxy = (_Proxy(vae),)
-    sampler = NextScaleSampler(cfg_scale=args.cfg, temperature=1.0, top_k=args.top_k,
-                               top_p=args.top_p, logprob_cfg='none', decode_images=args.decode)
+    def make_sampler(packed: Optional[bool]):
+        return NextScaleSampler(cfg_scale=args.cfg, temperature=1.0, top_k=args.top_k,
+                                top_p=args.top_p, logprob_cfg='none', decode_images=args.decode,
+                                **_packing(packed))
+    sampler = make_sampler(True if args.plain_too else None)
+    plain = make_sampler(False)
     labels = _labels(args.batch, nc)
     cond = policy.encode_conditions(Conditions(class_ids=labels))
     official_top_p = 0.0 if args.top_p >= 1 else args.top_p
@@ -474,13 +477,17 @@ def build_var(args, root: str) -> dict:
                                                     top_p=official_top_p, more_smooth=False)
         return torch.cat(ids, dim=1).long(), (img if args.decode else None)
 
-    def run_vargo():
-        _seed(args.seed)
-        r = sampler.rollout(policy, cond, group_size=1, rng=None)
-        return r.actions, r.images
+    def runner(smp):
+        def run():
+            _seed(args.seed)
+            r = smp.rollout(policy, cond, group_size=1, rng=None)
+            return r.actions, r.images
+        return run
 
+    extra = [Side('vargo_plain', runner(plain), _count(policy.var))] if args.plain_too else []
     return dict(official=Side('official', run_official, _count(official)),
-                vargo=Side('vargo', run_vargo, _count(policy.var)),
+                vargo=Side('vargo', runner(sampler), _count(policy.var)), extra=extra,
+                packed_weights=sampler._packs.enabled,
                 policy=policy, steps=len(pn), step_unit='scale', compare=_same_var,
                 compared='sampled tokens of every scale, identical' +
                          ('; decoded images, max |diff| reported' if args.decode else ''),
@@ -532,10 +539,13 @@ def build_mar(args, root: str) -> dict:
                        buffer_size=args.buffer_size, tokenizer=vae)
     load_state_dict_strict(policy.mar, official.state_dict(), source='the official MAR')
     policy.eval()
-    sampler = MaskedSampler(num_iter=args.steps, num_sampling_steps=args.head_steps,
-                            cfg_scale=args.cfg, cfg_schedule='linear',
-                            temperature=args.temperature, logprob_cfg='rollout',
-                            decode_images=False)
+    def make_sampler(packed: Optional[bool]):
+        return MaskedSampler(num_iter=args.steps, num_sampling_steps=args.head_steps,
+                             cfg_scale=args.cfg, cfg_schedule='linear',
+                             temperature=args.temperature, logprob_cfg='rollout',
+                             decode_images=False, **_packing(packed))
+    sampler = make_sampler(True if args.plain_too else None)
+    plain = make_sampler(False)
     labels = _labels(args.batch, nc)
     cond = policy.encode_conditions(Conditions(class_ids=labels))
 
@@ -546,13 +556,17 @@ def build_mar(args, root: str) -> dict:
                                           cfg_schedule='linear', labels=labels,
                                           temperature=args.temperature)
 
-    def run_vargo():
-        _seed(args.seed)
-        tok = sampler.rollout(policy, cond, group_size=1, rng=None).extras.tokens   # [B, N, D]
-        return tok.reshape(len(tok), side, side, -1).permute(0, 3, 1, 2)
+    def runner(smp):
+        def run():
+            _seed(args.seed)
+            tok = smp.rollout(policy, cond, group_size=1, rng=None).extras.tokens  # [B, N, D]
+            return tok.reshape(len(tok), side, side, -1).permute(0, 3, 1, 2)
+        return run
 
+    extra = [Side('vargo_plain', runner(plain), _count(policy.mar))] if args.plain_too else []
     return dict(official=Side('official', run_official, _count(official)),
-                vargo=Side('vargo', run_vargo, _count(policy.mar)),
+                vargo=Side('vargo', runner(sampler), _count(policy.mar)), extra=extra,
+                packed_weights=sampler._packs.enabled,
                 policy=policy, steps=args.steps, step_unit='AR step',
                 compare=lambda a, b: _close_latents(a, b, args.atol),
                 compared=f'final token latents, max |diff| <= {args.atol:g}', raster=False,
@@ -562,6 +576,11 @@ def build_mar(args, root: str) -> dict:
 
 
 BUILDERS = {'llamagen': build_llamagen, 'var': build_var, 'mar': build_mar}
+
+
+def _packing(packed: Optional[bool]) -> dict:
+    """The sampler's ``packed_weights`` argument: its default when None."""
+    return {} if packed is None else {'packed_weights': packed}
 
 
 def _count(module) -> int:
@@ -660,6 +679,7 @@ def run(args) -> dict:
     res['steps'], res['step_unit'] = built['steps'], built['step_unit']
     res['params'] = {'official': built['official'].params, 'vargo': built['vargo'].params}
     res['compared'] = built['compared']
+    res['vargo_packed_weights'] = built['packed_weights']
     machine = {'gemm': bench.bench_gemm(args.gemm_size, 3),
                'bandwidth': bench.bench_bandwidth(args.bandwidth_mb, 3)}
     with torch.no_grad():
@@ -716,7 +736,8 @@ def table(res: dict) -> str:
         f'{res["family"]} {res["arch"]}, batch {res["batch"]}, CFG {res["cfg"]:g}, '
         f'{res["steps"]} {unit}s, threads {res["threads"]}, {res["rounds"]} interleaved rounds '
         f'after {res["warmup"]} warm-up; {res["cpu"]}, torch {res["torch"]}; load average '
-        f'{res["load_average_start"]} at start, {res["load_average_end"]} at end',
+        f'{res["load_average_start"]} at start, {res["load_average_end"]} at end; vargo '
+        f'packed_weights={res.get("vargo_packed_weights")}',
         '',
         '| measurement (median [min, max]) | official | vargo | official / vargo |',
         '|---|---|---|---|',
