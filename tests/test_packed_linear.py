@@ -8,12 +8,20 @@ import torch
 from torch import nn
 
 from test_llamagen import conditions, make_policy
+from vargo.components.modules import packed_linear
 from vargo.components.modules.packed_linear import PackedLinears, packed_linear_supported
 from vargo.components.samplers import ARSampler
 from vargo.core.rng import BatchRNG
 
 pytestmark = pytest.mark.skipif(not packed_linear_supported(),
                                 reason='this torch build has no oneDNN linear on the CPU')
+
+
+@pytest.fixture(autouse=True)
+def pack_every_size(monkeypatch, request):
+    """The tests' layers are tiny: pack them anyway (the size rule has its own test)."""
+    if request.node.name != 'test_small_layers_keep_f_linear_by_default':
+        monkeypatch.setattr(packed_linear, 'MIN_WEIGHT_ELEMENTS', 0)
 
 
 def net(bias=True):
@@ -175,3 +183,19 @@ def test_next_scale_and_masked_samplers_take_packed_weights_with_the_same_output
     assert torch.allclose(got[True].actions, got[False].actions, rtol=2e-3, atol=1e-3)
     assert torch.allclose(got[True].logp_old, got[False].logp_old, rtol=1e-4, atol=1e-3)
     assert all('forward' not in m.__dict__ for m in mar.modules())
+
+
+def test_small_layers_keep_f_linear_by_default():
+    """Below MIN_WEIGHT_ELEMENTS oneDNN's call overhead loses to F.linear at decode batch
+    sizes: a Shapes-size transformer (width 128) packs nothing, a GPT-B-size layer is packed."""
+    assert packed_linear.MIN_WEIGHT_ELEMENTS == 1 << 18
+    small = nn.Sequential(nn.Linear(128, 512), nn.Linear(512, 128))
+    big = nn.Linear(768, 768)
+    packs = PackedLinears()
+    assert packs.refresh([small, big], 16) == 1 and len(packs) == 1
+    assert PackedLinears(min_weight_elements=0).refresh([small], 16) == 2
+    policy = make_policy()          # a tiny LlamaGen: nothing reaches the threshold
+    sampler = ARSampler(cfg_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
+                        logprob_cfg='none')
+    sampler.rollout(policy, conditions('c2i'), group_size=2, rng=BatchRNG(0, 1, 4))
+    assert len(sampler._packs) == 0

@@ -18,6 +18,12 @@ training forward are untouched. Outputs equal ``F.linear``'s up to float summati
 
 Costs: one extra copy of the packed weights (released with :meth:`release`) and one reorder per
 weight after each change (one pass over the weights per rollout).
+
+Small weights stay on ``F.linear``: oneDNN's per-call overhead outweighs the gain below about
+2^18 weight elements at decode batch sizes (measured at 16 rows, 1 thread, on a 2-core AMD EPYC:
+packed / plain time 4x at 128 x 128, 1.4x at 256 x 256, 0.8x at 512 x 512 and 0.4-0.6x at
+GPT-B's 768-wide layers), so :data:`MIN_WEIGHT_ELEMENTS` sets which layers are packed; the
+Shapes benchmark's models (width 128) therefore decode exactly as without packing.
 """
 from __future__ import annotations
 
@@ -28,7 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['PackedLinears', 'packed_linear_supported', 'packed_modules']
+__all__ = ['MIN_WEIGHT_ELEMENTS', 'PackedLinears', 'packed_linear_supported', 'packed_modules']
+
+#: weights with fewer elements are not packed (see the module doc)
+MIN_WEIGHT_ELEMENTS = 1 << 18
 
 
 def packed_linear_supported() -> bool:
@@ -81,6 +90,8 @@ class PackedLinears:
 
     Args:
         enabled: False makes every method a no-op (plain ``F.linear`` everywhere).
+        min_weight_elements: layers whose weight has fewer elements keep ``F.linear``
+            (default :data:`MIN_WEIGHT_ELEMENTS`, read when the instance is made).
 
     Only fp32 CPU weights are packed; other layers keep ``F.linear``. Copying or pickling an
     instance gives an empty one (packs are a cache, rebuilt by :meth:`refresh`).
@@ -89,7 +100,7 @@ class PackedLinears:
         >>> import torch
         >>> from torch import nn
         >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
-        >>> packs = PackedLinears()
+        >>> packs = PackedLinears(min_weight_elements=0)
         >>> x = torch.randn(3, 8)
         >>> with torch.no_grad():
         ...     packs.refresh([net], rows=3)
@@ -99,28 +110,31 @@ class PackedLinears:
         True
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, min_weight_elements: Optional[int] = None):
         self.enabled = bool(enabled) and packed_linear_supported()
+        self.min_weight_elements = int(MIN_WEIGHT_ELEMENTS if min_weight_elements is None
+                                       else min_weight_elements)
         self._packs: dict[int, _Pack] = {}
 
     def __deepcopy__(self, memo) -> 'PackedLinears':
-        return PackedLinears(self.enabled)
+        return PackedLinears(self.enabled, self.min_weight_elements)
 
     def __getstate__(self) -> dict:
-        return {'enabled': self.enabled}
+        return {'enabled': self.enabled, 'min_weight_elements': self.min_weight_elements}
 
     def __setstate__(self, state: dict) -> None:
         self.enabled, self._packs = state['enabled'], {}
+        self.min_weight_elements = state['min_weight_elements']
 
-    @staticmethod
-    def _eligible(modules: Iterable[nn.Module]) -> Iterator[nn.Linear]:
+    def _eligible(self, modules: Iterable[nn.Module]) -> Iterator[nn.Linear]:
         seen = set()
         for root in modules:
             for m in root.modules():
                 w = m.weight if type(m) is nn.Linear else None
-                # plain CPU fp32 weights only (not FSDP's sharded DTensors, not bf16)
+                # large plain CPU fp32 weights only (not FSDP's sharded DTensors, not bf16)
                 if w is not None and id(m) not in seen and type(w.detach()) is torch.Tensor \
-                        and w.device.type == 'cpu' and w.dtype == torch.float32:
+                        and w.device.type == 'cpu' and w.dtype == torch.float32 \
+                        and w.numel() >= self.min_weight_elements:
                     seen.add(id(m))
                     yield m
 
