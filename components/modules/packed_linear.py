@@ -3,9 +3,9 @@
 A cached decode step multiplies a few rows (``B`` or ``2 B`` with CFG) by every weight matrix of
 the model: each weight is read once per step, so the step's speed is the speed of small-M
 matrix products over weights that stream from memory. In ``nn.Linear``'s layout PyTorch's CPU
-``addmm``/``mm`` path reaches about a third to a half of the GEMM peak on those shapes (it repacks
-the weight on every call); oneDNN's inner product on a weight reordered *once* into its blocked
-layout runs them at or near the peak (``tools/bench_official.py --family llamagen --plain-too``
+``addmm``/``mm`` path (MKL) reached about a third to a half of the GEMM peak on those shapes on
+this project's machines; oneDNN's inner product on a weight reordered *once* into its blocked
+layout ran them 1.5-2.2x faster (``tools/bench_official.py --family llamagen --plain-too``
 times a whole rollout both ways; README, "Performance").
 
 :class:`PackedLinears` keeps such reordered copies of the ``nn.Linear`` weights of given modules
@@ -20,9 +20,9 @@ Costs: one extra copy of the packed weights (released with :meth:`release`) and 
 weight after each change (one pass over the weights per rollout).
 
 Small weights stay on ``F.linear``: oneDNN's per-call overhead outweighs the gain below about
-2^18 weight elements at decode batch sizes (measured at 16 rows, 1 thread, on a 2-core AMD EPYC:
-packed / plain time 4x at 128 x 128, 1.4x at 256 x 256, 0.8x at 512 x 512 and 0.4-0.6x at
-GPT-B's 768-wide layers), so :data:`MIN_WEIGHT_ELEMENTS` sets which layers are packed; the
+2^18 weight elements at decode batch sizes (measured at 16 rows, 1 thread, on a 2-core AMD EPYC
+next to other jobs: packed / plain time 4.2x at 128 x 128, 1.4x at 256 x 256, 0.8x at 512 x 512,
+0.45-0.65x from 768 x 768 to 1024 x 1024 and GPT-B's 768 x 2304), so :data:`MIN_WEIGHT_ELEMENTS` sets which layers are packed; the
 Shapes benchmark's models (width 128) therefore decode exactly as without packing.
 """
 from __future__ import annotations
