@@ -569,9 +569,11 @@ def summarise(args) -> dict:
         f.write('Arms:\n\n' + '\n'.join(_arm_line(args, a) for a in args.arms) + '\n\n')
         f.write('Mean ± sample standard deviation across seeds (n = seeds); per-seed values in '
                 'summary.json. `log/` rows come from the training logs (scalars.json): '
-                f'gradient-norm mean, max and spikes (iterations above {SPIKE_FACTOR:g} x the '
-                f'run\'s median), KL and reward means of the last {TAIL} iterations, entropy '
-                f'change (last {TAIL} minus first {TAIL}).\n\n' + '\n'.join(lines) + '\n')
+                f'gradient-norm mean, variance, max and spikes (iterations above '
+                f'{SPIKE_FACTOR:g} x the run\'s median), KL and reward means of the last {TAIL} '
+                f'iterations, KL roughness (mean |change| of the KL between logged iterations), '
+                f'entropy change (last {TAIL} minus first {TAIL}), median seconds per iteration '
+                f'(when `time` was kept).\n\n' + '\n'.join(lines) + '\n')
         if summary['verdicts']:
             f.write(f'\nAgainst {base} (95% percentile bootstrap interval of the difference of '
                     f'means, seeds resampled per arm):\n\n'
