@@ -47,6 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules.conv_layout import decode_channels_last
+
 __all__ = ['KLVAE', 'KL_VAE_PRESETS', 'KL_VAE_FILE_SOURCES', 'build_kl_vae',
            'DiagonalGaussian']
 
@@ -284,7 +286,7 @@ class KLVAE(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         """Official ``decode``: images (about [-1, 1]) of unscaled latents ``z [B, D, h, w]``."""
-        return self.decoder(self.post_quant_conv(z))
+        return decode_channels_last(lambda x: self.decoder(self.post_quant_conv(x)), z)
 
     # ---- vargo API (images in [0, 1], scaled latents) ---------------------------------------
     @torch.no_grad()

@@ -64,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules.conv_layout import decode_channels_last
 from .vq import Downsample, ResnetBlock, Upsample
 
 __all__ = ['MultiScaleVQVAE', 'MSVQ_PRESETS', 'build_msvq', 'Phi', 'PATCH_NUMS_256',
@@ -449,7 +450,8 @@ class MultiScaleVQVAE(nn.Module):
 
     def fhat_to_img(self, f_hat: Tensor) -> Tensor:
         """Official ``fhat_to_img``: decoder output clamped to [-1, 1]."""
-        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+        return decode_channels_last(lambda f: self.decoder(self.post_quant_conv(f)),
+                                    f_hat).clamp_(-1, 1)
 
     def idxBl_to_img(self, ms_idx: Sequence[Tensor]) -> Tensor:
         """Official ``idxBl_to_img(same_shape=True, last_one=True)``: images in [-1, 1]."""

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..modules.conv_layout import decode_channels_last
+
 __all__ = ['VQModel', 'VQ_PRESETS', 'build_vq']
 
 #: official presets (``VQ_models`` in tokenizer/tokenizer_image/vq_model.py); the rest of the
@@ -302,7 +304,7 @@ class VQModel(nn.Module):
 
     def decode_latent(self, quant: Tensor) -> Tensor:
         """Official ``decode``: code vectors ``[B, C, h, w]`` -> images (about [-1, 1])."""
-        return self.decoder(self.post_quant_conv(quant))
+        return decode_channels_last(lambda q: self.decoder(self.post_quant_conv(q)), quant)
 
     def decode_code(self, indices: Tensor, shape: Sequence[int]) -> Tensor:
         """Official ``decode_code``: ids ``[B, h*w]`` and ``shape=(B, C, h, w)`` -> images."""

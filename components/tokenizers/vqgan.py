@@ -51,6 +51,7 @@ from typing import Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from ..modules.conv_layout import decode_channels_last
 from .kl_vae import Decoder
 from .kl_vae import Encoder as _KLEncoder
 
@@ -161,7 +162,7 @@ class VQGAN(nn.Module):
 
     def decode_latent(self, quant: Tensor) -> Tensor:
         """Official ``decode``: code vectors ``[B, embed_dim, h, w]`` -> images (about [-1, 1])."""
-        return self.decoder(self.post_quant_conv(quant))
+        return decode_channels_last(lambda q: self.decoder(self.post_quant_conv(q)), quant)
 
     def decode_code(self, indices: Tensor, side: int) -> Tensor:
         """Official ``Net2NetTransformer.decode_to_img``: indices ``[B, side*side]`` -> images

@@ -1,0 +1,34 @@
+"""Channels-last layout for the image decoders' convolutions.
+
+oneDNN's CPU convolutions run faster on NHWC (channels-last) activations than on NCHW ones; the
+layout of the input is what selects the kernels (the weights may stay as they are). Measured
+with 1 thread on a 2-core AMD EPYC next to other jobs, decoding from a channels-last input took
+1/1.21 of the time for MAR's KL-16 VAE (2 images at 256 px), 1/1.2 for LlamaGen's VQ-16, and
+1/1.3-1/1.6 for the Shapes benchmark's small VQ and KL decoders (256 images at 32 px); outputs
+differ from the NCHW ones by float summation order only (max |diff| 5e-5 on [-1, 1] images).
+``torch.inference_mode`` instead of ``no_grad`` gained nothing measurable there.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+__all__ = ['decode_channels_last']
+
+
+def decode_channels_last(decoder: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``decoder(x)`` computed on ``x [B, C, h, w]`` in channels-last layout (on a CPU), the
+    result returned contiguous (NCHW); other inputs and devices run as given.
+
+    Examples:
+        >>> conv = torch.nn.Conv2d(4, 3, 3, padding=1)
+        >>> x = torch.randn(2, 4, 8, 8)
+        >>> y = decode_channels_last(conv, x)
+        >>> y.is_contiguous(), bool(torch.allclose(y, conv(x), atol=1e-5))
+        (True, True)
+    """
+    if x.dim() != 4 or x.device.type != 'cpu':
+        return decoder(x)
+    return decoder(x.contiguous(memory_format=torch.channels_last)).contiguous()
