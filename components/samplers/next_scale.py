@@ -153,7 +153,7 @@ class NextScaleSampler(KVCachedSampler):
     step_unit = 'scales'
 
     def __init__(self, *, cfg_scale: float, temperature: float, top_k: int, top_p: float,
-                 logprob_cfg: str, decode_images: bool = True, packed_weights: bool = False):
+                 logprob_cfg: str, decode_images: bool = True, packed_weights: bool = True):
         check_sampling('NextScaleSampler', cfg_scale=cfg_scale, temperature=temperature,
                        logprob_cfg=logprob_cfg, top_k=top_k, top_p=top_p)
         check_bool('NextScaleSampler', 'decode_images', decode_images)
