@@ -16,6 +16,7 @@ from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, Rollout
 
 from ...modules.categorical import categorical_logp_entropy, var_truncation_keep_mask
+from ...modules.conv_layout import decode_channels_last
 from ...tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, build_msvq
 from ..frozen import exclude_frozen_submodules
 from .decoding import VARNextScaleDecoding
@@ -299,7 +300,8 @@ class VARPolicy(VARNextScaleDecoding, Policy):
             h = e if si == q.num_scales - 1 else F.interpolate(e, size=(last, last),
                                                                mode='bicubic')
             f_hat = f_hat + q.phi(si)(h)
-        x = self.vae.decoder(self.vae.post_quant_conv(f_hat)).clamp(-1, 1)
+        x = decode_channels_last(lambda f: self.vae.decoder(self.vae.post_quant_conv(f)),
+                                 f_hat).clamp(-1, 1)                    # as fhat_to_img
         return (x + 1) * 0.5, inputs
 
     def embed_actions(self, rollout: Rollout) -> Tensor:
