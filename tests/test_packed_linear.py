@@ -50,15 +50,29 @@ def test_packed_forward_matches_f_linear_and_takes_any_leading_shape(bias):
     assert len(packs) == 2 and packs.nbytes >= (24 * 40 + 40 * 16) * 4
 
 
-def test_packed_forward_is_not_plain_f_linear():
-    """The patched path really runs: on a wide product the packed kernel's summation order
-    differs from F.linear's in some bit (if this starts failing, the route is dead code)."""
-    torch.manual_seed(1)
-    model = nn.Linear(768, 2048)
-    x = torch.randn(16, 768)
-    y, _ = packed_forward(model, x)
+def test_packed_forwards_run_the_packed_kernel_only_with_fresh_weights(monkeypatch):
+    """Inside active() a grad-free forward goes through the packed kernel; a stale weight or
+    autograd goes to F.linear (counted at the kernel's one call site)."""
+    calls = []
+    kernel = packed_linear.packed_linear
+    monkeypatch.setattr(packed_linear, 'packed_linear',
+                        lambda *a: calls.append(1) or kernel(*a))
+    model = net()
+    x = torch.randn(4, 24)
+    packed_forward(model, x)
+    assert len(calls) == 2                              # both layers, packed
     with torch.no_grad():
-        assert not torch.equal(y, model(x))
+        model[0].weight.add_(1.0)                       # layer 0 is stale now
+    packs = PackedLinears()
+    with torch.no_grad():
+        packs.refresh([model], 4)
+        model[2].weight.mul_(2.0)                       # layer 2 goes stale after packing
+        with packs.active():
+            model(x)
+    assert len(calls) == 3                              # only layer 0, repacked
+    with packs.active():
+        model(x)                                        # autograd on: no packed call
+    assert len(calls) == 3
 
 
 def test_each_output_row_depends_only_on_its_input_row():

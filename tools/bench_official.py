@@ -370,7 +370,7 @@ def build_llamagen(args, root: str) -> dict:
                          top_p=args.top_p, logprob_cfg='none', decode_images=False,
                          **_packing(packed))
     sampler = make_sampler(True if args.plain_too else None)
-    plain = make_sampler(False)
+    plain = make_sampler(False) if args.plain_too else None
     labels = _labels(args.batch, nc)
     cond = policy.encode_conditions(Conditions(class_ids=labels))
 
@@ -460,7 +460,7 @@ def build_var(args, root: str) -> dict:
                                 top_p=args.top_p, logprob_cfg='none', decode_images=args.decode,
                                 **_packing(packed))
     sampler = make_sampler(True if args.plain_too else None)
-    plain = make_sampler(False)
+    plain = make_sampler(False) if args.plain_too else None
     labels = _labels(args.batch, nc)
     cond = policy.encode_conditions(Conditions(class_ids=labels))
     official_top_p = 0.0 if args.top_p >= 1 else args.top_p
@@ -545,7 +545,7 @@ def build_mar(args, root: str) -> dict:
                              temperature=args.temperature, logprob_cfg='rollout',
                              decode_images=False, **_packing(packed))
     sampler = make_sampler(True if args.plain_too else None)
-    plain = make_sampler(False)
+    plain = make_sampler(False) if args.plain_too else None
     labels = _labels(args.batch, nc)
     cond = policy.encode_conditions(Conditions(class_ids=labels))
 

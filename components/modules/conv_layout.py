@@ -1,11 +1,13 @@
 """Channels-last layout for the image decoders' convolutions.
 
-oneDNN's CPU convolutions run faster on NHWC (channels-last) activations than on NCHW ones; the
-layout of the input is what selects the kernels (the weights may stay as they are). Measured
-with 1 thread on a 2-core AMD EPYC next to other jobs, decoding from a channels-last input took
-1/1.21 of the time for MAR's KL-16 VAE (2 images at 256 px), 1/1.2 for LlamaGen's VQ-16, and
-1/1.3-1/1.6 for the Shapes benchmark's small VQ and KL decoders (256 images at 32 px); outputs
-differ from the NCHW ones by float summation order only (max |diff| 5e-5 on [-1, 1] images).
+oneDNN's CPU convolutions can run faster on NHWC (channels-last) activations than on NCHW ones;
+the layout of the input is what selects the kernels (the weights stay as they are). Measured
+with 1 thread on a 2-core AMD EPYC, random weights, input-only channels-last as here (best of 2):
+MAR's KL-16 VAE 1.21x (2 images at 256 px, quiet machine), LlamaGen's VQ-16 1.04x (same), the
+Shapes benchmark's small VQ and KL decoders 1.53x and 1.42x (256 images at 32 px, next to other
+jobs). Converting the decoder weights to channels-last as well gave VQ-16 1.2x in a loaded run;
+it is not done, because it would change the layout of tensors that tools save. Outputs differ
+from the NCHW ones by float summation order only (max |diff| 5e-5 on [-1, 1] images).
 ``torch.inference_mode`` instead of ``no_grad`` gained nothing measurable there.
 """
 from __future__ import annotations

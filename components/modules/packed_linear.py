@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['MIN_WEIGHT_ELEMENTS', 'PackedLinears', 'packed_linear_supported', 'packed_modules']
+__all__ = ['MIN_WEIGHT_ELEMENTS', 'PackedLinears', 'packed_linear', 'packed_linear_supported']
 
 #: weights with fewer elements are not packed (see the module doc)
 MIN_WEIGHT_ELEMENTS = 1 << 18
@@ -72,16 +72,18 @@ class _Pack:
         module, pack = self.module, self
 
         def forward(x: Tensor) -> Tensor:
-            w, b = module.weight, module.bias
-            if torch.is_grad_enabled() or w._version != pack.version or \
-                    w.data_ptr() != pack.ptr or x.dtype != torch.float32:
-                return F.linear(x, w, b)
-            lead = x.shape[:-1]
-            y = torch.ops.mkldnn._linear_pointwise(
-                x.reshape(-1, x.shape[-1]).contiguous(), pack.packed,
-                None if b is None else b.detach(), 'none', [], '')
-            return y.view(*lead, y.shape[-1])
+            if torch.is_grad_enabled() or x.dtype != torch.float32 or not pack.fresh():
+                return F.linear(x, module.weight, module.bias)
+            return packed_linear(x, pack.packed, module.bias)
         return forward
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``x [..., in] @ W^T + bias`` with ``packed`` = oneDNN's reordered ``W`` (no autograd)."""
+    y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]).contiguous(), packed,
+                                           None if bias is None else bias.detach(), 'none', [],
+                                           '')
+    return y.view(*x.shape[:-1], y.shape[-1])
 
 
 class PackedLinears:
@@ -155,6 +157,18 @@ class PackedLinears:
         self._packs = keep
         return repacked
 
+    def prepare(self, policy: nn.Module, rows: int) -> 'PackedLinears':
+        """Refresh the packs of ``policy``'s optional ``decoding_modules()`` for ``rows`` input
+        rows (all packs released when it has none or packing is off); returns ``self``, to be
+        entered with :meth:`active` around the rollout."""
+        fn = getattr(policy, 'decoding_modules', None) if self.enabled else None
+        modules = list(fn()) if fn is not None else []
+        if modules:
+            self.refresh(modules, rows)
+        else:
+            self.release()
+        return self
+
     def release(self) -> None:
         """Free every packed copy."""
         self._packs = {}
@@ -180,9 +194,3 @@ class PackedLinears:
         finally:
             for p in packs:
                 p.module.__dict__.pop('forward', None)
-
-
-def packed_modules(policy: nn.Module) -> Optional[list[nn.Module]]:
-    """The modules a policy decodes with (its optional ``decoding_modules()``), or None."""
-    fn = getattr(policy, 'decoding_modules', None)
-    return None if fn is None else list(fn())

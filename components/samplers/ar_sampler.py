@@ -184,7 +184,7 @@ class ARSampler(KVCachedSampler):
         b2 = 2 * len(cond) if spec.cfg_scale != 1.0 else len(cond)
         guided = cfg_active_steps(spec.cfg_interval, num_steps).tolist()   # host list, no syncs
         cache = self._get_cache(policy, b2)
-        with self._packed(policy, b2).active():
+        with self._packs.prepare(policy, b2).active():
             return self._decode_loop(policy, cond, given, num_steps, uniforms, cache, b2,
                                      guided)
 

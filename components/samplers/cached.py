@@ -6,7 +6,7 @@ from typing import Any, Optional
 from vargo.core.interfaces import Policy
 from vargo.core.types import LogprobSpec
 
-from ..modules.packed_linear import PackedLinears, packed_modules
+from ..modules.packed_linear import PackedLinears
 from .base import RolloutSampler
 
 __all__ = ['KVCachedSampler']
@@ -42,16 +42,6 @@ class KVCachedSampler(RolloutSampler):
         the packed weights."""
         self._cache, self._cache_key = None, None
         self._packs.release()
-
-    def _packed(self, policy: Policy, rows: int) -> PackedLinears:
-        """The packed weights of ``policy``'s decoding modules for ``rows`` input rows,
-        repacking the layers whose weights changed (enter ``.active()`` to use them)."""
-        modules = packed_modules(policy) if self._packs.enabled else None
-        if modules:
-            self._packs.refresh(modules, rows)
-        else:
-            self._packs.release()
-        return self._packs
 
     def _get_cache(self, policy: Policy, batch: int) -> Any:
         """The cache for ``batch`` rows of ``policy``, reallocated only when its key (batch

@@ -84,7 +84,7 @@ from vargo.core.types import Conditions, LogprobSpec, Rollout
 from ..modules.diffusion import gaussian_transition_logp
 from ..modules.masked import (MARExtras, MARSelection, cfg_scales, mask_schedule,
                               token_uncertainty, top_fraction_tokens)
-from ..modules.packed_linear import PackedLinears, packed_modules
+from ..modules.packed_linear import PackedLinears
 from .base import RolloutSampler
 from .checks import check_bool, check_int, check_real, check_sampling
 
@@ -479,11 +479,8 @@ class MaskedSampler(RolloutSampler):
             rows = torch.arange(prefix.batch_size).repeat_interleave(group_size)
             given = prefix.index(rows).to(policy.device)
             orders = given.extras.orders
-        modules = packed_modules(policy) if self._packs.enabled else None
-        if modules:
-            rows = len(cond) * (2 if self._spec.cfg_scale != 1.0 else 1)
-            self._packs.refresh(modules, rows)
-        with self._packs.active():
+        rows = len(cond) * (2 if self._spec.cfg_scale != 1.0 else 1)
+        with self._packs.prepare(policy, rows).active():
             return self.generate(policy, cond, orders, rng, prefix=given, kept=kept)
 
     def release_cache(self) -> None:

@@ -186,7 +186,7 @@ class NextScaleSampler(KVCachedSampler):
                      .repeat_interleave(group_size, dim=0))
         uniforms = None if rng is None else rng.rand(policy.num_actions).to(dev)   # [B, L]
         rows = len(cond) * (2 if self._spec.cfg_scale != 1.0 else 1)
-        with self._packed(policy, rows).active():
+        with self._packs.prepare(policy, rows).active():
             tokens, logp = self._generate(policy, cond, given, kept, uniforms)
         b = tokens.shape[0]
         step, pos = policy.rollout_axes()
