@@ -185,6 +185,36 @@ def test_benchmark_rejects_a_batch_without_whole_groups(tmp_path, keep_threads, 
     assert not out.exists()
 
 
+def test_linear_fit_recovers_a_line_and_shows_a_super_linear_part():
+    fit = _load_tool().linear_fit([4, 8, 16, 32], [1.0 + 0.5 * n for n in (4, 8, 16, 32)])
+    assert fit['fixed_s'] == pytest.approx(1.0) and fit['per_sample_s'] == pytest.approx(0.5)
+    assert fit['r2'] == pytest.approx(1.0) and fit['max_relative_residual'] == pytest.approx(0)
+    assert fit['marginal_s_per_sample'] == pytest.approx([0.5, 0.5, 0.5])
+    quad = _load_tool().linear_fit([4, 8, 16, 32], [0.01 * n * n for n in (4, 8, 16, 32)])
+    assert quad['marginal_s_per_sample'] == pytest.approx([0.12, 0.24, 0.48])
+    assert quad['r2'] < 1 and quad['max_relative_residual'] > 0.1
+
+
+def test_group_sizes_time_the_same_conditions_at_each_size(tmp_path, keep_threads, capsys):
+    res = _run(tmp_path, '--skip-rollout', '--skip-update', '--skip-iteration',
+               '--group-sizes', '4', '2')
+    gs = res['group_sizes']
+    assert gs['conditions'] == 1          # --batch 4 at the config's G = 4
+    assert [r['group_size'] for r in gs['sizes']] == [2, 4]
+    assert [r['samples'] for r in gs['sizes']] == [2, 4]
+    for row in gs['sizes']:
+        _stat(row['seconds'])
+        assert len(row['seconds']['values']) == 2
+        assert row['seconds_per_sample'] == pytest.approx(row['seconds']['median'] /
+                                                          row['samples'])
+    assert set(gs['fit']) >= {'fixed_s', 'per_sample_s', 'r2', 'max_relative_residual'}
+    assert res['group_size'] == 4
+    assert 'iteration by group size (1 conditions)' in capsys.readouterr().out
+    for bad in (['--group-sizes', '1', '4'], ['--group-sizes', '4', '4']):
+        with pytest.raises(SystemExit):
+            _load_tool().parse_args([TINY_CFG, *bad])
+
+
 # ---- the FLOP count ---------------------------------------------------------------------------
 
 def _hand_count_c2i(*, dim, n_layer, ffn, t, v):

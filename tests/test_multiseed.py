@@ -324,6 +324,15 @@ def test_stability_numbers_from_the_training_log():
     assert multiseed.stability_metrics({}) == {}
 
 
+def test_time_outside_the_iterations():
+    # logged every 2nd iteration (2-iteration means): 10 iterations of 3 s in 40 s of process
+    every_2nd = {'time': [(i, 3.0) for i in range(2, 11, 2)]}
+    assert multiseed.outside_iterations(every_2nd, {'train_seconds': 40.0}) == pytest.approx(0.25)
+    assert multiseed.outside_iterations(every_2nd, {'train_seconds': 40.0, 'resumed': True}) \
+        is None
+    assert multiseed.outside_iterations({}, {'train_seconds': 40.0}) is None
+
+
 # -- a real comparison: two tiny configs over two seeds ----------------------------------------
 TINY = """_base_ = [{base!r}]
 eval_cfg = dict(splits=dict(train=dict(type='ClassConditionDataset', num_classes=2)),

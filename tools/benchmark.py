@@ -4,7 +4,8 @@
                               [--threads 2] [--out bench.json] [--skip-rollout]
                               [--config-scale-only] [--skip-update]
                               [--skip-iteration] [--reward-heads] [--gemm-size 2048]
-                              [--bandwidth-mb 512] [--seed 0] [--cfg-options k=v ...]
+                              [--bandwidth-mb 512] [--seed 0] [--group-sizes G ...]
+                              [--cfg-options k=v ...]
 
 The policy is the config's with random weights: every top-level ``policy.*checkpoint`` is set to
 None and ``--arch`` replaces ``policy.arch``. Everything is built as tools/train.py builds it
@@ -81,6 +82,15 @@ with ``torch.set_num_threads(--threads)``:
    runs last, after the final GEMM probe, because the setting stays for the process.
    E.g. ``--logp-memory 2048 16384``: LlamaGen GPT-B's 8 x 256 tokens over 16384 codes.
 
+9. group-size scaling (``--group-sizes G1 G2 ...``): the iteration of item 6 (its five phases,
+   without the separate image decoding) at each group size, on the same ``--batch`` / G
+   conditions, after one warm-up per size, ``--repeat`` rounds interleaving the sizes (each
+   round in a rotated order, so a drifting machine spreads over all). Reported per size: the
+   seconds (median, range) and seconds per sample; and a least-squares line
+   ``seconds = fixed + per_sample * samples`` with R^2, the largest residual relative to its
+   point, and the marginal seconds per sample between consecutive sizes (an iteration linear in
+   the group size has a flat marginal cost; rising ones show a super-linear part).
+
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
 steps; ``action_step`` of a rollout names each action's step); otherwise every action is a step
@@ -145,6 +155,9 @@ def parse_args(argv=None):
     p.add_argument('--logp-memory', type=int, nargs=2, metavar=('ROWS', 'VOCAB'),
                    help='measure the peak memory of the log-prob + entropy forward/backward on '
                         'ROWS x VOCAB logits, vargo vs the plain composition (item 8)')
+    p.add_argument('--group-sizes', type=int, nargs='+', metavar='G',
+                   help='time the iteration at each group size G with the same conditions '
+                        '(--batch / the built G of them) and fit a line (item 9)')
     p.add_argument('--gemm-size', type=int, default=2048, help='n of the n x n fp32 GEMM')
     p.add_argument('--bandwidth-mb', type=int, default=512,
                    help='size of the bandwidth test tensor (well above the caches)')
@@ -157,6 +170,14 @@ def parse_args(argv=None):
             p.error(f'--{name.replace("_", "-")}={getattr(args, name)} must be >= 1')
     if args.steps is not None and args.steps < 1:
         p.error(f'--steps={args.steps} must be >= 1 (or omitted to time whole rollouts)')
+    if args.group_sizes is not None:
+        bad = [g for g in args.group_sizes if g < 2]
+        if bad:
+            p.error(f'--group-sizes {bad[0]}: a group needs at least 2 samples')
+        if len(set(args.group_sizes)) < 2:
+            p.error(f'--group-sizes {" ".join(map(str, args.group_sizes))}: give at least two '
+                    'different sizes to fit a line')
+        args.group_sizes = sorted(set(args.group_sizes))
     if args.logp_memory and min(args.logp_memory) < 1:
         p.error(f'--logp-memory {args.logp_memory[0]} {args.logp_memory[1]}: ROWS and VOCAB '
                 'must be >= 1')
@@ -545,19 +566,58 @@ def bench_update(policy, rollout, spec, args, mem: PeakMemory, per_token: int = 
     return out
 
 
-def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
-    """One GRPO iteration's time split (see the module doc, item 6)."""
+ITERATION_PHASES = ('generate', 'score', 'advantages', 'reference', 'train_step')
+
+
+def iteration_runner(model, cond, optim_wrapper, seed: int,
+                     on_score: Optional[Callable[[int, dict], None]] = None):
+    """A function running one GRPO iteration of ``model`` on ``cond`` (the loop's calls, in its
+    order) and returning the seconds of each of :data:`ITERATION_PHASES` (and its rollout under
+    ``'rollout'``); ``on_score(i,
+    rewards)`` sees each iteration's rewards. Iteration ``i`` runs with the loop's context."""
+    from vargo.core.algorithm import MiniBatch
+    counter = iter(range(10 ** 9))
+    n_cond = len(cond)
+
+    def iteration() -> dict:
+        i = next(counter)
+        ctx = model.iteration_context(i, seed=seed, num_conditions=n_cond)
+        t = [time.perf_counter()]
+        rollout = model.generate(cond, ctx)
+        t.append(time.perf_counter())
+        rewards = model.score(rollout, ctx)
+        t.append(time.perf_counter())
+        if on_score is not None:
+            on_score(i, rewards)
+        adv = model.compute_advantages(rewards, rollout)
+        t.append(time.perf_counter())
+        ref = model.reference_eval(rollout, n_cond)
+        t.append(time.perf_counter())
+        # the loop's minibatch context (group-weighted aggregations such as STAGE's need it)
+        mb = MiniBatch(rollout=rollout, adv=adv, ref_eval=ref,
+                       ctx=ctx.for_minibatch(rollout.action_mask), check_on_policy=True)
+        model.train_step({'minibatch': mb}, optim_wrapper=optim_wrapper)
+        t.append(time.perf_counter())
+        times = {name: t[k + 1] - t[k] for k, name in enumerate(ITERATION_PHASES)}
+        times['rollout'] = rollout
+        return times
+    return iteration
+
+
+def build_optimizer(cfg, model):
+    """The config's optim_wrapper around ``model``."""
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import DefaultScope
-
-    from vargo.core.algorithm import MiniBatch
-
     with DefaultScope.overwrite_default_scope('vargo'):
-        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+        return build_optim_wrapper(model, cfg.optim_wrapper)
+
+
+def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
+    """One GRPO iteration's time split (see the module doc, item 6)."""
+    optim_wrapper = build_optimizer(cfg, model)
     n_cond, g = len(cond), model.group_size
-    parts = ('generate', 'score', 'advantages', 'reference', 'train_step')
+    parts = ITERATION_PHASES
     record: dict[str, list[float]] = {k: [] for k in parts + ('decode_images',)}
-    counter = iter(range(10 ** 9))
     vmr = callable(getattr(model.sampler, 'phase', None))     # VMRSampler: phases alternate
     vmr_record: list[tuple[str, float]] = []                  # (phase, completion seconds)
     mte = int(getattr(model.sampler, 'mte_chains', 0) or 0)   # MAR-GRPO's extra head chains
@@ -572,28 +632,18 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
             return out
         model.sampler.append_extra_chains = timed_draw
 
-    def iteration():
-        i = next(counter)
-        ctx = model.iteration_context(i, seed=args.seed, num_conditions=n_cond)
-        t = [time.perf_counter()]
-        rollout = model.generate(cond, ctx)
-        t.append(time.perf_counter())
-        rewards = model.score(rollout, ctx)
-        t.append(time.perf_counter())
+    def on_score(i, rewards):
         if vmr:
             vmr_record.append((model.sampler.phase(i), sum(
                 r.metrics.get('vmr/completion_seconds', 0.0) for r in rewards.values())))
-        adv = model.compute_advantages(rewards, rollout)
-        t.append(time.perf_counter())
-        ref = model.reference_eval(rollout, n_cond)
-        t.append(time.perf_counter())
-        # the loop's minibatch context (group-weighted aggregations such as STAGE's need it)
-        mb = MiniBatch(rollout=rollout, adv=adv, ref_eval=ref,
-                       ctx=ctx.for_minibatch(rollout.action_mask), check_on_policy=True)
-        model.train_step({'minibatch': mb}, optim_wrapper=optim_wrapper)
-        t.append(time.perf_counter())
-        for k, name in enumerate(parts):
-            record[name].append(t[k + 1] - t[k])
+
+    one = iteration_runner(model, cond, optim_wrapper, args.seed, on_score)
+
+    def iteration():
+        times = one()
+        rollout = times.pop('rollout')
+        for name in parts:
+            record[name].append(times[name])
         t0 = time.perf_counter()
         model.policy.decode(rollout)
         record['decode_images'].append(time.perf_counter() - t0)
@@ -625,6 +675,49 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
                               record['generate'][-args.repeat:])
     out.update(mem.stop())
     return out
+
+
+def bench_group_sizes(cfg, model, cond, args) -> dict:
+    """Iteration time against the group size at a fixed number of conditions (module doc,
+    item 9): rounds interleave the sizes (each round in a rotated order), after one warm-up
+    iteration per size; a least-squares line ``seconds = fixed + per_sample * samples``."""
+    optim_wrapper = build_optimizer(cfg, model)
+    sizes = list(args.group_sizes)
+    runs = {}
+    for g in sizes:
+        model.group_size = g
+        runs[g] = iteration_runner(model, cond, optim_wrapper, args.seed)
+        runs[g]()                                              # warm-up
+    record: dict[int, list[float]] = {g: [] for g in sizes}
+    for r in range(args.repeat):
+        order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
+        for g in order:
+            model.group_size = g
+            times = runs[g]()
+            record[g].append(sum(times[p] for p in ITERATION_PHASES))
+    n = len(cond)
+    rows = [{'group_size': g, 'samples': n * g, 'seconds': stats(record[g]),
+             'seconds_per_sample': statistics.median(record[g]) / (n * g)} for g in sizes]
+    return {'conditions': n, 'sizes': rows, 'fit': linear_fit(
+        [row['samples'] for row in rows], [row['seconds']['median'] for row in rows])}
+
+
+def linear_fit(x: list[float], y: list[float]) -> dict:
+    """Least squares ``y = fixed + per_sample * x``: both coefficients, R^2, the largest residual
+    relative to its ``y`` and the marginal seconds per sample between consecutive points (rising
+    marginal costs are what a super-linear iteration shows)."""
+    n = len(x)
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    slope = sum((a - mx) * (b - my) for a, b in zip(x, y)) / sxx if sxx else 0.0
+    fixed = my - slope * mx
+    resid = [b - (fixed + slope * a) for a, b in zip(x, y)]
+    syy = sum((b - my) ** 2 for b in y)
+    return {'fixed_s': fixed, 'per_sample_s': slope,
+            'r2': 1 - sum(e * e for e in resid) / syy if syy else 1.0,
+            'max_relative_residual': max(abs(e) / b for e, b in zip(resid, y)),
+            'marginal_s_per_sample': [(y[k + 1] - y[k]) / (x[k + 1] - x[k])
+                                      for k in range(n - 1)]}
 
 
 def vmr_cost(sampler, record: list[tuple[str, float]], generate: list[float]) -> dict:
@@ -868,6 +961,17 @@ def table(res: dict) -> str:
             rows.append(('  MTE extra chains / iteration', mt['extra_chains_over_iteration'],
                          None, 'x'))
         rows.append(('  peak memory', it['peak_rss_mb'], None, 'MB'))
+    gs = res.get('group_sizes')
+    if gs:
+        fit = gs['fit']
+        rows.append((f'iteration by group size ({gs["conditions"]} conditions)', None, None, ''))
+        for row in gs['sizes']:
+            rows.append((f'  G={row["group_size"]} ({row["samples"]} samples)',
+                         row['seconds']['median'], row['seconds']['min'], 's'))
+        rows.append(('  fit: fixed', fit['fixed_s'], None, 's'))
+        rows.append(('  fit: per sample', fit['per_sample_s'], None, 's'))
+        rows.append(('  fit: R^2 / largest relative residual',
+                     fit['r2'], fit['max_relative_residual'], ''))
     for name, h in (res.get('reward_heads') or {}).items():
         rows.append((f'{h["kind"]} head {name} ({h["type"]}): startup', h['startup_s'], None,
                      's'))
@@ -954,6 +1058,9 @@ def run(args) -> dict:
         res['iteration'] = bench_iteration(cfg, model, cond, args, mem)
     if args.reward_heads:
         res['reward_heads'] = bench_reward_heads(cfg, model, cond, args, mem)
+    if args.group_sizes:
+        res['group_sizes'] = bench_group_sizes(cfg, model, cond, args)
+        model.group_size = group_size
     res['machine']['gemm_end'] = bench_gemm(args.gemm_size, args.repeat)
     res['machine']['gemm_peak'] = gemm_peak([res['machine']['gemm'], res['machine']['gemm_end']])
     if args.logp_memory:     # last: it changes the allocator's mmap threshold

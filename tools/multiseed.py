@@ -63,6 +63,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional
 
 from vargo.core import eval_protocol
 
@@ -428,6 +429,25 @@ def stability_metrics(series: dict[str, list[tuple[int, float]]]) -> dict[str, f
     return out
 
 
+def outside_iterations(series: dict[str, list[tuple[int, float]]], run: dict) -> Optional[float]:
+    """Share of the training process's wall time (``run['train_seconds']``) spent outside its
+    iterations: process start, building, hooks between iterations, checkpoints. The iterations'
+    time is the mean logged ``time`` times the last logged iteration (logging every k-th
+    iteration logs k-iteration means). None for a resumed run (``train_seconds`` covers only
+    the last launch) or without ``time``.
+
+    Examples:
+        >>> round(outside_iterations({'time': [(1, 9.0), (2, 11.0)]}, {'train_seconds': 25.0}), 3)
+        0.2
+    """
+    pts = [(s, v) for s, v in series.get('time', []) if math.isfinite(v)]
+    train_s = run.get('train_seconds')
+    if not pts or not train_s or run.get('resumed'):
+        return None
+    inside = statistics.fmean(v for _, v in pts) * max(s for s, _ in pts)
+    return 1.0 - inside / train_s
+
+
 def _collect(args):
     """Per-run results under ``args.out``: ``(table, curves, runs, protocols)`` with
     ``table[metric][arm][seed]``, ``curves[scalar][arm][seed]`` and ``protocols[arm][seed]``."""
@@ -439,7 +459,8 @@ def _collect(args):
             if not os.path.isfile(os.path.join(res, 'eval.json')):
                 continue
             seed = int(os.path.basename(res)[4:])
-            runs.setdefault(arm, []).append(json.load(open(os.path.join(res, 'run.json'))))
+            run = json.load(open(os.path.join(res, 'run.json')))
+            runs.setdefault(arm, []).append(run)
             record = json.load(open(os.path.join(res, 'eval.json')))
             protocols.setdefault(arm, {})[seed] = record.get('protocol')
             for k, v in _numbers(record['results']).items():
@@ -447,7 +468,11 @@ def _collect(args):
             series = _load_scalars(os.path.join(res, 'scalars.json'))
             for k, pts in series.items():
                 curves.setdefault(k, {}).setdefault(arm, {})[seed] = pts
-            for k, v in stability_metrics(series).items():
+            stability = stability_metrics(series)
+            outside = outside_iterations(series, run)
+            if outside is not None:
+                stability['log/outside_iterations'] = outside
+            for k, v in stability.items():
                 table.setdefault(k, {}).setdefault(arm, {})[seed] = v
     return table, curves, runs, protocols
 
