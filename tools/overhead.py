@@ -1,7 +1,8 @@
 """Where an RL iteration's time goes: the generator, the reward heads, or vargo's framework.
 
     python tools/overhead.py CONFIG [--iters 3] [--warmup 1] [--threads 1] [--top 12]
-                             [--out overhead.json] [--cfg-options k=v ...]
+                             [--out overhead.json] [--profile-out run.prof]
+                             [--cfg-options k=v ...]
 
 Builds the config's runner as tools/train.py does (real weights and reward files, its hooks;
 work directory in a temporary directory, removed afterwards; checkpoint saving off, since a
@@ -72,6 +73,9 @@ def parse_args(argv=None):
     p.add_argument('--top', type=int, default=12,
                    help='how many framework functions to list by attributed time')
     p.add_argument('--out', default=None, help='write the result as JSON')
+    p.add_argument('--profile-out', default=None,
+                   help='also write the raw profile (pstats format: python -m pstats FILE, '
+                        'snakeviz FILE)')
     p.add_argument('--cfg-options', nargs='+', default=[], metavar='K=V')
     args = p.parse_args(argv)
     for name in ('iters', 'threads'):
@@ -125,7 +129,8 @@ class Owners:
         return owner
 
 
-def attribute(stats: dict, owner_of) -> dict:
+def attribute(stats: dict, owner_of, *, tolerance: float = 1e-12,
+              max_rounds: int = 100000) -> dict:
     """Split the profile's own times over owners.
 
     Args:
@@ -134,62 +139,65 @@ def attribute(stats: dict, owner_of) -> dict:
         owner_of: func -> owner or None (library).
 
     Returns ``{'owners': {owner: {'seconds', 'python_s', 'builtin_s'}}, 'functions': {owner:
-    {func_label: seconds}}}``: an owned function's own time goes to its owner; a library
-    function's to the owners of its callers, in proportion to the own time it spent under each
-    caller (call counts where those are all zero), recursively; ``other`` where no owner is
-    reached (the profile's root, cycles of library code).
+    {func_label: seconds}}}``. An owned function's own time goes to its owner. A library
+    function's own time flows to its callers, split in proportion to the own time it spent
+    under each (call counts where those are all zero), and on through library callers until it
+    reaches owned functions: an absorbing walk on the call graph, so cycles of library code
+    (``Module.__call__`` and ``Sequential.forward`` call each other) pass their time on as well.
+    Time that reaches no owner (the profile's root) is ``other``.
     """
-    memo: dict = {}
-    visiting: set = set()
+    edges: dict = {}
 
-    def shares(func) -> dict:
-        """``{(owner, owned_func): fraction}`` of ``func``'s own time."""
-        if func in memo:
-            return memo[func]
-        owner = owner_of(func)
-        if owner is not None:
-            memo[func] = {(owner, func): 1.0}
-            return memo[func]
-        if func in visiting:            # recursion through library code
-            return {}
-        visiting.add(func)
-        callers = stats[func][4] if func in stats else {}
-        weights = {c: float(v[2]) for c, v in callers.items()}
-        if sum(weights.values()) <= 0:
-            weights = {c: float(v[1]) for c, v in callers.items()}
-        total = sum(weights.values())
-        out: dict = {}
-        if total > 0:
-            for caller, w in weights.items():
-                for key, frac in shares(caller).items():
-                    out[key] = out.get(key, 0.0) + frac * w / total
-        visiting.discard(func)
-        lost = 1.0 - sum(out.values())
-        if lost > 1e-9:
-            out[('other', None)] = out.get(('other', None), 0.0) + lost
-        memo[func] = out
-        return out
+    def callers_of(func) -> list:
+        if func not in edges:
+            callers = stats[func][4] if func in stats else {}
+            weights = {c: float(v[2]) for c, v in callers.items()}
+            if sum(weights.values()) <= 0:
+                weights = {c: float(v[1]) for c, v in callers.items()}
+            total = sum(weights.values())
+            edges[func] = [(c, w / total) for c, w in weights.items() if w > 0] if total else []
+        return edges[func]
 
-    limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 20000))
-    try:
-        owners = {o: {'seconds': 0.0, 'python_s': 0.0, 'builtin_s': 0.0}
-                  for o in OWNERS + ('other',)}
-        functions: dict = {o: {} for o in OWNERS + ('other',)}
-        for func, (_cc, _nc, tt, _ct, _callers) in stats.items():
-            if tt <= 0:
+    owners = {o: {'seconds': 0.0, 'python_s': 0.0, 'builtin_s': 0.0} for o in OWNERS + ('other',)}
+    functions: dict = {o: {} for o in OWNERS + ('other',)}
+
+    def credit(owner, func, python, builtin):
+        row = owners[owner]
+        row['python_s'] += python
+        row['builtin_s'] += builtin
+        row['seconds'] += python + builtin
+        if func is not None:
+            label = f'{osp.basename(func[0])}:{func[1]}({func[2]})'
+            functions[owner][label] = functions[owner].get(label, 0.0) + python + builtin
+
+    # mass[func] = [python seconds, builtin seconds] still to be passed on from func
+    mass: dict = {}
+    for func, (_cc, _nc, tt, _ct, _callers) in stats.items():
+        if tt > 0:
+            kind = 1 if func[0] == '~' else 0
+            cell = mass.setdefault(func, [0.0, 0.0])
+            cell[kind] += tt
+    total = sum(v[0] + v[1] for v in mass.values())
+    for _ in range(max_rounds):
+        moved: dict = {}
+        for func, (py, bi) in mass.items():
+            owner = owner_of(func)
+            if owner is not None:
+                credit(owner, func, py, bi)
                 continue
-            builtin = func[0] == '~'
-            for (owner, owned), frac in shares(func).items():
-                sec = tt * frac
-                row = owners[owner]
-                row['seconds'] += sec
-                row['builtin_s' if builtin else 'python_s'] += sec
-                if owned is not None:
-                    label = f'{osp.basename(owned[0])}:{owned[1]}({owned[2]})'
-                    functions[owner][label] = functions[owner].get(label, 0.0) + sec
-    finally:
-        sys.setrecursionlimit(limit)
+            up = callers_of(func)
+            if not up:
+                credit('other', None, py, bi)
+                continue
+            for caller, frac in up:
+                cell = moved.setdefault(caller, [0.0, 0.0])
+                cell[0] += py * frac
+                cell[1] += bi * frac
+        mass = moved
+        if sum(v[0] + v[1] for v in mass.values()) <= tolerance * max(total, 1e-300):
+            break
+    for py, bi in mass.values():          # what still circulates after max_rounds
+        credit('other', None, py, bi)
     return {'owners': owners, 'functions': functions}
 
 
@@ -245,6 +253,8 @@ def measure(args) -> dict:
 
         loop.run_iter = instrumented
         runner.train()
+    if args.profile_out:
+        profile.dump_stats(args.profile_out)
     stats = pstats.Stats(profile).stats
     split = attribute(stats, Owners.for_vargo())
     n = len(profiled)
