@@ -41,9 +41,14 @@ PROTOCOL_VERSION = 1
 # realpath: a checkout reached through a symlinked package directory still finds its git root
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 #: protocol keys (``a.b`` paths) left out when two protocols are compared
+#: (``packed_weights``: the same products summed in another order, not another distribution)
 NOT_COMPARED = ('vargo_commit', 'sampler.logprob_cfg', 'sampler.decode_images',
                 'sampler.record_predictions', 'sampler.loss_ar_steps',
-                'sampler.loss_diffusion_steps', 'sampler.mte_chains', 'sampler.mte_top_fraction')
+                'sampler.loss_diffusion_steps', 'sampler.mte_chains', 'sampler.mte_top_fraction',
+                'sampler.packed_weights')
+#: a file or folder is compared by its content hash, not by where it was: ``{'path': ...,
+#: 'sha256': ...}`` compares the sha256 only (two checkouts, one file)
+LOCATION_KEYS = {'path': 'sha256', 'folder': 'listing_sha256'}
 
 
 @functools.lru_cache(maxsize=64)
@@ -64,7 +69,7 @@ def file_sha256(path: str) -> str:
 
 def shown_path(path: str) -> str:
     """``path`` relative to the repository when it lies inside it, else as given."""
-    full = os.path.abspath(os.path.expanduser(str(path)))
+    full = os.path.realpath(os.path.expanduser(str(path)))     # through symlinked packages
     if os.path.commonpath([full, REPO_ROOT]) == REPO_ROOT:
         return os.path.relpath(full, REPO_ROOT)
     return str(path)
@@ -140,8 +145,15 @@ def _flatten(value, prefix: str = '') -> dict:
 
 
 def _compared(protocol: dict) -> dict:
-    return {k: v for k, v in _flatten(protocol).items()
-            if not any(k == p or k.startswith(p + '.') for p in NOT_COMPARED)}
+    flat = _flatten(protocol)
+
+    def located(key: str) -> bool:       # a location whose content hash is recorded beside it
+        head, _, last = key.rpartition('.')
+        digest = LOCATION_KEYS.get(last)
+        return digest is not None and (f'{head}.{digest}' if head else digest) in flat
+
+    return {k: v for k, v in flat.items()
+            if not located(k) and not any(k == p or k.startswith(p + '.') for p in NOT_COMPARED)}
 
 
 def identity(protocol: dict) -> str:

@@ -82,6 +82,36 @@ def test_what_is_compared():
     assert [labels for _, labels in groups] == [['a0', 'a1'], ['b0']] and missing == ['c0']
 
 
+def test_files_compare_by_content_not_location(tmp_path):
+    """The same weights reached from two checkouts are one protocol; other bytes are not;
+    packed decode weights (a summation order) do not split protocols either."""
+    def with_files(where, digest, **sampler):
+        p = _protocol(**sampler)
+        p['fidelity'] = dict(extractor=dict(name='x', weights=dict(path=f'{where}/w.safetensors',
+                                                                   sha256=digest)),
+                             references=dict(train=dict(fid_statistics=dict(
+                                 path=f'{where}/stats.npz', sha256='s1')),
+                                 images=dict(folder=f'{where}/real', files=3,
+                                             listing_sha256='l1')))
+        return p
+    a = with_files('/work/a', 'w1')
+    b = with_files('/elsewhere/b', 'w1', packed_weights=False)
+    assert eval_protocol.identity(a) == eval_protocol.identity(b)
+    c = with_files('/work/a', 'w2')
+    assert eval_protocol.differences([a, c]) == ['fidelity.extractor.weights.sha256']
+    # a path without a hash beside it is still compared
+    d, e = _protocol(), _protocol()
+    d['splits']['train']['path'], e['splits']['train']['path'] = 'x.json', 'y.json'
+    assert eval_protocol.differences([d, e]) == ['splits.train.path']
+
+
+def test_paths_through_a_symlinked_package_are_shown_repository_relative(tmp_path):
+    link = tmp_path / 'shim'
+    link.symlink_to(os.path.join(eval_protocol.REPO_ROOT, 'components'))
+    shown = eval_protocol.shown_path(str(link / 'benchmarks' / 'weights' / 'x.safetensors'))
+    assert shown == os.path.join('components', 'benchmarks', 'weights', 'x.safetensors')
+
+
 def test_printed_block_and_report(tmp_path):
     stats = _stats(tmp_path / 'real.npz')
     p = _protocol()

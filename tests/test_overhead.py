@@ -138,6 +138,7 @@ def test_one_run_end_to_end(tool, tmp_path, capsys):
         assert row['python_s'] + row['builtin_s'] == pytest.approx(row['seconds'])
     assert res['framework_share'] == rows['framework']['share']
     assert res['iterations'] == {'warmup': 0, 'timed': 1, 'profiled': 1}
+    assert len(res['load_average_start']) == 3
     assert any('run_iter' in r['function'] for r in res['framework_top'])
     import pstats
     assert any('run_iter' in f[2] for f in pstats.Stats(str(prof)).stats)

@@ -224,6 +224,7 @@ def build(args, work_dir: str):
 def measure(args) -> dict:
     import torch
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix='vargo_overhead_') as work_dir:
         runner = build(args, osp.join(work_dir, 'run'))
         loop = runner.train_loop
@@ -275,6 +276,7 @@ def measure(args) -> dict:
         'framework_share': owners['framework']['share'],
         'framework_top': [{'function': f, 'seconds_per_iteration': s / n} for f, s in top],
         'torch': torch.__version__, 'cpu': cpu_name(),
+        'load_average_start': list(load_start), 'load_average_end': list(os.getloadavg()),
     }
 
 
@@ -292,7 +294,8 @@ def cpu_name() -> str:
 
 def report(res: dict) -> str:
     it = res['iteration_s']
-    lines = [f"{res['config']} ({res['threads']} thread(s), {res['cpu']}, torch {res['torch']})",
+    lines = [f"{res['config']} ({res['threads']} thread(s), {res['cpu']}, torch {res['torch']}, "
+             f"load average {res['load_average_start'][0]:.2f} at start)",
              f"iteration: {it['unprofiled_median']:.3f} s unprofiled, {it['profiled_median']:.3f} s"
              f" profiled (x{res['profiler_inflation']:.2f}); shares of the profiled iteration:",
              f"{'owner':<10} {'s/iter':>8} {'share':>7} {'python':>8} {'builtin':>8}"]
