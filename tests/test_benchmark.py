@@ -215,6 +215,49 @@ def test_group_sizes_time_the_same_conditions_at_each_size(tmp_path, keep_thread
             _load_tool().parse_args([TINY_CFG, *bad])
 
 
+def test_op_profile_counts_the_products_flops_exactly():
+    """addmm, bmm and oneDNN's packed linear (FLOPs from its shapes) are products; an
+    elementwise mul (which the profiler also gives FLOPs) is not."""
+    from vargo.components.modules.packed_linear import packed_linear_supported
+    tool = _load_tool()
+    x, w, b = torch.randn(16, 64), torch.randn(128, 64), torch.randn(128)
+    a3, b3 = torch.randn(4, 8, 32), torch.randn(4, 32, 16)
+    packed = None
+    if packed_linear_supported():
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 16)
+
+    def work():
+        torch.nn.functional.linear(x, w, b)
+        torch.bmm(a3, b3)
+        x * 2.0
+        if packed is not None:
+            torch.ops.mkldnn._linear_pointwise(x, packed, b, 'none', [], '')
+
+    prof = tool.op_profile(work)
+    by_op = prof['products']['by_op']
+    assert by_op['aten::addmm']['gflop'] == pytest.approx(2 * 16 * 128 * 64 / 1e9)
+    assert by_op['aten::bmm']['gflop'] == pytest.approx(2 * 4 * 8 * 32 * 16 / 1e9)
+    assert 'aten::mul' not in by_op
+    expected = 2 * 16 * 128 * 64 + 2 * 4 * 8 * 32 * 16
+    if packed is not None:
+        assert by_op['mkldnn::_linear_pointwise']['gflop'] == pytest.approx(2 * 16 * 128 * 64 / 1e9)
+        expected += 2 * 16 * 128 * 64
+    assert prof['products']['gflop'] == pytest.approx(expected / 1e9)
+    assert 0 < prof['products']['share'] <= 1
+    assert prof['top_ops'] and all(op['self_ms'] >= 0 for op in prof['top_ops'])
+
+
+def test_op_profile_of_rollout_decode_and_update(tmp_path, keep_threads, capsys):
+    res = _run(tmp_path, '--skip-rollout', '--skip-update', '--skip-iteration', '--op-profile')
+    for phase in ('rollout', 'decode', 'update'):
+        pr = res['op_profile'][phase]['products']
+        assert pr['gflop'] > 0 and pr['gflops'] > 0, phase
+        assert pr['pct_of_gemm_peak'] == pytest.approx(
+            100 * pr['gflops'] / res['machine']['gemm_peak']['gflops'])
+    assert 'aten::conv2d' in res['op_profile']['decode']['products']['by_op']
+    assert 'update by operator: matrix products' in capsys.readouterr().out
+
+
 # ---- the FLOP count ---------------------------------------------------------------------------
 
 def _hand_count_c2i(*, dim, n_layer, ffn, t, v):

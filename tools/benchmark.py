@@ -90,6 +90,13 @@ with ``torch.set_num_threads(--threads)``:
    ``seconds = fixed + per_sample * samples`` with R^2, the largest residual relative to its
    point, and the marginal seconds per sample between consecutive sizes (an iteration linear in
    the group size has a flat marginal cost; rising ones show a super-linear part).
+10. operator profile (``--op-profile``): one rollout at the config's scale (after a warm-up),
+    one ``policy.decode`` of its tokens and one update step (item 4's loss), each under
+    ``torch.profiler`` with FLOP counting: the matrix products (``mm``, ``addmm``, ``bmm``,
+    ``baddbmm`` and the convolutions with the profiler's FLOPs, outermost only and timed with
+    its children, plus oneDNN's linear on reordered weights from its shapes) by operator, their share of the phase's CPU time, GFLOP/s and %
+    of the run's GEMM peak; and the 12 operators with the most self time. This is where the
+    "dominant products at N% of the peak" numbers come from.
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -158,6 +165,9 @@ def parse_args(argv=None):
     p.add_argument('--group-sizes', type=int, nargs='+', metavar='G',
                    help='time the iteration at each group size G with the same conditions '
                         '(--batch / the built G of them) and fit a line (item 9)')
+    p.add_argument('--op-profile', action='store_true',
+                   help='profile one rollout, one image decode and one update by operator: the '
+                        "matrix products' GFLOP/s and share of the GEMM peak (item 10)")
     p.add_argument('--gemm-size', type=int, default=2048, help='n of the n x n fp32 GEMM')
     p.add_argument('--bandwidth-mb', type=int, default=512,
                    help='size of the bandwidth test tensor (well above the caches)')
@@ -339,6 +349,16 @@ def fraction_of_peak(res: dict) -> list[str]:
     peak = res['machine']['gemm_peak']['gflops']
     up = res.get('update')
     warnings = []
+    for phase, prof in (res.get('op_profile') or {}).items():
+        products = prof['products']
+        if products['gflops'] and peak:
+            products['pct_of_gemm_peak'] = 100 * products['gflops'] / peak
+            for row in products['by_op'].values():
+                row['pct_of_gemm_peak'] = 100 * row['gflops'] / peak if row['gflops'] else None
+            if products['pct_of_gemm_peak'] > 100:
+                warnings.append(f'the {phase} products ran at {products["pct_of_gemm_peak"]:.1f}%'
+                                f' of the GEMM peak ({peak:.1f} GFLOP/s): the probe under-read '
+                                f'the peak (see the update warning)')
     if up and up.get('gflops') and peak:
         up['pct_of_gemm_peak'] = {k: 100 * v / peak for k, v in up['gflops'].items()}
         over = {k: v for k, v in up['pct_of_gemm_peak'].items() if v > 100}
@@ -350,6 +370,103 @@ def fraction_of_peak(res: dict) -> list[str]:
                 f'changes, or faster kernels at the update\'s shapes); rerun on a quiet machine '
                 f'or with a larger --repeat before reading the percentage')
     return warnings
+
+
+#: the matrix products whose FLOPs the profiler counts (it counts elementwise ``mul`` / ``add``
+#: too, which are not products)
+PRODUCT_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::conv1d',
+               'aten::conv2d', 'aten::conv3d', 'aten::convolution', 'aten::_convolution',
+               'aten::conv_transpose2d')
+#: products the profiler does not count, as ``2 x rows x N x K`` from the input shapes
+#: ``[..., K]`` and the weight ``[N, K]`` (oneDNN's linear on a reordered weight)
+LINEAR_LIKE = ('mkldnn::_linear_pointwise',)
+
+
+def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
+    """One call of ``fn`` under ``torch.profiler`` (module doc, item 10): the matrix products
+    (:data:`PRODUCT_OPS` with their FLOPs, outermost only, timed with their children; plus
+    :data:`LINEAR_LIKE`) by operator with their GFLOP/s, and the ``top`` operators by self time.
+    ``pct_of_gemm_peak`` is filled by :func:`fraction_of_peak`."""
+    import math
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        fn()
+    events = list(prof.events())
+
+    def flops_of(ev) -> float:
+        if ev.name in PRODUCT_OPS:
+            return float(ev.flops or 0)
+        if ev.name in LINEAR_LIKE and len(ev.input_shapes) >= 2 and ev.input_shapes[0] \
+                and len(ev.input_shapes[1]) == 2:
+            x, w = ev.input_shapes[0], ev.input_shapes[1]
+            return 2.0 * math.prod(x[:-1]) * w[0] * w[1]
+        return 0.0
+
+    def inside_a_product(ev) -> bool:
+        parent = ev.cpu_parent
+        while parent is not None:
+            if flops_of(parent):
+                return True
+            parent = parent.cpu_parent
+        return False
+
+    total_us = sum(ev.self_cpu_time_total for ev in events)
+    products: dict[str, dict] = {}
+    for ev in events:
+        f = flops_of(ev)
+        if f and not inside_a_product(ev):
+            row = products.setdefault(ev.name, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
+            row['calls'] += 1
+            row['ms'] += ev.cpu_time_total / 1000
+            row['gflop'] += f / 1e9
+    for row in products.values():
+        row['gflops'] = row['gflop'] / (row['ms'] / 1000) if row['ms'] else None
+        row['share'] = row['ms'] * 1000 / total_us if total_us else None
+    all_ms = sum(r['ms'] for r in products.values())
+    all_gflop = sum(r['gflop'] for r in products.values())
+    by_self: dict[str, list] = {}
+    for ev in events:
+        cell = by_self.setdefault(ev.name, [0, 0.0])
+        cell[0] += 1
+        cell[1] += ev.self_cpu_time_total / 1000
+    ops = [{'op': name, 'calls': n, 'self_ms': ms, 'share': ms * 1000 / total_us}
+           for name, (n, ms) in sorted(by_self.items(), key=lambda kv: -kv[1][1])[:top]]
+    return {'total_ms': total_us / 1000,
+            'products': {'ms': all_ms, 'share': all_ms * 1000 / total_us if total_us else None,
+                         'gflop': all_gflop,
+                         'gflops': all_gflop / (all_ms / 1000) if all_ms else None,
+                         'pct_of_gemm_peak': None, 'by_op': products},
+            'top_ops': ops}
+
+
+def profile_phases(policy, sampler, cond, group_size: int, rollout=None) -> dict:
+    """:func:`op_profile` of one rollout (the config's sampler and scale, no image decoding),
+    one ``policy.decode`` of its tokens and one update (forward + backward, as item 4)."""
+    import torch
+    with torch.no_grad():
+        sampler.rollout(policy, cond, group_size=group_size)            # warm-up
+        out = {'rollout': op_profile(lambda: sampler.rollout(policy, cond, group_size=group_size))}
+        if rollout is None:
+            rollout = sampler.rollout(policy, cond, group_size=group_size)
+        policy.decode(rollout)
+        out['decode'] = op_profile(lambda: policy.decode(rollout))
+    spec = sampler.logprob_spec()
+
+    def update():
+        policy.zero_grad(set_to_none=True)
+        ev = policy.evaluate(rollout, spec=spec)
+        loss = -ev.logp.mean()
+        if ev.entropy is not None:
+            loss = loss - ENTROPY_COEF * ev.entropy.mean()
+        loss.backward()
+    policy.train(True)
+    with torch.enable_grad():
+        update()
+        out['update'] = op_profile(update)
+    policy.zero_grad(set_to_none=True)
+    return out
 
 
 def bench_bandwidth(mb: int, repeat: int) -> dict:
@@ -961,6 +1078,15 @@ def table(res: dict) -> str:
             rows.append(('  MTE extra chains / iteration', mt['extra_chains_over_iteration'],
                          None, 'x'))
         rows.append(('  peak memory', it['peak_rss_mb'], None, 'MB'))
+    for phase, prof in (res.get('op_profile') or {}).items():
+        pr = prof['products']
+        pct = pr['pct_of_gemm_peak']
+        rows.append((f'{phase} by operator: matrix products {100 * (pr["share"] or 0):.0f}% '
+                     f'of {prof["total_ms"] / 1000:.2f} s', pr['gflops'], None,
+                     'GFLOP/s' + (f' ({pct:.0f}% of the GEMM peak)' if pct else '')))
+        for name, row in sorted(pr['by_op'].items(), key=lambda kv: -kv[1]['ms'])[:4]:
+            rows.append((f'  {name} x{row["calls"]} ({100 * row["share"]:.0f}%)', row['gflops'],
+                         None, 'GFLOP/s'))
     gs = res.get('group_sizes')
     if gs:
         fit = gs['fit']
@@ -1053,6 +1179,8 @@ def run(args) -> dict:
                 rollout = config_sampler.rollout(policy, enc, group_size=group_size)
         res['update'] = bench_update(policy, rollout, config_sampler.logprob_spec(), args, mem,
                                      per_token)
+    if args.op_profile:
+        res['op_profile'] = profile_phases(policy, config_sampler, enc, group_size, rollout)
     del rollout
     if not args.skip_iteration:
         res['iteration'] = bench_iteration(cfg, model, cond, args, mem)
