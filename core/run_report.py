@@ -46,16 +46,22 @@ CURVE_KEYS = ('kl/mean', 'entropy/mean', 'grad_norm', 'policy/clip_frac', 'monit
 ENV_TAG = 'run environment:'
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment_line() -> str:
     """torch / Python versions, CPU and thread counts of this process, on one line."""
     import torch
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')),
-                       cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (f'{ENV_TAG} torch {torch.__version__}, Python {platform.python_version()}, CPU '
             f'{cpu} ({os.cpu_count()} logical), torch threads {torch.get_num_threads()}, '
             f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}')

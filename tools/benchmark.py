@@ -271,14 +271,8 @@ class PeakMemory:
 
 
 def cpu_model() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from vargo.core.run_report import cpu_model as model
+    return model()
 
 
 def load_average() -> list[float]:

@@ -55,7 +55,6 @@ import glob
 import json
 import math
 import os
-import platform
 import shlex
 import shutil
 import statistics
@@ -154,13 +153,8 @@ def _git_commit() -> str:
 
 
 def _cpu() -> str:
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from vargo.core.run_report import cpu_model
+    return cpu_model()
 
 
 def _arm_options(args, arm: str) -> list:

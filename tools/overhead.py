@@ -223,6 +223,8 @@ def build(args, work_dir: str):
 
 def measure(args) -> dict:
     import torch
+
+    from vargo.core.run_report import cpu_model
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix='vargo_overhead_') as work_dir:
@@ -275,21 +277,9 @@ def measure(args) -> dict:
         'per_iteration': owners,
         'framework_share': owners['framework']['share'],
         'framework_top': [{'function': f, 'seconds_per_iteration': s / n} for f, s in top],
-        'torch': torch.__version__, 'cpu': cpu_name(),
+        'torch': torch.__version__, 'cpu': cpu_model(),
         'load_average_start': list(load_start), 'load_average_end': list(os.getloadavg()),
     }
-
-
-def cpu_name() -> str:
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or 'unknown'
 
 
 def report(res: dict) -> str:
