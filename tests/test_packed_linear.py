@@ -75,6 +75,59 @@ def test_packed_forwards_run_the_packed_kernel_only_with_fresh_weights(monkeypat
     assert len(calls) == 3
 
 
+def test_another_bias_goes_through_the_packed_copy_under_the_same_rules(monkeypatch):
+    """linear_with_bias (VAR's query-key-value projection): the layer's packed weight with a
+    bias given per call, only while the layer is routed, fresh and grad-free."""
+    calls = []
+    kernel = packed_linear.packed_linear
+    monkeypatch.setattr(packed_linear, 'packed_linear',
+                        lambda *a: calls.append(1) or kernel(*a))
+    layer = nn.Linear(24, 40, bias=False)
+    x, bias = torch.randn(6, 24), torch.randn(40)
+    ref = torch.nn.functional.linear(x, layer.weight, bias)
+    with torch.no_grad():
+        assert torch.equal(packed_linear.linear_with_bias(layer, x, bias), ref.detach())
+        assert calls == []                                # not routed: F.linear
+        packs = PackedLinears()
+        packs.refresh([layer], 6)
+        with packs.active():
+            y = packed_linear.linear_with_bias(layer, x, bias)
+        assert calls == [1] and torch.allclose(y, ref, rtol=1e-5, atol=1e-5)
+        layer.weight.mul_(2.0)                            # stale
+        with packs.active():
+            y = packed_linear.linear_with_bias(layer, x, bias)
+        assert calls == [1] and torch.equal(
+            y, torch.nn.functional.linear(x, layer.weight, bias))
+    packs.refresh([layer], 6)
+    with packs.active():                                  # autograd on
+        packed_linear.linear_with_bias(layer, x, bias)
+    assert calls == [1]
+
+
+def test_var_decoding_packs_the_qkv_projection(monkeypatch):
+    """VAR's attention reaches its mat_qkv packed copy (the copy exists for every packed
+    layer, so leaving it unused cost memory for nothing)."""
+    from test_var import cond as var_cond
+    from test_var import make_policy as var_policy
+    from vargo.components.samplers import NextScaleSampler
+    seen = []
+    kernel = packed_linear.packed_linear
+
+    def counting_kernel(x, packed, bias):
+        seen.append(packed.shape[0])
+        return kernel(x, packed, bias)
+    monkeypatch.setattr(packed_linear, 'packed_linear', counting_kernel)
+    var = var_policy()
+    sampler = NextScaleSampler(cfg_scale=3.0, temperature=1.0, top_k=8, top_p=0.9,
+                               logprob_cfg='rollout', packed_weights=True, decode_images=False)
+    sampler.rollout(var, var_cond(), group_size=2, rng=BatchRNG(0, 1, 4))
+    qkv = {m.out_features for name, m in var.named_modules() if name.endswith('attn.mat_qkv')}
+    others = {m.out_features for name, m in var.named_modules()
+              if isinstance(m, nn.Linear) and not name.endswith('attn.mat_qkv')}
+    assert len(qkv) == 1 and not qkv & others          # the qkv width names its calls
+    assert qkv <= set(seen)
+
+
 def test_each_output_row_depends_only_on_its_input_row():
     model = net()
     x = torch.randn(32, 24)

@@ -75,7 +75,19 @@ class _Pack:
             if torch.is_grad_enabled() or x.dtype != torch.float32 or not pack.fresh():
                 return F.linear(x, module.weight, module.bias)
             return packed_linear(x, pack.packed, module.bias)
+        forward.pack = pack
         return forward
+
+
+def linear_with_bias(module: nn.Linear, x: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``F.linear(x, module.weight, bias)``: ``module``'s weight with another bias (VAR's
+    query-key-value projection adds a bias built per call), through the packed copy while
+    :meth:`PackedLinears.active` routes ``module`` (same rules as its forward: fresh weight,
+    no autograd, fp32), else through ``F.linear``."""
+    pack = getattr(module.__dict__.get('forward'), 'pack', None)
+    if pack is None or torch.is_grad_enabled() or x.dtype != torch.float32 or not pack.fresh():
+        return F.linear(x, module.weight, bias)
+    return packed_linear(x, pack.packed, bias)
 
 
 def packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor]) -> Tensor:

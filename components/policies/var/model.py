@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...modules.kv_cache import StaticKVCache, write_and_read
+from ...modules.packed_linear import linear_with_bias
 from ...tokenizers.msvq import PATCH_NUMS_256
 
 __all__ = ['VAR_ARCHS', 'VARConfig', 'VARTransformer']
@@ -161,7 +162,9 @@ class SelfAttention(nn.Module):
         """
         b, l, c = x.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = F.linear(x, self.mat_qkv.weight, bias).view(b, l, 3, self.num_heads, self.head_dim)
+        # F.linear with the weight's packed copy while a sampler packs it (decoding)
+        qkv = linear_with_bias(self.mat_qkv, x, bias).view(b, l, 3, self.num_heads,
+                                                           self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                        # [B, H, l, hd]
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
