@@ -104,18 +104,40 @@ def test_another_bias_goes_through_the_packed_copy_under_the_same_rules(monkeypa
     assert calls == [1]
 
 
+def test_fused_gelu_matches_the_composition_and_keeps_the_rules(monkeypatch):
+    calls = []
+    kernel = packed_linear.packed_linear
+    monkeypatch.setattr(packed_linear, 'packed_linear',
+                        lambda *a: calls.append(a[3:]) or kernel(*a))
+    torch.manual_seed(0)
+    layer = nn.Linear(24, 40)
+    x = torch.randn(2, 6, 24)
+    ref = torch.nn.functional.gelu(layer(x), approximate='tanh').detach()
+    with torch.no_grad():
+        assert torch.equal(packed_linear.linear_gelu_tanh(layer, x), ref)
+        packs = PackedLinears()
+        packs.refresh([layer], 12)
+        with packs.active():
+            y = packed_linear.linear_gelu_tanh(layer, x)
+        assert calls == [('gelu', 'tanh')]
+        assert y.shape == ref.shape and torch.allclose(y, ref, rtol=1e-5, atol=1e-6)
+    with packs.active():                                  # autograd on: the composition
+        y = packed_linear.linear_gelu_tanh(layer, x)
+    assert len(calls) == 1 and y.requires_grad
+
+
 def test_var_decoding_packs_the_qkv_projection(monkeypatch):
     """VAR's attention reaches its mat_qkv packed copy (the copy exists for every packed
-    layer, so leaving it unused cost memory for nothing)."""
+    layer, so leaving it unused cost memory for nothing) and its MLP the fused GELU."""
     from test_var import cond as var_cond
     from test_var import make_policy as var_policy
     from vargo.components.samplers import NextScaleSampler
     seen = []
     kernel = packed_linear.packed_linear
 
-    def counting_kernel(x, packed, bias):
-        seen.append(packed.shape[0])
-        return kernel(x, packed, bias)
+    def counting_kernel(x, packed, bias, *post_op):
+        seen.append((packed.shape[0], post_op))
+        return kernel(x, packed, bias, *post_op)
     monkeypatch.setattr(packed_linear, 'packed_linear', counting_kernel)
     var = var_policy()
     sampler = NextScaleSampler(cfg_scale=3.0, temperature=1.0, top_k=8, top_p=0.9,
@@ -125,7 +147,10 @@ def test_var_decoding_packs_the_qkv_projection(monkeypatch):
     others = {m.out_features for name, m in var.named_modules()
               if isinstance(m, nn.Linear) and not name.endswith('attn.mat_qkv')}
     assert len(qkv) == 1 and not qkv & others          # the qkv width names its calls
-    assert qkv <= set(seen)
+    assert qkv <= {n for n, _ in seen}
+    # and the MLP's fc1 runs with the GELU fused
+    fc1 = {m.out_features for name, m in var.named_modules() if name.endswith('ffn.fc1')}
+    assert {(n, ('gelu', 'tanh')) for n in fc1} <= set(seen)
 
 
 def test_each_output_row_depends_only_on_its_input_row():

@@ -84,17 +84,39 @@ def linear_with_bias(module: nn.Linear, x: Tensor, bias: Optional[Tensor]) -> Te
     query-key-value projection adds a bias built per call), through the packed copy while
     :meth:`PackedLinears.active` routes ``module`` (same rules as its forward: fresh weight,
     no autograd, fp32), else through ``F.linear``."""
-    pack = getattr(module.__dict__.get('forward'), 'pack', None)
-    if pack is None or torch.is_grad_enabled() or x.dtype != torch.float32 or not pack.fresh():
+    pack = _routed_pack(module, x)
+    if pack is None:
         return F.linear(x, module.weight, bias)
     return packed_linear(x, pack.packed, bias)
 
 
-def packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``x [..., in] @ W^T + bias`` with ``packed`` = oneDNN's reordered ``W`` (no autograd)."""
+def linear_gelu_tanh(module: nn.Linear, x: Tensor) -> Tensor:
+    """``gelu(module(x), approximate='tanh')`` (VAR's MLP): with the GELU fused into the packed
+    kernel while :meth:`PackedLinears.active` routes ``module`` (its forward's rules), which
+    saves writing and reading the hidden activations once more (the tanh GELU took 12% of a
+    VAR-d16 rollout in a profile); equal to the unfused result up to rounding (~5e-7)."""
+    pack = _routed_pack(module, x)
+    if pack is None:
+        return F.gelu(module(x), approximate='tanh')
+    return packed_linear(x, pack.packed, module.bias, 'gelu', 'tanh')
+
+
+def _routed_pack(module: nn.Linear, x: Tensor) -> Optional[_Pack]:
+    """``module``'s pack if a grad-free fp32 call may use it now (routed, fresh), else None."""
+    pack = getattr(module.__dict__.get('forward'), 'pack', None)
+    if pack is None or torch.is_grad_enabled() or x.dtype != torch.float32 or not pack.fresh():
+        return None
+    return pack
+
+
+def packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor],
+                  post_op: str = 'none', algorithm: str = '') -> Tensor:
+    """``x [..., in] @ W^T + bias`` with ``packed`` = oneDNN's reordered ``W`` (no autograd);
+    ``post_op`` (oneDNN's fused epilogue, e.g. ``'gelu'`` with ``algorithm='tanh'``) is applied
+    to the result inside the same kernel."""
     y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]).contiguous(), packed,
-                                           None if bias is None else bias.detach(), 'none', [],
-                                           '')
+                                           None if bias is None else bias.detach(), post_op, [],
+                                           algorithm)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...modules.kv_cache import StaticKVCache, write_and_read
-from ...modules.packed_linear import linear_with_bias
+from ...modules.packed_linear import linear_gelu_tanh, linear_with_bias
 from ...tokenizers.msvq import PATCH_NUMS_256
 
 __all__ = ['VAR_ARCHS', 'VARConfig', 'VARTransformer']
@@ -187,7 +187,8 @@ class FFN(nn.Module):
         self.fc2 = nn.Linear(hidden, c)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(F.gelu(self.fc1(x), approximate='tanh'))
+        # the GELU fused into fc1's packed kernel while a sampler packs it (decoding)
+        return self.fc2(linear_gelu_tanh(self.fc1, x))
 
 
 class AdaLNSelfAttn(nn.Module):
