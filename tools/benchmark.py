@@ -94,9 +94,10 @@ with ``torch.set_num_threads(--threads)``:
     one ``policy.decode`` of its tokens and one update step (item 4's loss), each under
     ``torch.profiler`` with FLOP counting: the matrix products (``mm``, ``addmm``, ``bmm``,
     ``baddbmm`` and the convolutions with the profiler's FLOPs, outermost only and timed with
-    its children, plus oneDNN's linear on reordered weights from its shapes) by operator, their share of the phase's CPU time, GFLOP/s and %
-    of the run's GEMM peak; and the 12 operators with the most self time. This is where the
-    "dominant products at N% of the peak" numbers come from.
+    its children, plus oneDNN's linear on reordered weights from its shapes) by operator,
+    their share of the phase's CPU time, GFLOP/s and % of the run's GEMM peak; and the 12
+    operators with the most self time. This is where the "dominant products at N% of the
+    peak" numbers come from.
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -136,6 +137,8 @@ from typing import Any, Callable, Optional
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
 from mmengine.config import DictAction  # noqa: E402
+
+from vargo.core.run_report import cpu_model  # noqa: E402,F401  (also bench_official's)
 
 #: weight of the entropy bonus in the benchmark's update loss (only its cost matters)
 ENTROPY_COEF = 0.01
@@ -268,11 +271,6 @@ class PeakMemory:
     def stop(self) -> dict:
         peak = self.peak_mb()
         return {'peak_rss_mb': peak, 'peak_above_start_mb': max(0.0, peak - self._start)}
-
-
-def cpu_model() -> str:
-    from vargo.core.run_report import cpu_model as model
-    return model()
 
 
 def load_average() -> list[float]:
@@ -450,11 +448,7 @@ def profile_phases(policy, sampler, cond, group_size: int, rollout=None) -> dict
 
     def update():
         policy.zero_grad(set_to_none=True)
-        ev = policy.evaluate(rollout, spec=spec)
-        loss = -ev.logp.mean()
-        if ev.entropy is not None:
-            loss = loss - ENTROPY_COEF * ev.entropy.mean()
-        loss.backward()
+        update_loss(policy, rollout, spec).backward()
     policy.train(True)
     with torch.enable_grad():
         update()
@@ -624,6 +618,16 @@ def bench_rollout(policy, sampler, cond, group_size: int, args,
     return out, rollout
 
 
+def update_loss(policy, rollout, spec):
+    """The benchmark's update loss: ``-mean(logp) - ENTROPY_COEF * mean(entropy)`` of the
+    teacher-forced evaluation (only its cost matters)."""
+    ev = policy.evaluate(rollout, spec=spec)
+    loss = -ev.logp.mean()
+    if ev.entropy is not None:
+        loss = loss - ENTROPY_COEF * ev.entropy.mean()
+    return loss
+
+
 def bench_update(policy, rollout, spec, args, mem: PeakMemory, per_token: int = 1) -> dict:
     """Teacher-forced forward + backward throughput (see the module doc, item 4);
     ``per_token`` actions make one token. ``pct_of_gemm_peak`` is filled by
@@ -638,10 +642,7 @@ def bench_update(policy, rollout, spec, args, mem: PeakMemory, per_token: int = 
     def step():
         policy.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        ev = policy.evaluate(rollout, spec=spec)
-        loss = -ev.logp.mean()
-        if ev.entropy is not None:
-            loss = loss - ENTROPY_COEF * ev.entropy.mean()
+        loss = update_loss(policy, rollout, spec)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -683,9 +684,9 @@ ITERATION_PHASES = ('generate', 'score', 'advantages', 'reference', 'train_step'
 def iteration_runner(model, cond, optim_wrapper, seed: int,
                      on_score: Optional[Callable[[int, dict], None]] = None):
     """A function running one GRPO iteration of ``model`` on ``cond`` (the loop's calls, in its
-    order) and returning the seconds of each of :data:`ITERATION_PHASES` (and its rollout under
-    ``'rollout'``); ``on_score(i,
-    rewards)`` sees each iteration's rewards. Iteration ``i`` runs with the loop's context."""
+    order) and returning ``(seconds of each of ITERATION_PHASES, the rollout)``;
+    ``on_score(i, rewards)`` sees each iteration's rewards. Iteration ``i`` runs with the
+    loop's context."""
     from vargo.core.algorithm import MiniBatch
     counter = iter(range(10 ** 9))
     n_cond = len(cond)
@@ -709,9 +710,7 @@ def iteration_runner(model, cond, optim_wrapper, seed: int,
                        ctx=ctx.for_minibatch(rollout.action_mask), check_on_policy=True)
         model.train_step({'minibatch': mb}, optim_wrapper=optim_wrapper)
         t.append(time.perf_counter())
-        times = {name: t[k + 1] - t[k] for k, name in enumerate(ITERATION_PHASES)}
-        times['rollout'] = rollout
-        return times
+        return {name: t[k + 1] - t[k] for k, name in enumerate(ITERATION_PHASES)}, rollout
     return iteration
 
 
@@ -751,8 +750,7 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
     one = iteration_runner(model, cond, optim_wrapper, args.seed, on_score)
 
     def iteration():
-        times = one()
-        rollout = times.pop('rollout')
+        times, rollout = one()
         for name in parts:
             record[name].append(times[name])
         t0 = time.perf_counter()
@@ -791,21 +789,25 @@ def bench_iteration(cfg, model, cond, args, mem: PeakMemory) -> dict:
 def bench_group_sizes(cfg, model, cond, args) -> dict:
     """Iteration time against the group size at a fixed number of conditions (module doc,
     item 9): rounds interleave the sizes (each round in a rotated order), after one warm-up
-    iteration per size; a least-squares line ``seconds = fixed + per_sample * samples``."""
+    iteration per size; a least-squares line ``seconds = fixed + per_sample * samples``. The
+    model's own group size is restored afterwards."""
     optim_wrapper = build_optimizer(cfg, model)
     sizes = list(args.group_sizes)
     runs = {}
-    for g in sizes:
-        model.group_size = g
-        runs[g] = iteration_runner(model, cond, optim_wrapper, args.seed)
-        runs[g]()                                              # warm-up
     record: dict[int, list[float]] = {g: [] for g in sizes}
-    for r in range(args.repeat):
-        order = sizes[r % len(sizes):] + sizes[:r % len(sizes)]
-        for g in order:
+    own = model.group_size
+    try:
+        for g in sizes:
             model.group_size = g
-            times = runs[g]()
-            record[g].append(sum(times[p] for p in ITERATION_PHASES))
+            runs[g] = iteration_runner(model, cond, optim_wrapper, args.seed)
+            runs[g]()                                          # warm-up
+        for r in range(args.repeat):
+            for g in sizes[r % len(sizes):] + sizes[:r % len(sizes)]:
+                model.group_size = g
+                times, _ = runs[g]()
+                record[g].append(sum(times.values()))
+    finally:
+        model.group_size = own
     n = len(cond)
     rows = [{'group_size': g, 'samples': n * g, 'seconds': stats(record[g]),
              'seconds_per_sample': statistics.median(record[g]) / (n * g)} for g in sizes]
@@ -1182,7 +1184,6 @@ def run(args) -> dict:
         res['reward_heads'] = bench_reward_heads(cfg, model, cond, args, mem)
     if args.group_sizes:
         res['group_sizes'] = bench_group_sizes(cfg, model, cond, args)
-        model.group_size = group_size
     res['machine']['gemm_end'] = bench_gemm(args.gemm_size, args.repeat)
     res['machine']['gemm_peak'] = gemm_peak([res['machine']['gemm'], res['machine']['gemm_end']])
     if args.logp_memory:     # last: it changes the allocator's mmap threshold

@@ -65,6 +65,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 from vargo.core import eval_protocol
+from vargo.core.run_report import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -150,11 +151,6 @@ def _git_commit() -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return 'unknown'
-
-
-def _cpu() -> str:
-    from vargo.core.run_report import cpu_model
-    return cpu_model()
 
 
 def _arm_options(args, arm: str) -> list:
@@ -262,7 +258,7 @@ def run_one(args, arm: str, config: str, seed: int) -> dict:
                   eval_args=args.eval_args, eval_seed=args.eval_seed,
                   train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t1, 1),
                   resumed=resumed,
-                  checkpoint=os.path.basename(ckpt), commit=_git_commit(), cpu=_cpu(),
+                  checkpoint=os.path.basename(ckpt), commit=_git_commit(), cpu=cpu_model(),
                   cpus=os.cpu_count(), concurrent_jobs=args.jobs,
                   kept_scalars=args.keep_scalars,
                   train_command=' '.join(shlex.quote(c) for c in train[1:]),

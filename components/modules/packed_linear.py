@@ -68,11 +68,15 @@ class _Pack:
         w = self.module.weight
         return w._version == self.version and w.data_ptr() == self.ptr
 
+    def usable(self, x: Tensor) -> bool:
+        """Whether a call on ``x`` may read the packed copy: no autograd, fp32, fresh weight."""
+        return not torch.is_grad_enabled() and x.dtype == torch.float32 and self.fresh()
+
     def _make_forward(self) -> Callable[[Tensor], Tensor]:
         module, pack = self.module, self
 
         def forward(x: Tensor) -> Tensor:
-            if torch.is_grad_enabled() or x.dtype != torch.float32 or not pack.fresh():
+            if not pack.usable(x):
                 return F.linear(x, module.weight, module.bias)
             return packed_linear(x, pack.packed, module.bias)
         forward.pack = pack
@@ -94,7 +98,7 @@ def linear_gelu_tanh(module: nn.Linear, x: Tensor) -> Tensor:
     """``gelu(module(x), approximate='tanh')`` (VAR's MLP): with the GELU fused into the packed
     kernel while :meth:`PackedLinears.active` routes ``module`` (its forward's rules), which
     saves writing and reading the hidden activations once more (the tanh GELU took 12% of a
-    VAR-d16 rollout in a profile); equal to the unfused result up to rounding (~5e-7)."""
+    VAR-d16 rollout in a profile); equal to the unfused result up to rounding."""
     pack = _routed_pack(module, x)
     if pack is None:
         return F.gelu(module(x), approximate='tanh')
@@ -104,9 +108,7 @@ def linear_gelu_tanh(module: nn.Linear, x: Tensor) -> Tensor:
 def _routed_pack(module: nn.Linear, x: Tensor) -> Optional[_Pack]:
     """``module``'s pack if a grad-free fp32 call may use it now (routed, fresh), else None."""
     pack = getattr(module.__dict__.get('forward'), 'pack', None)
-    if pack is None or torch.is_grad_enabled() or x.dtype != torch.float32 or not pack.fresh():
-        return None
-    return pack
+    return pack if pack is not None and pack.usable(x) else None
 
 
 def packed_linear(x: Tensor, packed: Tensor, bias: Optional[Tensor],
