@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules.conv_layout import decode_channels_last
-from .vq import Downsample, ResnetBlock, Upsample
+from .vq import Downsample, ResnetBlock, Upsample, _swish
 
 __all__ = ['MultiScaleVQVAE', 'MSVQ_PRESETS', 'build_msvq', 'Phi', 'PATCH_NUMS_256',
            'PATCH_NUMS_512']
@@ -147,7 +147,7 @@ class Encoder(nn.Module):
                     h = stage.attn[i](h)
             if level != self.num_resolutions - 1:
                 h = stage.downsample(h)
-        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+        return self.conv_out(_swish(self.norm_out(self.mid(h))))
 
 
 class Decoder(nn.Module):
@@ -189,7 +189,7 @@ class Decoder(nn.Module):
                     h = stage.attn[i](h)
             if level != 0:
                 h = stage.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(_swish(self.norm_out(h)))
 
 
 class Phi(nn.Conv2d):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..modules.conv_layout import decode_channels_last
+from ..modules.decoder_ops import add_residual
 
 __all__ = ['VQModel', 'VQ_PRESETS', 'build_vq']
 
@@ -47,7 +48,11 @@ VQ_PRESETS: dict[str, dict] = {
 
 
 def _swish(x: Tensor) -> Tensor:
-    return F.silu(x)     # x * sigmoid(x), official ``nonlinearity``, one fused kernel
+    """``x * sigmoid(x)`` (official ``nonlinearity``) as one fused kernel, of a fresh tensor
+    (every caller passes a norm's output): in place with autograd off, which saves a large
+    allocation's page faults (``components/modules/decoder_ops.py``); the same bits."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
 
 
 class ResnetBlock(nn.Module):
@@ -69,7 +74,7 @@ class ResnetBlock(nn.Module):
         h = self.conv2(self.dropout(_swish(self.norm2(h))))
         if self.in_channels != self.out_channels:
             x = self.nin_shortcut(x)
-        return x + h
+        return add_residual(x, h)
 
 
 class AttnBlock(nn.Module):
