@@ -247,6 +247,28 @@ def test_op_profile_counts_the_products_flops_exactly():
     assert prof['top_ops'] and all(op['self_ms'] >= 0 for op in prof['top_ops'])
 
 
+def test_op_profile_counts_and_times_in_separate_passes():
+    """FLOPs come from a first call and times from a second (FLOP counting distorts the
+    timing), so a function whose products differ between its calls is refused."""
+    tool = _load_tool()
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    calls = []
+
+    def same():
+        calls.append(1)
+        torch.mm(a, b)
+    prof = tool.op_profile(same)
+    assert len(calls) == 2 and prof['flops_counted_in_a_separate_pass']
+    assert prof['products']['by_op']['aten::mm']['calls'] == 1
+
+    def growing():
+        calls.append(1)
+        for _ in range(len(calls)):
+            torch.mm(a, b)
+    with pytest.raises(RuntimeError, match='aten::mm: .* calls in the counting pass'):
+        tool.op_profile(growing)
+
+
 def test_op_profile_of_rollout_decode_and_update(tmp_path, keep_threads, capsys):
     res = _run(tmp_path, '--skip-rollout', '--skip-update', '--skip-iteration', '--op-profile')
     for phase in ('rollout', 'decode', 'update'):

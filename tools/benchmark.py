@@ -91,8 +91,9 @@ with ``torch.set_num_threads(--threads)``:
    point, and the marginal seconds per sample between consecutive sizes (an iteration linear in
    the group size has a flat marginal cost; rising ones show a super-linear part).
 10. operator profile (``--op-profile``): one rollout at the config's scale (after a warm-up),
-    one ``policy.decode`` of its tokens and one update step (item 4's loss), each under
-    ``torch.profiler`` with FLOP counting: the matrix products (``mm``, ``addmm``, ``bmm``,
+    one ``policy.decode`` of its tokens and one update step (item 4's loss), each run twice
+    under ``torch.profiler``, once counting FLOPs and once timing (FLOP counting slows some
+    operators and not others): the matrix products (``mm``, ``addmm``, ``bmm``,
     ``baddbmm`` and the convolutions with the profiler's FLOPs, outermost only and timed with
     its children, plus oneDNN's linear on reordered weights from its shapes) by operator,
     their share of the phase's CPU time, GFLOP/s and % of the run's GEMM peak; and the 12
@@ -375,45 +376,66 @@ LINEAR_LIKE = ('mkldnn::_linear_pointwise',)
 
 
 def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
-    """One call of ``fn`` under ``torch.profiler`` (module doc, item 10): the matrix products
-    (:data:`PRODUCT_OPS` with their FLOPs, outermost only, timed with their children; plus
-    :data:`LINEAR_LIKE`) by operator with their GFLOP/s, and the ``top`` operators by self time.
+    """Two calls of ``fn`` under ``torch.profiler`` (module doc, item 10): the first counts the
+    FLOPs of the matrix products (:data:`PRODUCT_OPS` as the profiler counts them, outermost
+    only; :data:`LINEAR_LIKE` from their shapes), the second, with neither FLOP counting nor
+    shapes, times them (with their children) and every operator by self time. Counting FLOPs
+    in the timed pass would distort it: on MAR-B's MAE it took the forward from 5.7 s to 10.6 s
+    (1 thread), the extra time landing on some operators and not others. ``fn``'s products must
+    have the same shapes in both calls (a seeded rollout, a decode, an update). Returns the
+    products by operator with their GFLOP/s and the ``top`` operators by self time;
     ``pct_of_gemm_peak`` is filled by :func:`fraction_of_peak`."""
     import math
 
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
-        fn()
-    events = list(prof.events())
+    def is_product(ev) -> bool:
+        return ev.name in PRODUCT_OPS or ev.name in LINEAR_LIKE
+
+    def outermost_products(events):
+        for ev in events:
+            if not is_product(ev):
+                continue
+            parent = ev.cpu_parent
+            while parent is not None and not is_product(parent):
+                parent = parent.cpu_parent
+            if parent is None:
+                yield ev
 
     def flops_of(ev) -> float:
         if ev.name in PRODUCT_OPS:
             return float(ev.flops or 0)
-        if ev.name in LINEAR_LIKE and len(ev.input_shapes) >= 2 and ev.input_shapes[0] \
-                and len(ev.input_shapes[1]) == 2:
+        if len(ev.input_shapes) >= 2 and ev.input_shapes[0] and len(ev.input_shapes[1]) == 2:
             x, w = ev.input_shapes[0], ev.input_shapes[1]
             return 2.0 * math.prod(x[:-1]) * w[0] * w[1]
         return 0.0
 
-    def inside_a_product(ev) -> bool:
-        parent = ev.cpu_parent
-        while parent is not None:
-            if flops_of(parent):
-                return True
-            parent = parent.cpu_parent
-        return False
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        fn()
+    counted: dict[str, list] = {}
+    for ev in outermost_products(prof.events()):
+        cell = counted.setdefault(ev.name, [0, 0.0])
+        cell[0] += 1
+        cell[1] += flops_of(ev)
 
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = list(prof.events())
     total_us = sum(ev.self_cpu_time_total for ev in events)
     products: dict[str, dict] = {}
-    for ev in events:
-        f = flops_of(ev)
-        if f and not inside_a_product(ev):
-            row = products.setdefault(ev.name, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
-            row['calls'] += 1
-            row['ms'] += ev.cpu_time_total / 1000
-            row['gflop'] += f / 1e9
-    for row in products.values():
+    for ev in outermost_products(events):
+        row = products.setdefault(ev.name, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
+        row['calls'] += 1
+        row['ms'] += ev.cpu_time_total / 1000
+    for name, row in list(products.items()):
+        calls, flops = counted.get(name, (0, 0.0))
+        if calls != row['calls']:
+            raise RuntimeError(f'{name}: {calls} calls in the counting pass, {row["calls"]} in '
+                               f'the timed one; the profiled function must repeat its products')
+        if not flops:                  # a product the profiler gives no FLOPs for
+            del products[name]
+            continue
+        row['gflop'] = flops / 1e9
         row['gflops'] = row['gflop'] / (row['ms'] / 1000) if row['ms'] else None
         row['share'] = row['ms'] * 1000 / total_us if total_us else None
     all_ms = sum(r['ms'] for r in products.values())
@@ -425,7 +447,7 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
         cell[1] += ev.self_cpu_time_total / 1000
     ops = [{'op': name, 'calls': n, 'self_ms': ms, 'share': ms * 1000 / total_us}
            for name, (n, ms) in sorted(by_self.items(), key=lambda kv: -kv[1][1])[:top]]
-    return {'total_ms': total_us / 1000,
+    return {'total_ms': total_us / 1000, 'flops_counted_in_a_separate_pass': True,
             'products': {'ms': all_ms, 'share': all_ms * 1000 / total_us if total_us else None,
                          'gflop': all_gflop,
                          'gflops': all_gflop / (all_ms / 1000) if all_ms else None,
