@@ -2,11 +2,10 @@
 
 A 256 px decoder's activations are tens to hundreds of MB. glibc serves allocations that large
 with fresh ``mmap`` pages and returns them to the OS when freed, so every out-of-place
-elementwise op pays a page fault per 4 KB of its output before it writes a byte: on a 2-core AMD
-EPYC (1 thread, one [8, 128, 256, 256] fp32 tensor) ``F.silu`` took 279 ms with 65,537 page
-faults per call out of place and 31 ms with none in place. Decoding 4 images with random weights
-(1 thread, loaded machine) took 26.4 s before and 19.6 s after for VQ-16, 22.7 s and 21.2 s for
-KL-16 (README, "Operator profiles"). Written in place the results are the same
+elementwise op pays a page fault per 4 KB of its output before it writes a byte, which can cost
+several times the op itself. In the two-pass operator profiles with these steps in place
+(``tools/benchmark.py --op-profile``; README, "Operator profiles") the swish is 1-3% of a
+VQ-16, KL-16 or VAR decode. Written in place the results are the same
 bits: the same kernels, and ``h + x`` equals ``x + h`` exactly.
 """
 from __future__ import annotations

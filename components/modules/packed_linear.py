@@ -97,8 +97,7 @@ def linear_with_bias(module: nn.Linear, x: Tensor, bias: Optional[Tensor]) -> Te
 def linear_gelu_tanh(module: nn.Linear, x: Tensor) -> Tensor:
     """``gelu(module(x), approximate='tanh')`` (VAR's MLP): with the GELU fused into the packed
     kernel while :meth:`PackedLinears.active` routes ``module`` (its forward's rules), which
-    saves writing and reading the hidden activations once more (the tanh GELU took 12% of a
-    VAR-d16 rollout in a profile); equal to the unfused result up to rounding."""
+    saves writing and reading the hidden activations once more; equal to the unfused result up to rounding."""
     pack = _routed_pack(module, x)
     if pack is None:
         return F.gelu(module(x), approximate='tanh')
