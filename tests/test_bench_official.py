@@ -218,3 +218,81 @@ def test_bad_settings_are_one_line(tmp_path, capsys, extra, message):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err
+
+
+# --decoder: a stand-in ``tokenizer/tokenizer_image/vq_model.py`` whose VQ-16 is vargo's VQModel
+# at a tiny width (official key names); ``SCALE`` != 1 makes its images differ
+VQ_MODEL = '''
+from vargo.components.tokenizers.vq import VQModel
+
+SCALE = {scale}
+
+
+class _Official(VQModel):
+    def decode_code(self, code_b, shape=None, channel_first=True):
+        return super().decode_code(code_b, shape) * SCALE
+
+
+VQ_models = {{'VQ-16': lambda **kw: _Official(ch=16, ch_mult=(1, 2), z_channels=16,
+                                             norm_groups=4, **kw)}}
+'''
+TINY_VAE = ['--vae', '{"ch": 16, "ch_mult": [1, 2], "z_channels": 16, "norm_groups": 4}',
+            '--steps', '16', '--vocab', '32', '--batch', '2', '--rounds', '2', '--threads', '1',
+            '--gemm-size', '64', '--bandwidth-mb', '4']
+
+
+def _vq_checkout(root, scale=1.0):
+    d = root / 'tokenizer' / 'tokenizer_image'
+    d.mkdir(parents=True)
+    (d / 'vq_model.py').write_text(VQ_MODEL.format(scale=scale))
+    return root
+
+
+def test_decoder_mode_times_the_image_decoders_on_the_same_codes(tmp_path, capsys,
+                                                                  keep_threads):
+    root = _vq_checkout(tmp_path / 'LlamaGen')
+    out = tmp_path / 'res.json'
+    assert _tool().main(['--family', 'llamagen', '--official', str(root), '--decoder',
+                         *TINY_VAE, '--out', str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res['part'] == 'decoder' and res['step_unit'] == 'image' and res['steps'] == 2
+    assert res['settings']['decoder'] == 'VQ-16 decode_code'
+    assert res['params']['official'] == res['params']['vargo'] > 0
+    checks = res['agreement']['checks']
+    assert len(checks) == 3 and all(c['agree'] and c['image_max_abs_diff'] <= 1e-3
+                                    for c in checks)
+    t = res['vargo']['time_s']
+    assert res['vargo']['ms_per_step']['median'] == pytest.approx(1000 * t['median'] / 2)
+    printed = capsys.readouterr().out
+    assert 'image decoder (VQ-16 decode_code), 2 images' in printed
+    assert '| ms per image |' in printed and 'packed_weights' not in printed
+
+
+def test_decoder_mode_refuses_a_ratio_when_the_images_differ(tmp_path, capsys, keep_threads):
+    root = _vq_checkout(tmp_path / 'LlamaGen', scale=1.5)
+    out = tmp_path / 'res.json'
+    assert _tool().main(['--family', 'llamagen', '--official', str(root), '--decoder',
+                         *TINY_VAE, '--out', str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'images max |diff|' in err and not out.exists()
+
+
+def test_decoder_mode_names_the_missing_decoder_file(tmp_path, capsys):
+    _checkout(tmp_path / 'LlamaGen')              # the sampler files only
+    assert _tool().main(['--family', 'llamagen', '--official', str(tmp_path / 'LlamaGen'),
+                         '--decoder', '--out', str(tmp_path / 'r.json')]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and '(no tokenizer/tokenizer_image/vq_model.py)' in err
+
+
+@pytest.mark.parametrize('extra, message', [
+    (['--decoder', '--plain-too'], '--plain-too is a sampling option'),
+    (['--decoder', '--top-k', '5'], '--top-k is a sampling option'),
+    (['--vae', '{}'], '--vae sets the tokenizer of --decoder'),
+])
+def test_decoder_mode_bad_flags_are_one_line(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as e:
+        _tool().parse_args(['--family', 'llamagen', '--official', str(tmp_path), *extra])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err

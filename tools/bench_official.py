@@ -5,6 +5,8 @@
     python tools/bench_official.py --family var --official DIR --arch d16 --batch 2 [--cfg 2.5]
     python tools/bench_official.py --family mar --official DIR --arch MAR-B --batch 2
                                    [--steps 64] [--head-steps 100] [--cfg 2.9]
+    python tools/bench_official.py --family {llamagen,var,mar} --official DIR --decoder
+                                   [--batch 2] [--vae JSON]
 
 ``DIR`` is a local checkout of the official repository (LlamaGen: FoundationVision/LlamaGen, VAR:
 FoundationVision/VAR, MAR: LTH14/mar); its modules are imported from there (``DIR`` first on
@@ -51,6 +53,16 @@ constructors are called with its arguments. With ``--decode`` (VAR only) both si
 (the official function always returns images: without it its VQVAE decode is skipped by
 handing it a proxy that returns the last ``f_hat``).
 
+With ``--decoder`` the image decoders are compared instead of the samplers: the official
+LlamaGen ``VQ_models['VQ-16']`` (``tokenizer/tokenizer_image/vq_model.py``, ``decode_code``), VAR
+``VQVAE`` (``models/vqvae.py``, ``idxBl_to_img(same_shape=True, last_one=True)``: the residual sum
+of the scales and the decoder) and MAR ``AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4))``
+(``models/vae.py``, ``decode``) against vargo's ``VQModel``, ``MultiScaleVQVAE`` and ``KLVAE``
+loaded strictly from them, on the same seeded random codes (VQ) or latents (KL); the images
+must agree within ``--atol`` (the convolutions run channels-last in vargo, so the summation
+order, not the maths, may differ). ``--vae`` gives vargo's tokenizer arguments when the official
+constructor is not the default one (a JSON dict; default: the official configuration).
+
 Output: a Markdown table on stdout and ``--out`` (JSON) with every number, the settings, the
 torch version, CPU, threads and the load average at start and end (the machine may be shared:
 absolute times move with the load, the interleaved ratio much less).
@@ -90,7 +102,7 @@ FAMILIES = ('llamagen', 'var', 'mar')
 #: brings (purged from ``sys.modules`` when they come from elsewhere) and the defaults
 CHECKOUTS = {
     'llamagen': ('autoregressive/models/gpt.py', 'FoundationVision/LlamaGen',
-                 ('autoregressive', 'utils')),
+                 ('autoregressive', 'utils', 'tokenizer')),
     'var': ('models/var.py', 'FoundationVision/VAR', ('models', 'utils', 'dist')),
     'mar': ('models/mar.py', 'LTH14/mar', ('models', 'diffusion', 'util')),
 }
@@ -99,6 +111,9 @@ DEFAULTS = {
     'var': dict(arch='d16', batch=2, cfg=2.5, steps=None, vocab=4096),
     'mar': dict(arch='mar_base', batch=2, cfg=2.9, steps=64, vocab=None),
 }
+#: per family with ``--decoder``: the file of the official image decoder
+DECODER_FILES = {'llamagen': 'tokenizer/tokenizer_image/vq_model.py', 'var': 'models/vqvae.py',
+                 'mar': 'models/vae.py'}
 MAR_ALIASES = {'MAR-B': 'mar_base', 'MAR-L': 'mar_large', 'MAR-H': 'mar_huge'}
 
 
@@ -136,13 +151,19 @@ def parse_args(argv=None):
     p.add_argument('--top-p', type=float, default=1.0, help='1 = off (not MAR)')
     p.add_argument('--temperature', type=float, default=1.0, help='(LlamaGen, MAR)')
     p.add_argument('--decode', action='store_true', help='VAR: both sides decode images')
+    p.add_argument('--decoder', action='store_true',
+                   help='compare the image decoders instead of the samplers (LlamaGen VQ-16, '
+                        'VAR multi-scale VQVAE, MAR KL-16) on the same random codes / latents')
+    p.add_argument('--vae', help='with --decoder: vargo tokenizer arguments as a JSON dict '
+                                 '(default: the official configuration)')
     p.add_argument('--threads', type=positive_int, default=1, help='torch.set_num_threads')
     p.add_argument('--rounds', type=positive_int, default=3, help='timed interleaved rounds')
     p.add_argument('--warmup', type=int_at_least(0), default=1, help='untimed runs of each')
     p.add_argument('--seed', type=int, default=0, help='weights and sampling noise')
     p.add_argument('--perturb', type=float, default=0.02,
                    help='std of the noise added to every official parameter after its init')
-    p.add_argument('--atol', type=float, default=1e-3, help='MAR: max |diff| of the latents')
+    p.add_argument('--atol', type=float, default=1e-3,
+                   help='MAR: max |diff| of the latents; --decoder: of the images')
     p.add_argument('--plain-too', action='store_true',
                    help='run vargo with packed_weights=True and also time it with '
                         'packed_weights=False (plain F.linear) as a third interleaved side '
@@ -155,6 +176,14 @@ def parse_args(argv=None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     fam = args.family
+    if args.decoder:
+        bad = [flag for flag, on in (('--decode', args.decode), ('--plain-too', args.plain_too),
+                                     ('--top-k', args.top_k), ('--top-p', args.top_p != 1.0))
+               if on]
+        if bad:
+            p.error(f'{bad[0]} is a sampling option; --decoder times the image decoders only')
+    elif args.vae is not None:
+        p.error('--vae sets the tokenizer of --decoder; add --decoder or drop --vae')
     if not 0 < args.top_p <= 1:
         p.error(f'--top-p={args.top_p} must be in (0, 1] (1 = off)')
     if not args.temperature > 0:
@@ -189,9 +218,11 @@ class UsageError(ValueError):
     """A bad command line or checkout: one line, exit code 2."""
 
 
-def check_checkout(family: str, root: str) -> str:
-    """The absolute checkout directory, or :class:`UsageError` naming the expected file."""
-    rel, repo, _ = CHECKOUTS[family]
+def check_checkout(family: str, root: str, rel: Optional[str] = None) -> str:
+    """The absolute checkout directory, or :class:`UsageError` naming the expected file
+    (``rel``, default the family's sampler file)."""
+    default, repo, _ = CHECKOUTS[family]
+    rel = rel or default
     root = os.path.abspath(os.path.expanduser(root))
     if not os.path.isfile(os.path.join(root, rel)):
         raise UsageError(f'--official {root}: not a {repo} checkout (no {rel}); pass the '
@@ -575,6 +606,100 @@ def build_mar(args, root: str) -> dict:
                               buffer_size=args.buffer_size, arch=arch))
 
 
+# ---------------------------------------------------------------------------------------------
+# --decoder: the image decoders of each family
+# ---------------------------------------------------------------------------------------------
+
+def _vae_args(args, default: dict) -> dict:
+    """vargo's tokenizer arguments: ``--vae`` (JSON dict) or ``default``."""
+    if args.vae is None:
+        return dict(default)
+    return _json_arch(args.vae, 'a JSON dict of vargo tokenizer arguments')
+
+
+def _decoder_sides(official_run, vargo_run, official, vargo, what: str, settings: dict,
+                   atol: float) -> dict:
+    return dict(official=Side('official', official_run, _count(official)),
+                vargo=Side('vargo', vargo_run, _count(vargo)), extra=[], packed_weights=None,
+                policy=None, steps=None, step_unit='image',
+                compare=lambda a, b: _close_images(a, b, atol),
+                compared=f'decoded images, max |diff| <= {atol:g}', raster=False,
+                settings=dict(decoder=what, **settings))
+
+
+def build_llamagen_decoder(args, root: str) -> dict:
+    """Official ``VQ_models['VQ-16']`` ``decode_code`` and vargo's ``VQModel`` on the same ids."""
+    import torch
+
+    from vargo.components.tokenizers import build_vq
+    from vargo.core.checkpoint import load_state_dict_strict
+    vq_mod, = import_official('llamagen', root, ('tokenizer.tokenizer_image.vq_model',))
+    side, dim = math.isqrt(args.steps), 8
+    torch.manual_seed(args.seed)
+    official = vq_mod.VQ_models['VQ-16'](codebook_size=args.vocab,
+                                         codebook_embed_dim=dim).eval()
+    _perturb(official, args.seed, args.perturb)
+    cfg = {**_vae_args(args, dict(preset='VQ-16')), 'codebook_size': args.vocab,
+           'codebook_embed_dim': dim}
+    vq = build_vq(cfg).eval()
+    load_state_dict_strict(vq, official.state_dict(), source='the official VQ-16')
+    ids = torch.randint(args.vocab, (args.batch, side * side),
+                        generator=torch.Generator().manual_seed(args.seed))
+    shape = (args.batch, dim, side, side)
+    return _decoder_sides(lambda: official.decode_code(ids, shape), lambda: vq.decode_code(ids, shape),
+                          official, vq, 'VQ-16 decode_code', dict(tokens=side * side, vae=cfg),
+                          args.atol)
+
+
+def build_var_decoder(args, root: str) -> dict:
+    """Official ``VQVAE.idxBl_to_img`` and vargo's ``MultiScaleVQVAE`` on the same ids."""
+    import torch
+
+    from vargo.components.tokenizers import build_msvq
+    from vargo.core.checkpoint import load_state_dict_strict
+    vqvae_mod, = import_official('var', root, ('models.vqvae',))
+    pn, v = tuple(args.patch_nums), args.vocab
+    torch.manual_seed(args.seed)
+    with contextlib.redirect_stdout(io.StringIO()):
+        official = vqvae_mod.VQVAE(vocab_size=v, z_channels=32, ch=args.vae_ch, test_mode=True,
+                                   share_quant_resi=4, v_patch_nums=pn)
+    official.eval()
+    _perturb(official, args.seed, args.perturb)
+    cfg = {**_vae_args(args, dict(z_channels=32, ch=args.vae_ch)), 'vocab_size': v}
+    vae = build_msvq(cfg, patch_nums=pn)
+    load_state_dict_strict(vae, official.state_dict(), source='the official VQVAE')
+    g = torch.Generator().manual_seed(args.seed)
+    ms_idx = [torch.randint(v, (args.batch, p * p), generator=g) for p in pn]
+    return _decoder_sides(
+        lambda: official.idxBl_to_img(ms_idx, same_shape=True, last_one=True),
+        lambda: vae.idxBl_to_img(ms_idx), official, vae, 'VQVAE idxBl_to_img',
+        dict(patch_nums=list(pn), vae=cfg), args.atol)
+
+
+def build_mar_decoder(args, root: str) -> dict:
+    """Official ``AutoencoderKL.decode`` and vargo's ``KLVAE.decode`` on the same latents."""
+    import torch
+
+    from vargo.components.tokenizers import build_kl_vae
+    from vargo.core.checkpoint import load_state_dict_strict
+    vae_mod, = import_official('mar', root, ('models.vae',))
+    torch.manual_seed(args.seed)
+    official = vae_mod.AutoencoderKL(embed_dim=16, ch_mult=(1, 1, 2, 2, 4), ckpt_path=None).eval()
+    _perturb(official, args.seed, args.perturb)
+    cfg = _vae_args(args, dict(preset='kl16'))
+    vae = build_kl_vae(cfg).eval()
+    load_state_dict_strict(vae, official.state_dict(), source='the official KL-16 VAE')
+    side = args.image_size // vae.downsample
+    z = torch.randn(args.batch, vae.embed_dim, side, side,
+                    generator=torch.Generator().manual_seed(args.seed))
+    return _decoder_sides(lambda: official.decode(z), lambda: vae.decode(z), official, vae,
+                          'KL-16 decode', dict(image_size=args.image_size, vae=cfg), args.atol)
+
+
+DECODER_BUILDERS = {'llamagen': build_llamagen_decoder, 'var': build_var_decoder,
+                    'mar': build_mar_decoder}
+
+
 BUILDERS = {'llamagen': build_llamagen, 'var': build_var, 'mar': build_mar}
 
 
@@ -627,6 +752,17 @@ def _close_latents(official, vargo, atol: float) -> dict:
 # measuring
 # ---------------------------------------------------------------------------------------------
 
+def _close_images(official, vargo, atol: float) -> dict:
+    if official.shape != vargo.shape:
+        return dict(agree=False, detail=f'image shapes differ: official '
+                                        f'{tuple(official.shape)}, vargo {tuple(vargo.shape)}')
+    d = float((official - vargo).abs().max())
+    out = dict(agree=d <= atol, image_max_abs_diff=d, atol=atol)
+    if not out['agree']:
+        out['detail'] = f'images max |diff| {d:.3g} > --atol {atol:g}'
+    return out
+
+
 def interleaved(official: Side, vargo: Side, compare, rounds: int, warmup: int,
                 extra: Sequence[Side] = ()) -> dict:
     """``warmup`` untimed then ``rounds`` timed runs of each side (official, vargo, then any
@@ -661,7 +797,9 @@ def run(args) -> dict:
 
     from vargo.core.eval_protocol import git_commit
     bench = _benchmark_helpers()
-    root = check_checkout(args.family, args.official)
+    decoder = getattr(args, 'decoder', False)
+    root = check_checkout(args.family, args.official,
+                          DECODER_FILES[args.family] if decoder else None)
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {
         'family': args.family, 'official_dir': root, 'official_repo': CHECKOUTS[args.family][1],
@@ -674,7 +812,10 @@ def run(args) -> dict:
         'load_average_start': bench.load_average(),
     }
     with torch.no_grad():
-        built = BUILDERS[args.family](args, root)
+        built = (DECODER_BUILDERS if decoder else BUILDERS)[args.family](args, root)
+    if built['steps'] is None:                   # --decoder: per image
+        built['steps'] = args.batch
+    res['part'] = 'decoder' if decoder else 'sampler'
     res['settings'] = built['settings']
     res['steps'], res['step_unit'] = built['steps'], built['step_unit']
     res['params'] = {'official': built['official'].params, 'vargo': built['vargo'].params}
@@ -732,12 +873,16 @@ def table(res: dict) -> str:
     """The Markdown table printed by the tool."""
     o, v, r, m = res['official'], res['vargo'], res['ratio_official_over_vargo'], res['machine']
     unit = res['step_unit']
+    what = (f'{res["family"]} {res["arch"]}, batch {res["batch"]}, CFG {res["cfg"]:g}, '
+            f'{res["steps"]} {unit}s' if res.get('part') != 'decoder' else
+            f'{res["family"]} image decoder ({res["settings"]["decoder"]}), {res["steps"]} '
+            f'{unit}s')
     lines = [
-        f'{res["family"]} {res["arch"]}, batch {res["batch"]}, CFG {res["cfg"]:g}, '
-        f'{res["steps"]} {unit}s, threads {res["threads"]}, {res["rounds"]} interleaved rounds '
+        f'{what}, threads {res["threads"]}, {res["rounds"]} interleaved rounds '
         f'after {res["warmup"]} warm-up; {res["cpu"]}, torch {res["torch"]}; load average '
-        f'{res["load_average_start"]} at start, {res["load_average_end"]} at end; vargo '
-        f'packed_weights={res.get("vargo_packed_weights")}',
+        f'{res["load_average_start"]} at start, {res["load_average_end"]} at end' +
+        ('' if res.get('vargo_packed_weights') is None else
+         f'; vargo packed_weights={res["vargo_packed_weights"]}'),
         '',
         '| measurement (median [min, max]) | official | vargo | official / vargo |',
         '|---|---|---|---|',
