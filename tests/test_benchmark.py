@@ -506,3 +506,38 @@ def test_logp_memory_keeps_to_the_gradient_where_the_plain_composition_does_not(
     for a, b in zip(categorical_logp_entropy(logits, actions, **kw),
                     bench.plain_logp_entropy(logits, actions, **kw)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_op_profile_groups_the_products_by_their_rows():
+    """Each product's rows come from the counting pass, its time from the timed pass, paired
+    in call order: a 16-row addmm, a 4 x 32-row bmm and a 512-row mm land in three buckets."""
+    tool = _load_tool()
+    x, w, b = torch.randn(16, 64), torch.randn(128, 64), torch.randn(128)
+    a3, b3 = torch.randn(4, 32, 8), torch.randn(4, 8, 16)
+    big, m = torch.randn(512, 64), torch.randn(64, 32)
+
+    def work():
+        torch.nn.functional.linear(x, w, b)
+        torch.bmm(a3, b3)
+        torch.mm(big, m)
+        torch.mm(big, m)
+    prof = tool.op_profile(work)
+    rows = prof['products']['by_rows']
+    assert set(rows) == {'rows < 64', 'rows 64-255', 'rows >= 256'}
+    assert rows['rows < 64']['calls'] == 1 and rows['rows < 64']['rows_max'] == 16
+    assert rows['rows 64-255']['gflop'] == pytest.approx(2 * 4 * 32 * 8 * 16 / 1e9)
+    assert rows['rows 64-255']['rows_min'] == 128
+    assert rows['rows >= 256']['calls'] == 2
+    assert rows['rows >= 256']['gflop'] == pytest.approx(2 * 2 * 512 * 64 * 32 / 1e9)
+    assert sum(r['ms'] for r in rows.values()) == pytest.approx(prof['products']['ms'])
+    assert sum(r['gflop'] for r in rows.values()) == pytest.approx(prof['products']['gflop'])
+
+
+def test_product_rows_of_each_layout():
+    tool = _load_tool()
+    assert tool.product_rows('aten::mm', [[7, 3], [3, 5]]) == 7
+    assert tool.product_rows('aten::addmm', [[5], [9, 3], [3, 5]]) == 9
+    assert tool.product_rows('aten::bmm', [[2, 6, 3], [2, 3, 4]]) == 12
+    assert tool.product_rows('aten::baddbmm', [[2, 6, 4], [2, 6, 3], [2, 3, 4]]) == 12
+    assert tool.product_rows('mkldnn::_linear_pointwise', [[2, 3, 8], [16, 8]]) == 6
+    assert tool.product_rows('aten::conv2d', [[1, 3, 8, 8], [4, 3, 3, 3]]) is None

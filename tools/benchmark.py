@@ -98,7 +98,9 @@ with ``torch.set_num_threads(--threads)``:
     its children, plus oneDNN's linear on reordered weights from its shapes) by operator,
     their share of the phase's CPU time, GFLOP/s and % of the run's GEMM peak; and the 12
     operators with the most self time. This is where the "dominant products at N% of the
-    peak" numbers come from.
+    peak" numbers come from. The products are also grouped by their rows M (``by_rows``:
+    fewer than 64, 64-255, 256 or more; the two passes' calls paired in call order), which
+    separates small-M work (a decode step, MAR's diffusion head) from full-sequence products.
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -346,7 +348,7 @@ def fraction_of_peak(res: dict) -> list[str]:
         products = prof['products']
         if products['gflops'] and peak:
             products['pct_of_gemm_peak'] = 100 * products['gflops'] / peak
-            for row in products['by_op'].values():
+            for row in [*products['by_op'].values(), *(products.get('by_rows') or {}).values()]:
                 row['pct_of_gemm_peak'] = 100 * row['gflops'] / peak if row['gflops'] else None
             if products['pct_of_gemm_peak'] > 100:
                 warnings.append(f'the {phase} products ran at {products["pct_of_gemm_peak"]:.1f}%'
@@ -373,6 +375,41 @@ PRODUCT_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::c
 #: products the profiler does not count, as ``2 x rows x N x K`` from the input shapes
 #: ``[..., K]`` and the weight ``[N, K]`` (oneDNN's linear on a reordered weight)
 LINEAR_LIKE = ('mkldnn::_linear_pointwise',)
+
+
+#: row buckets of :func:`op_profile`'s ``by_rows``: a product of M rows (the rows of its left
+#: operand; a batched product counts every batch's rows) falls in the first bucket whose bound
+#: exceeds M. Decode steps and MAR's diffusion head multiply a few dozen rows, full-sequence
+#: forwards hundreds or thousands.
+ROW_BUCKETS = ((64, 'rows < 64'), (256, 'rows 64-255'), (float('inf'), 'rows >= 256'))
+
+
+def product_rows(name: str, shapes: list) -> Optional[int]:
+    """Rows M of a matrix product from its input shapes (``None`` for a convolution or an
+    unknown layout): ``mm [M, K] x [K, N]``, ``addmm (bias, [M, K], [K, N])``,
+    ``bmm [b, M, K]`` (b M rows), ``baddbmm (input, [b, M, K], ...)``, a linear-like op
+    ``x [..., K]``."""
+    import math
+    try:
+        if name == 'aten::mm':
+            return int(shapes[0][0])
+        if name == 'aten::addmm':
+            return int(shapes[1][0])
+        if name == 'aten::bmm':
+            return int(shapes[0][0] * shapes[0][1])
+        if name == 'aten::baddbmm':
+            return int(shapes[1][0] * shapes[1][1])
+        if name in LINEAR_LIKE:
+            return int(math.prod(shapes[0][:-1]))
+    except (IndexError, TypeError):
+        return None
+    return None
+
+
+def _row_bucket(rows: Optional[int]) -> str:
+    if rows is None:
+        return 'convolutions and other'
+    return next(label for bound, label in ROW_BUCKETS if rows < bound)
 
 
 def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
@@ -410,17 +447,23 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
             return 2.0 * math.prod(x[:-1]) * w[0] * w[1]
         return 0.0
 
+    def in_order(events):
+        return sorted(outermost_products(events), key=lambda ev: ev.time_range.start)
+
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         fn()
     counted: dict[str, list] = {}
-    for ev in outermost_products(prof.events()):
+    sequence = []                  # (name, flops, rows) of every product, in call order
+    for ev in in_order(prof.events()):
         cell = counted.setdefault(ev.name, [0, 0.0])
         cell[0] += 1
         cell[1] += flops_of(ev)
+        sequence.append((ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes)))
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     events = list(prof.events())
+    timed_sequence = [(ev.name, ev.cpu_time_total / 1000) for ev in in_order(events)]
     total_us = sum(ev.self_cpu_time_total for ev in events)
     products: dict[str, dict] = {}
     for ev in outermost_products(events):
@@ -440,6 +483,7 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
         row['share'] = row['ms'] * 1000 / total_us if total_us else None
     all_ms = sum(r['ms'] for r in products.values())
     all_gflop = sum(r['gflop'] for r in products.values())
+    by_rows = _by_rows(sequence, timed_sequence, total_us)
     by_self: dict[str, list] = {}
     for ev in events:
         cell = by_self.setdefault(ev.name, [0, 0.0])
@@ -451,8 +495,31 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
             'products': {'ms': all_ms, 'share': all_ms * 1000 / total_us if total_us else None,
                          'gflop': all_gflop,
                          'gflops': all_gflop / (all_ms / 1000) if all_ms else None,
-                         'pct_of_gemm_peak': None, 'by_op': products},
+                         'pct_of_gemm_peak': None, 'by_op': products, 'by_rows': by_rows},
             'top_ops': ops}
+
+
+def _by_rows(sequence: list, timed_sequence: list, total_us: float) -> Optional[dict]:
+    """The products grouped by :data:`ROW_BUCKETS`: the two passes' calls matched one to one
+    in call order (``None`` when their names differ at some position: then the calls cannot be
+    paired)."""
+    if [name for name, *_ in sequence] != [name for name, _ in timed_sequence]:
+        return None
+    out: dict[str, dict] = {}
+    for (name, flops, rows), (_, ms) in zip(sequence, timed_sequence):
+        if not flops:
+            continue
+        row = out.setdefault(_row_bucket(rows), {'calls': 0, 'ms': 0.0, 'gflop': 0.0,
+                                                 'rows_min': rows, 'rows_max': rows})
+        row['calls'] += 1
+        row['ms'] += ms
+        row['gflop'] += flops / 1e9
+        if rows is not None:
+            row['rows_min'], row['rows_max'] = min(row['rows_min'], rows), max(row['rows_max'], rows)
+    for row in out.values():
+        row['gflops'] = row['gflop'] / (row['ms'] / 1000) if row['ms'] else None
+        row['share'] = row['ms'] * 1000 / total_us if total_us else None
+    return out
 
 
 def profile_phases(policy, sampler, cond, group_size: int, rollout=None) -> dict:
@@ -1105,6 +1172,9 @@ def table(res: dict) -> str:
         for name, row in sorted(pr['by_op'].items(), key=lambda kv: -kv[1]['ms'])[:4]:
             rows.append((f'  {name} x{row["calls"]} ({100 * row["share"]:.0f}%)', row['gflops'],
                          None, 'GFLOP/s'))
+        for name, row in (pr.get('by_rows') or {}).items():
+            rows.append((f'  {name} x{row["calls"]} ({100 * row["share"]:.0f}%, '
+                         f'{row["gflop"]:.1f} GFLOP)', row['gflops'], None, 'GFLOP/s'))
     gs = res.get('group_sizes')
     if gs:
         fit = gs['fit']
