@@ -737,31 +737,29 @@ def _same_var(official, vargo) -> dict:
     return out
 
 
-def _close_latents(official, vargo, atol: float) -> dict:
+def _close(official, vargo, atol: float, what: str, key: str) -> dict:
+    """Same shape and max |diff| <= ``atol`` (reported under ``key``)."""
     if official.shape != vargo.shape:
-        return dict(agree=False, detail=f'latent shapes differ: official '
+        return dict(agree=False, detail=f'{what} shapes differ: official '
                                         f'{tuple(official.shape)}, vargo {tuple(vargo.shape)}')
     d = float((official - vargo).abs().max())
-    out = dict(agree=d <= atol, max_abs_diff=d, atol=atol)
+    out = {'agree': d <= atol, key: d, 'atol': atol}
     if not out['agree']:
-        out['detail'] = f'latents max |diff| {d:.3g} > --atol {atol:g}'
+        out['detail'] = f'{what}s max |diff| {d:.3g} > --atol {atol:g}'
     return out
+
+
+def _close_latents(official, vargo, atol: float) -> dict:
+    return _close(official, vargo, atol, 'latent', 'max_abs_diff')
+
+
+def _close_images(official, vargo, atol: float) -> dict:
+    return _close(official, vargo, atol, 'image', 'image_max_abs_diff')
 
 
 # ---------------------------------------------------------------------------------------------
 # measuring
 # ---------------------------------------------------------------------------------------------
-
-def _close_images(official, vargo, atol: float) -> dict:
-    if official.shape != vargo.shape:
-        return dict(agree=False, detail=f'image shapes differ: official '
-                                        f'{tuple(official.shape)}, vargo {tuple(vargo.shape)}')
-    d = float((official - vargo).abs().max())
-    out = dict(agree=d <= atol, image_max_abs_diff=d, atol=atol)
-    if not out['agree']:
-        out['detail'] = f'images max |diff| {d:.3g} > --atol {atol:g}'
-    return out
-
 
 def interleaved(official: Side, vargo: Side, compare, rounds: int, warmup: int,
                 extra: Sequence[Side] = ()) -> dict:
