@@ -211,6 +211,9 @@ def test_a_directory_that_is_not_a_checkout_is_one_line(tmp_path, capsys, family
     (['--steps', '10'], 'must be a square number of tokens'),
     (['--cfg', '0.5'], 'must be >= 1'),
     (['--decode'], '--decode is a VAR option'),
+    (['--decoder', '--plain-too'], '--plain-too is a sampling option'),
+    (['--decoder', '--top-k', '5'], '--top-k is a sampling option'),
+    (['--vae', '{}'], '--vae sets the tokenizer of --decoder'),
 ])
 def test_bad_settings_are_one_line(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:
@@ -283,16 +286,3 @@ def test_decoder_mode_names_the_missing_decoder_file(tmp_path, capsys):
                          '--decoder', '--out', str(tmp_path / 'r.json')]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and '(no tokenizer/tokenizer_image/vq_model.py)' in err
-
-
-@pytest.mark.parametrize('extra, message', [
-    (['--decoder', '--plain-too'], '--plain-too is a sampling option'),
-    (['--decoder', '--top-k', '5'], '--top-k is a sampling option'),
-    (['--vae', '{}'], '--vae sets the tokenizer of --decoder'),
-])
-def test_decoder_mode_bad_flags_are_one_line(tmp_path, capsys, extra, message):
-    with pytest.raises(SystemExit) as e:
-        _tool().parse_args(['--family', 'llamagen', '--official', str(tmp_path), *extra])
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and message in err

@@ -618,10 +618,12 @@ def _vae_args(args, default: dict) -> dict:
 
 
 def _decoder_sides(official_run, vargo_run, official, vargo, what: str, settings: dict,
-                   atol: float) -> dict:
+                   args) -> dict:
+    """The built dict of ``--decoder``: times per image, images within ``--atol``."""
+    atol = args.atol
     return dict(official=Side('official', official_run, _count(official)),
                 vargo=Side('vargo', vargo_run, _count(vargo)), extra=[], packed_weights=None,
-                policy=None, steps=None, step_unit='image',
+                policy=None, steps=args.batch, step_unit='image',
                 compare=lambda a, b: _close_images(a, b, atol),
                 compared=f'decoded images, max |diff| <= {atol:g}', raster=False,
                 settings=dict(decoder=what, **settings))
@@ -648,7 +650,7 @@ def build_llamagen_decoder(args, root: str) -> dict:
     shape = (args.batch, dim, side, side)
     return _decoder_sides(lambda: official.decode_code(ids, shape), lambda: vq.decode_code(ids, shape),
                           official, vq, 'VQ-16 decode_code', dict(tokens=side * side, vae=cfg),
-                          args.atol)
+                          args)
 
 
 def build_var_decoder(args, root: str) -> dict:
@@ -673,7 +675,7 @@ def build_var_decoder(args, root: str) -> dict:
     return _decoder_sides(
         lambda: official.idxBl_to_img(ms_idx, same_shape=True, last_one=True),
         lambda: vae.idxBl_to_img(ms_idx), official, vae, 'VQVAE idxBl_to_img',
-        dict(patch_nums=list(pn), vae=cfg), args.atol)
+        dict(patch_nums=list(pn), vae=cfg), args)
 
 
 def build_mar_decoder(args, root: str) -> dict:
@@ -693,7 +695,7 @@ def build_mar_decoder(args, root: str) -> dict:
     z = torch.randn(args.batch, vae.embed_dim, side, side,
                     generator=torch.Generator().manual_seed(args.seed))
     return _decoder_sides(lambda: official.decode(z), lambda: vae.decode(z), official, vae,
-                          'KL-16 decode', dict(image_size=args.image_size, vae=cfg), args.atol)
+                          'KL-16 decode', dict(image_size=args.image_size, vae=cfg), args)
 
 
 DECODER_BUILDERS = {'llamagen': build_llamagen_decoder, 'var': build_var_decoder,
@@ -795,7 +797,7 @@ def run(args) -> dict:
 
     from vargo.core.eval_protocol import git_commit
     bench = _benchmark_helpers()
-    decoder = getattr(args, 'decoder', False)
+    decoder = args.decoder
     root = check_checkout(args.family, args.official,
                           DECODER_FILES[args.family] if decoder else None)
     torch.set_num_threads(args.threads)
@@ -811,8 +813,6 @@ def run(args) -> dict:
     }
     with torch.no_grad():
         built = (DECODER_BUILDERS if decoder else BUILDERS)[args.family](args, root)
-    if built['steps'] is None:                   # --decoder: per image
-        built['steps'] = args.batch
     res['part'] = 'decoder' if decoder else 'sampler'
     res['settings'] = built['settings']
     res['steps'], res['step_unit'] = built['steps'], built['step_unit']

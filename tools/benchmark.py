@@ -450,26 +450,30 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
     def in_order(events):
         return sorted(outermost_products(events), key=lambda ev: ev.time_range.start)
 
+    def in_order(events):
+        return sorted(outermost_products(events), key=lambda ev: ev.time_range.start)
+
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         fn()
-    counted: dict[str, list] = {}
-    sequence = []                  # (name, flops, rows) of every product, in call order
-    for ev in in_order(prof.events()):
-        cell = counted.setdefault(ev.name, [0, 0.0])
-        cell[0] += 1
-        cell[1] += flops_of(ev)
-        sequence.append((ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes)))
+    # (name, flops, rows) of every product, in call order
+    sequence = [(ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes))
+                for ev in in_order(prof.events())]
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     events = list(prof.events())
     timed_sequence = [(ev.name, ev.cpu_time_total / 1000) for ev in in_order(events)]
     total_us = sum(ev.self_cpu_time_total for ev in events)
+    counted: dict[str, list] = {}
+    for name, flops, _ in sequence:
+        cell = counted.setdefault(name, [0, 0.0])
+        cell[0] += 1
+        cell[1] += flops
     products: dict[str, dict] = {}
-    for ev in outermost_products(events):
-        row = products.setdefault(ev.name, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
+    for name, ms in timed_sequence:
+        row = products.setdefault(name, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
         row['calls'] += 1
-        row['ms'] += ev.cpu_time_total / 1000
+        row['ms'] += ms
     for name, row in list(products.items()):
         calls, flops = counted.get(name, (0, 0.0))
         if calls != row['calls']:
