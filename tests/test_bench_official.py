@@ -264,6 +264,7 @@ def test_decoder_mode_times_the_image_decoders_on_the_same_codes(tmp_path, capsy
     checks = res['agreement']['checks']
     assert len(checks) == 3 and all(c['agree'] and c['image_max_abs_diff'] <= 1e-3
                                     for c in checks)
+    assert all(c['official_max_abs'] > c['image_max_abs_diff'] for c in checks)
     t = res['vargo']['time_s']
     assert res['vargo']['ms_per_step']['median'] == pytest.approx(1000 * t['median'] / 2)
     printed = capsys.readouterr().out
@@ -278,6 +279,7 @@ def test_decoder_mode_refuses_a_ratio_when_the_images_differ(tmp_path, capsys, k
                          *TINY_VAE, '--out', str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'images max |diff|' in err and not out.exists()
+    assert 'official max |value|' in err
 
 
 def test_decoder_mode_names_the_missing_decoder_file(tmp_path, capsys):

@@ -740,14 +740,17 @@ def _same_var(official, vargo) -> dict:
 
 
 def _close(official, vargo, atol: float, what: str, key: str) -> dict:
-    """Same shape and max |diff| <= ``atol`` (reported under ``key``)."""
+    """Same shape and max |diff| <= ``atol`` (reported under ``key``, with the official
+    output's largest magnitude under ``official_max_abs`` to read the difference against)."""
     if official.shape != vargo.shape:
         return dict(agree=False, detail=f'{what} shapes differ: official '
                                         f'{tuple(official.shape)}, vargo {tuple(vargo.shape)}')
     d = float((official - vargo).abs().max())
-    out = {'agree': d <= atol, key: d, 'atol': atol}
+    scale = float(official.abs().max())
+    out = {'agree': d <= atol, key: d, 'atol': atol, 'official_max_abs': scale}
     if not out['agree']:
-        out['detail'] = f'{what}s max |diff| {d:.3g} > --atol {atol:g}'
+        out['detail'] = (f'{what}s max |diff| {d:.3g} > --atol {atol:g} '
+                         f'(official max |value| {scale:.3g})')
     return out
 
 
@@ -915,9 +918,12 @@ def _worst(checks: list[dict]) -> str:
     """The largest max |diff| over the runs, where one was measured."""
     out = ''
     for key, what in (('max_abs_diff', 'latents'), ('image_max_abs_diff', 'images')):
-        values = [c[key] for c in checks if c.get(key) is not None]
+        values = [c for c in checks if c.get(key) is not None]
         if values:
-            out += f'; {what} max |diff| {max(values):.3g}'
+            worst = max(values, key=lambda c: c[key])
+            out += f'; {what} max |diff| {worst[key]:.3g}'
+            if worst.get('official_max_abs') is not None:
+                out += f' (official max |value| {worst["official_max_abs"]:.3g})'
     return out
 
 
