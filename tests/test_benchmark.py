@@ -563,3 +563,27 @@ def test_product_rows_of_each_layout():
     assert tool.product_rows('aten::baddbmm', [[2, 6, 4], [2, 6, 3], [2, 3, 4]]) == 12
     assert tool.product_rows('mkldnn::_linear_pointwise', [[2, 3, 8], [16, 8]]) == 6
     assert tool.product_rows('aten::conv2d', [[1, 3, 8, 8], [4, 3, 3, 3]]) is None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='no oneDNN in this torch')
+def test_linear_kernels_ab_times_both_kernels_on_the_same_update(tmp_path, keep_threads, capsys):
+    """Width 512: the attention and MLP layers (>= 2^18 weight elements) take the oneDNN path;
+    the comparison restores them, and without such layers the tool fails with one line."""
+    res = _run(tmp_path, '--skip-rollout', '--skip-update', '--skip-iteration',
+               '--linear-kernels-ab', '2', '--cfg-options', 'policy.arch.dim=512',
+               'policy.arch.n_layer=1', 'policy.arch.n_head=4')
+    lk = res['linear_kernels']
+    assert lk['rounds'] == 2 and lk['layers'] >= 4
+    _stat(lk['plain_s']), _stat(lk['onednn_s'])
+    assert len(lk['plain_s']['values']) == len(lk['onednn_s']['values']) == 2
+    r = lk['ratio_plain_over_onednn']
+    assert r['min'] <= r['median'] <= r['max']
+    assert 0 <= lk['max_relative_grad_difference'] < 1e-4
+    assert 'ratio F.linear / oneDNN' in capsys.readouterr().out
+    out = tmp_path / 'off.json'
+    argv = [TINY_CFG, '--batch', '4', '--repeat', '1', '--threads', '1', '--gemm-size', '64',
+            '--bandwidth-mb', '1', '--skip-rollout', '--skip-update', '--skip-iteration',
+            '--linear-kernels-ab', '1', '--out', str(out), '--cfg-options',
+            'policy.arch.dim=64', 'policy.arch.n_layer=1', 'policy.onednn_linears=False']
+    assert _load_tool().main(argv) == 2
+    assert 'no oneDNN training linears' in capsys.readouterr().err and not out.exists()

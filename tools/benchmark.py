@@ -5,6 +5,7 @@
                               [--config-scale-only] [--skip-update]
                               [--skip-iteration] [--reward-heads] [--gemm-size 2048]
                               [--bandwidth-mb 512] [--seed 0] [--group-sizes G ...]
+                              [--op-profile] [--linear-kernels-ab ROUNDS]
                               [--cfg-options k=v ...]
 
 The policy is the config's with random weights: every top-level ``policy.*checkpoint`` is set to
@@ -101,6 +102,14 @@ with ``torch.set_num_threads(--threads)``:
     peak" numbers come from. The products are also grouped by their rows M (``by_rows``:
     fewer than 64, 64-255, 256 or more; the two passes' calls paired in call order), which
     separates small-M work (a decode step, MAR's diffusion head) from full-sequence products.
+11. training linear kernels (``--linear-kernels-ab ROUNDS``): item 4's update step with the
+    policy's :class:`~vargo.components.modules.onednn_linear.OneDnnLinear` layers (the
+    policies' ``onednn_linears`` option, on by default) against the same layers as plain
+    ``nn.Linear`` (``F.linear``: MKL's ``mm`` / ``addmm`` on x86 CPUs), on the same weights and
+    rollout, interleaved for ROUNDS rounds after one warm-up of each (the order alternates by
+    round). Reported: seconds of each (median, range), the ratio plain / oneDNN per round
+    (median, range), the largest relative difference of any parameter's gradient
+    (max |g_plain - g_onednn| / max |g_plain| per tensor) and how many layers were compared.
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -174,6 +183,9 @@ def parse_args(argv=None):
     p.add_argument('--op-profile', action='store_true',
                    help='profile one rollout, one image decode and one update by operator: the '
                         "matrix products' GFLOP/s and share of the GEMM peak (item 10)")
+    p.add_argument('--linear-kernels-ab', type=int, default=0, metavar='ROUNDS',
+                   help='time the update with oneDNN training linears against F.linear, '
+                        'interleaved for ROUNDS rounds (item 11)')
     p.add_argument('--gemm-size', type=int, default=2048, help='n of the n x n fp32 GEMM')
     p.add_argument('--bandwidth-mb', type=int, default=512,
                    help='size of the bandwidth test tensor (well above the caches)')
@@ -197,6 +209,8 @@ def parse_args(argv=None):
     if args.logp_memory and min(args.logp_memory) < 1:
         p.error(f'--logp-memory {args.logp_memory[0]} {args.logp_memory[1]}: ROWS and VOCAB '
                 'must be >= 1')
+    if args.linear_kernels_ab < 0:
+        p.error(f'--linear-kernels-ab {args.linear_kernels_ab}: ROUNDS must be >= 1 (0 = off)')
     return args
 
 
@@ -771,6 +785,57 @@ def bench_update(policy, rollout, spec, args, mem: PeakMemory, per_token: int = 
     return out
 
 
+def bench_linear_kernels(policy, rollout, spec, rounds: int) -> dict:
+    """Item 11 of the module doc: the update with the policy's ``OneDnnLinear`` layers against
+    the same layers as plain ``nn.Linear``, interleaved; the layers' class is restored."""
+    import torch
+    from torch import nn
+
+    from vargo.components.modules.onednn_linear import OneDnnLinear
+    from vargo.core.registry import ConfigError
+
+    layers = [m for m in policy.modules() if type(m) is OneDnnLinear]
+    if not layers:
+        raise ConfigError('--linear-kernels-ab: the policy has no oneDNN training linears (its '
+                         'onednn_linears option is off, its layers are all below the size floor '
+                         'or this torch has no oneDNN); drop the flag or enable the option')
+    params = [p for p in policy.parameters() if p.requires_grad]
+
+    def step(onednn: bool) -> tuple[float, list]:
+        for m in layers:
+            m.__class__ = OneDnnLinear if onednn else nn.Linear
+        policy.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        update_loss(policy, rollout, spec).backward()
+        elapsed = time.perf_counter() - t0
+        return elapsed, [None if p.grad is None else p.grad.detach().clone() for p in params]
+
+    policy.train(True)
+    times = {'plain': [], 'onednn': []}
+    try:
+        with torch.enable_grad():
+            _, g_plain = step(False)
+            _, g_dnn = step(True)
+            rel = 0.0
+            for a, b in zip(g_plain, g_dnn):
+                if a is not None and b is not None:
+                    rel = max(rel, float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)))
+            del g_plain, g_dnn
+            for r in range(rounds):
+                for onednn in ((False, True) if r % 2 == 0 else (True, False)):
+                    times['onednn' if onednn else 'plain'].append(step(onednn)[0])
+    finally:
+        for m in layers:
+            m.__class__ = OneDnnLinear
+        policy.zero_grad(set_to_none=True)
+    ratios = [a / b for a, b in zip(times['plain'], times['onednn'])]
+    return {'rounds': rounds, 'layers': len(layers),
+            'plain_s': stats(times['plain']), 'onednn_s': stats(times['onednn']),
+            'ratio_plain_over_onednn': {'median': statistics.median(ratios),
+                                        'min': min(ratios), 'max': max(ratios)},
+            'max_relative_grad_difference': rel}
+
+
 ITERATION_PHASES = ('generate', 'score', 'advantages', 'reference', 'train_step')
 
 
@@ -1138,6 +1203,17 @@ def table(res: dict) -> str:
                 rows.append(('  of the GEMM peak', up['pct_of_gemm_peak']['median'],
                              up['pct_of_gemm_peak']['best'], '%'))
         rows.append(('  peak memory', up['peak_rss_mb'], None, 'MB'))
+    lk = res.get('linear_kernels')
+    if lk:
+        rows.append((f'update, F.linear ({lk["layers"]} layers, {lk["rounds"]} rounds)',
+                     lk['plain_s']['median'], lk['plain_s']['min'], 's'))
+        rows.append(('update, oneDNN training linears', lk['onednn_s']['median'],
+                     lk['onednn_s']['min'], 's'))
+        r = lk['ratio_plain_over_onednn']
+        rows.append((f'  ratio F.linear / oneDNN (range {r["min"]:.3f}-{r["max"]:.3f})',
+                     r['median'], None, 'x'))
+        rows.append(('  largest relative gradient difference',
+                     f'{lk["max_relative_grad_difference"]:.1e}', None, ''))
     lm = res.get('logp_memory')
     if lm:
         shape = f'{lm["logit_groups"]} x {lm["rows"]} x {lm["vocab"]}'
@@ -1271,6 +1347,13 @@ def run(args) -> dict:
                 rollout = config_sampler.rollout(policy, enc, group_size=group_size)
         res['update'] = bench_update(policy, rollout, config_sampler.logprob_spec(), args, mem,
                                      per_token)
+    if args.linear_kernels_ab:
+        if rollout is None:
+            with torch.no_grad():
+                rollout = config_sampler.rollout(policy, enc, group_size=group_size)
+        res['linear_kernels'] = bench_linear_kernels(policy, rollout,
+                                                     config_sampler.logprob_spec(),
+                                                     args.linear_kernels_ab)
     if args.op_profile:
         res['op_profile'] = profile_phases(policy, config_sampler, enc, group_size, rollout)
     del rollout

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .onednn_linear import OneDnnLinear
+
 __all__ = ['MIN_WEIGHT_ELEMENTS', 'PackedLinears', 'packed_linear', 'packed_linear_supported']
 
 #: weights with fewer elements are not packed (see the module doc)
@@ -167,7 +169,8 @@ class PackedLinears:
         seen = set()
         for root in modules:
             for m in root.modules():
-                w = m.weight if type(m) is nn.Linear else None
+                # OneDnnLinear: an nn.Linear with oneDNN's training products, same forward
+                w = m.weight if type(m) in (nn.Linear, OneDnnLinear) else None
                 # large plain CPU fp32 weights only (not FSDP's sharded DTensors, not bf16)
                 if w is not None and id(m) not in seen and type(w.detach()) is torch.Tensor \
                         and w.device.type == 'cpu' and w.dtype == torch.float32 \

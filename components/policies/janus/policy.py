@@ -14,6 +14,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.onednn_linear import onednn_linears_option
 from ...modules.raster import register_raster_action_axis
 from ...modules.categorical import logp_entropy_under_spec
 from ..frozen import exclude_frozen_submodules
@@ -101,6 +102,11 @@ class JanusPolicy(Policy):
         attn_implementation: transformers attention (``'sdpa'``, ``'eager'``, ...).
         gradient_checkpointing: activation checkpointing of the language model in training
             forwards (STAGE enables it).
+        onednn_linears: run the training forward and backward of the language model's large
+            ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). Off by default: not
+            measured on Janus-Pro; ``tools/benchmark.py --linear-kernels-ab`` measures it. bf16
+            weights keep ``F.linear`` either way. Grad-free forwards are unaffected.
 
     Attributes:
         file_sources: directory name -> where it is published.
@@ -113,7 +119,8 @@ class JanusPolicy(Policy):
                  checkpoint: Optional[str] = None, tokenizer_checkpoint: Optional[str] = None,
                  roles: Sequence[str] = ('<|User|>', '<|Assistant|>'), system_prompt: str = '',
                  image_start_token: str = '<begin_of_image>', dtype: str = 'float32',
-                 attn_implementation: str = 'sdpa', gradient_checkpointing: bool = False):
+                 attn_implementation: str = 'sdpa', gradient_checkpointing: bool = False,
+                 onednn_linears: bool = False):
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f'JanusPolicy dtype={dtype!r} is not one of {sorted(_DTYPES)}')
@@ -165,6 +172,7 @@ class JanusPolicy(Policy):
         # save_pretrained) stays complete
         exclude_frozen_submodules(self, [f'janus.model.{n}' for n in FROZEN_PARTS]
                                   + ([] if lm_head_tied else ['janus.lm_head']))
+        onednn_linears_option('JanusPolicy', self.lm, onednn_linears)
         if gradient_checkpointing:
             self.lm.activation_checkpointing_enable(
                 activation_checkpointing_kwargs=dict(use_reentrant=False))

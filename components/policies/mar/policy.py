@@ -41,6 +41,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.onednn_linear import onednn_linears_option
 from ...modules.diffusion import (DiffusionSchedule, FlowSDESchedule,
                                   discretized_gaussian_loglik, gaussian_transition_logp)
 from ...modules.masked import MARExtras, MARSelection, cfg_scales, mask_schedule
@@ -99,6 +100,12 @@ class MARPolicy(Policy):
             ``extras.log_variance`` (what the sampler drew the action with), no gradient through
             the variance; only the mean is trained by the log-prob. The entropy follows the same
             variance. Flow heads: the same numbers either way (the variance is a constant).
+        onednn_linears: run the training forward and backward of the transformer's and the diffusion
+            head's large ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to
+            summation order; :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`).
+            Off by default: MAR-B's update ran 0.98x as fast with it (README, "Performance");
+            ``tools/benchmark.py --linear-kernels-ab`` measures it. Grad-free forwards are
+            unaffected.
     """
 
     file_sources: dict[str, str] = MAR_FILE_SOURCES
@@ -111,7 +118,7 @@ class MARPolicy(Policy):
                  mask_ratio_min: float = 0.7, mask_ratio_std: float = 0.25,
                  diffusion_batch_mul: int = 4,
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_type: str = 'ddpm',
-                 logprob_sigma: str = 'recomputed'):
+                 logprob_sigma: str = 'recomputed', onednn_linears: bool = False):
         super().__init__()
         if not isinstance(logprob_sigma, str) or logprob_sigma not in LOGPROB_SIGMAS:
             raise ValueError(f'logprob_sigma={logprob_sigma!r} is not one of {LOGPROB_SIGMAS}: '
@@ -139,6 +146,7 @@ class MARPolicy(Policy):
         if self.fix_head:
             for p in self.mar.diffloss.parameters():
                 p.requires_grad_(False)
+        onednn_linears_option('MARPolicy', self.mar, onednn_linears)
         self.label_drop_prob = label_drop_prob
         if not (0.0 <= mask_ratio_min < 1.0 and mask_ratio_std > 0):
             raise ValueError(f'MARPolicy: mask_ratio_min={mask_ratio_min!r} must be in [0, 1) and '

@@ -15,6 +15,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.onednn_linear import onednn_linears_option
 from ...modules.categorical import categorical_logp_entropy, var_truncation_keep_mask
 from ...modules.conv_layout import decode_channels_last
 from ...tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, build_msvq
@@ -78,6 +79,12 @@ class VARPolicy(VARNextScaleDecoding, Policy):
         class_dropout_prob: label dropout of :meth:`pretrain_loss` (official ``cond_drop_rate``
             0.1); never used by :meth:`evaluate`.
 
+        onednn_linears: run the training forward and backward of the transformer's large
+            ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). Off by default:
+            VAR-d16's update ran 0.97x as fast with it (README, "Performance"); ``tools/benchmark.py
+            --linear-kernels-ab`` measures it. Grad-free forwards are unaffected.
+
     Attributes:
         file_sources: official file name -> where it is published.
     """
@@ -89,7 +96,8 @@ class VARPolicy(VARNextScaleDecoding, Policy):
                  num_classes: int = 1000, vocab_size: int = 4096,
                  checkpoint: Optional[str] = None,
                  tokenizer: Union[str, dict] = 'vae_ch160v4096z32',
-                 tokenizer_checkpoint: Optional[str] = None, class_dropout_prob: float = 0.1):
+                 tokenizer_checkpoint: Optional[str] = None, class_dropout_prob: float = 0.1,
+                 onednn_linears: bool = False):
         super().__init__()
         if patch_nums is None:
             patch_nums = PATCH_NUMS_512 if arch == 'd36' else PATCH_NUMS_256
@@ -115,6 +123,8 @@ class VARPolicy(VARNextScaleDecoding, Policy):
         self.var = VARTransformer(self.cfg)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
+
+        onednn_linears_option('VARPolicy', self.var, onednn_linears)
 
         steps, pos = [], []
         for s, p in enumerate(patch_nums):

@@ -14,6 +14,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.onednn_linear import onednn_linears_option
 from ...modules.raster import register_raster_action_axis
 from ...modules.categorical import logp_entropy_under_spec
 from ...modules.kv_cache import StaticKVCache
@@ -63,6 +64,12 @@ class VQGANTransformerPolicy(Policy):
             stage held by ``checkpoint`` if it has one, else a random tokenizer (tests only).
         dropout: embedding / residual / attention dropout (official constructor default 0; must
             be 0 for RL so the teacher-forced log-prob equals the sampler's).
+        onednn_linears: run the training forward and backward of the transformer's large
+            ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). Off by default: not
+            measured on this transformer, whose layers have biases like VAR's, where it did not pay;
+            ``tools/benchmark.py --linear-kernels-ab`` measures it. Grad-free forwards are
+            unaffected.
 
     Attributes:
         file_sources: official release folder -> where it is published.
@@ -78,7 +85,8 @@ class VQGANTransformerPolicy(Policy):
                  num_classes: int = 1000, vocab_size: int = 16384,
                  block_size: Optional[int] = None, checkpoint: Optional[str] = None,
                  tokenizer: Union[str, dict] = 'f16-16384',
-                 tokenizer_checkpoint: Optional[str] = None, dropout: float = 0.0):
+                 tokenizer_checkpoint: Optional[str] = None, dropout: float = 0.0,
+                 onednn_linears: bool = False):
         super().__init__()
         self.vq: VQGAN = build_vqgan(tokenizer)
         if self.vq.codebook_size != vocab_size:
@@ -111,6 +119,7 @@ class VQGANTransformerPolicy(Policy):
         if tokenizer_checkpoint is not None:
             self.load_tokenizer(tokenizer_checkpoint)
 
+        onednn_linears_option('VQGANTransformerPolicy', self.transformer, onednn_linears)
         register_raster_action_axis(self, grid)
         exclude_frozen_submodules(self, _FROZEN)
         self.train(True)
