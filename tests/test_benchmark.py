@@ -587,3 +587,21 @@ def test_linear_kernels_ab_times_both_kernels_on_the_same_update(tmp_path, keep_
             'policy.arch.dim=64', 'policy.arch.n_layer=1', 'policy.onednn_linears=False']
     assert _load_tool().main(argv) == 2
     assert 'no oneDNN training linears' in capsys.readouterr().err and not out.exists()
+
+
+def test_op_profile_groups_the_convolutions_by_shape():
+    tool = _load_tool()
+    x, w3, w1 = torch.randn(2, 8, 12, 12), torch.randn(16, 8, 3, 3), torch.randn(4, 16, 1, 1)
+
+    def work():
+        y = torch.nn.functional.conv2d(x, w3, padding=1)
+        torch.nn.functional.conv2d(y, w1)
+        torch.nn.functional.conv2d(x, w3, padding=1)
+    prof = tool.op_profile(work)
+    shapes = prof['products']['by_conv_shape']
+    assert set(shapes) == {'8->16 k3x3 at 12x12', '16->4 k1x1 at 12x12'}
+    assert shapes['8->16 k3x3 at 12x12']['calls'] == 2
+    assert shapes['8->16 k3x3 at 12x12']['gflop'] == pytest.approx(
+        2 * 2 * (2 * 16 * 8 * 9 * 144) / 1e9)
+    assert shapes['16->4 k1x1 at 12x12']['gflop'] == pytest.approx(2 * 2 * 4 * 16 * 144 / 1e9)
+    assert tool.conv_shape('aten::mm', [[2, 3], [3, 4]]) is None

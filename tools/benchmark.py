@@ -101,7 +101,9 @@ with ``torch.set_num_threads(--threads)``:
     operators with the most self time. This is where the "dominant products at N% of the
     peak" numbers come from. The products are also grouped by their rows M (``by_rows``:
     fewer than 64, 64-255, 256 or more; the two passes' calls paired in call order), which
-    separates small-M work (a decode step, MAR's diffusion head) from full-sequence products.
+    separates small-M work (a decode step, MAR's diffusion head) from full-sequence products,
+    and the 2-D convolutions by shape (``by_conv_shape``: ``Cin->Cout kKhxKw at HxW``, slowest
+    total first; the table prints the six largest), which locates a decoder's slow layers.
 11. training linear kernels (``--linear-kernels-ab ROUNDS``): item 4's update step with the
     policy's :class:`~vargo.components.modules.onednn_linear.OneDnnLinear` layers (the
     policies' ``onednn_linears`` option, on by default) against the same layers as plain
@@ -362,7 +364,8 @@ def fraction_of_peak(res: dict) -> list[str]:
         products = prof['products']
         if products['gflops'] and peak:
             products['pct_of_gemm_peak'] = 100 * products['gflops'] / peak
-            for row in [*products['by_op'].values(), *(products.get('by_rows') or {}).values()]:
+            for row in [*products['by_op'].values(), *(products.get('by_rows') or {}).values(),
+                        *(products.get('by_conv_shape') or {}).values()]:
                 row['pct_of_gemm_peak'] = 100 * row['gflops'] / peak if row['gflops'] else None
             if products['pct_of_gemm_peak'] > 100:
                 warnings.append(f'the {phase} products ran at {products["pct_of_gemm_peak"]:.1f}%'
@@ -464,14 +467,11 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
     def in_order(events):
         return sorted(outermost_products(events), key=lambda ev: ev.time_range.start)
 
-    def in_order(events):
-        return sorted(outermost_products(events), key=lambda ev: ev.time_range.start)
-
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         fn()
-    # (name, flops, rows) of every product, in call order
-    sequence = [(ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes))
-                for ev in in_order(prof.events())]
+    # (name, flops, rows, convolution shape) of every product, in call order
+    sequence = [(ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes),
+                 conv_shape(ev.name, ev.input_shapes)) for ev in in_order(prof.events())]
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -479,7 +479,7 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
     timed_sequence = [(ev.name, ev.cpu_time_total / 1000) for ev in in_order(events)]
     total_us = sum(ev.self_cpu_time_total for ev in events)
     counted: dict[str, list] = {}
-    for name, flops, _ in sequence:
+    for name, flops, *_ in sequence:
         cell = counted.setdefault(name, [0, 0.0])
         cell[0] += 1
         cell[1] += flops
@@ -502,6 +502,7 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
     all_ms = sum(r['ms'] for r in products.values())
     all_gflop = sum(r['gflop'] for r in products.values())
     by_rows = _by_rows(sequence, timed_sequence, total_us)
+    by_conv_shape = _by_conv_shape(sequence, timed_sequence, total_us)
     by_self: dict[str, list] = {}
     for ev in events:
         cell = by_self.setdefault(ev.name, [0, 0.0])
@@ -513,7 +514,8 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
             'products': {'ms': all_ms, 'share': all_ms * 1000 / total_us if total_us else None,
                          'gflop': all_gflop,
                          'gflops': all_gflop / (all_ms / 1000) if all_ms else None,
-                         'pct_of_gemm_peak': None, 'by_op': products, 'by_rows': by_rows},
+                         'pct_of_gemm_peak': None, 'by_op': products, 'by_rows': by_rows,
+                         'by_conv_shape': by_conv_shape},
             'top_ops': ops}
 
 
@@ -524,7 +526,7 @@ def _by_rows(sequence: list, timed_sequence: list, total_us: float) -> Optional[
     if [name for name, *_ in sequence] != [name for name, _ in timed_sequence]:
         return None
     out: dict[str, dict] = {}
-    for (name, flops, rows), (_, ms) in zip(sequence, timed_sequence):
+    for (name, flops, rows, _), (_, ms) in zip(sequence, timed_sequence):
         if not flops:
             continue
         row = out.setdefault(_row_bucket(rows), {'calls': 0, 'ms': 0.0, 'gflop': 0.0,
@@ -538,6 +540,37 @@ def _by_rows(sequence: list, timed_sequence: list, total_us: float) -> Optional[
         row['gflops'] = row['gflop'] / (row['ms'] / 1000) if row['ms'] else None
         row['share'] = row['ms'] * 1000 / total_us if total_us else None
     return out
+
+
+def conv_shape(name: str, shapes: list) -> Optional[str]:
+    """``'Cin->Cout kKhxKw at HxW'`` of a 2-D convolution from its input shapes
+    (``x [N, Cin, H, W]``, ``weight [Cout, Cin / groups, Kh, Kw]``); ``None`` for other ops."""
+    if name != 'aten::conv2d':
+        return None
+    try:
+        (_, cin, h, w), (cout, _, kh, kw) = shapes[0], shapes[1]
+    except (IndexError, TypeError, ValueError):
+        return None
+    return f'{cin}->{cout} k{kh}x{kw} at {h}x{w}'
+
+
+def _by_conv_shape(sequence: list, timed_sequence: list, total_us: float) -> Optional[dict]:
+    """The convolutions grouped by :func:`conv_shape`, paired across the two passes as in
+    :func:`_by_rows` (``None`` when the passes cannot be paired or nothing is a convolution)."""
+    if [name for name, *_ in sequence] != [name for name, _ in timed_sequence]:
+        return None
+    out: dict[str, dict] = {}
+    for (_, flops, _, shape), (_, ms) in zip(sequence, timed_sequence):
+        if shape is None or not flops:
+            continue
+        row = out.setdefault(shape, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
+        row['calls'] += 1
+        row['ms'] += ms
+        row['gflop'] += flops / 1e9
+    for row in out.values():
+        row['gflops'] = row['gflop'] / (row['ms'] / 1000) if row['ms'] else None
+        row['share'] = row['ms'] * 1000 / total_us if total_us else None
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]['ms'])) or None
 
 
 def profile_phases(policy, sampler, cond, group_size: int, rollout=None) -> dict:
@@ -1255,6 +1288,9 @@ def table(res: dict) -> str:
         for name, row in (pr.get('by_rows') or {}).items():
             rows.append((f'  {name} x{row["calls"]} ({100 * row["share"]:.0f}%, '
                          f'{row["gflop"]:.1f} GFLOP)', row['gflops'], None, 'GFLOP/s'))
+        for name, row in list((pr.get('by_conv_shape') or {}).items())[:6]:
+            rows.append((f'  conv {name} x{row["calls"]} ({100 * row["share"]:.0f}%)',
+                         row['gflops'], None, 'GFLOP/s'))
     gs = res.get('group_sizes')
     if gs:
         fit = gs['fit']

@@ -79,8 +79,8 @@ def cached_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] 
 
     ``F.scaled_dot_product_attention`` (after repeating grouped keys and values), except for a
     grad-free CPU call with ``S = 1``, no causal flag and no dropout (a decode step) of a model
-    at least :data:`MIN_DECODE_ATTENTION_WIDTH` wide, which runs as two batched products over the keys and values in place (module doc); the two
-    agree up to float summation order.
+    at least :data:`MIN_DECODE_ATTENTION_WIDTH` wide, which runs as two batched products over
+    the keys and values in place (module doc); the two agree up to float summation order.
     """
     b, h, s, d = q.shape
     groups = h // k.shape[1]

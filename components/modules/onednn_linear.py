@@ -21,9 +21,9 @@ autograd it calls ``F.linear`` (the grad-free decode has its own path,
 :class:`OneDnnLinear` in place (a class change: no copy, no new parameters), leaving layers
 with fewer than :data:`MIN_WEIGHT_ELEMENTS` weight elements on ``F.linear`` so that small models
 (the Shapes benchmark's) compute exactly as before. The families' policies call it on
-their trainable model when built (their ``onednn_linears`` option): on by default for LlamaGen,
-whose GPT-B update it sped up 1.10x, off for VAR and MAR, where it did not pay (0.97-0.98x; the
-GPT-B layers have no biases, the VAR and MAR ones do), and for the unmeasured VQGAN and Janus.
+their trainable model when built (their ``onednn_linears`` option): on by default for LlamaGen and
+MAR, whose GPT-B and MAR-B updates it sped up 1.10x and 1.09x, off for VAR, where it did not pay
+(0.97x on VAR-d16), and for the unmeasured VQGAN and Janus.
 """
 from __future__ import annotations
 

@@ -67,9 +67,9 @@ class VQGANTransformerPolicy(Policy):
         onednn_linears: run the training forward and backward of the transformer's large
             ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
             :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). Off by default: not
-            measured on this transformer, whose layers have biases like VAR's, where it did not pay;
-            ``tools/benchmark.py --linear-kernels-ab`` measures it. Grad-free forwards are
-            unaffected.
+            measured on this transformer (it paid on GPT-B and MAR-B, not on VAR-d16; README,
+            "Performance"); ``tools/benchmark.py --linear-kernels-ab`` measures it. Grad-free
+            forwards are unaffected.
 
     Attributes:
         file_sources: official release folder -> where it is published.
