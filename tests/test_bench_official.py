@@ -178,31 +178,6 @@ def test_plain_too_times_the_unpacked_sampler_beside_the_packed_one(tmp_path, ca
     assert res['vargo_packed_weights'] is True
 
 
-def test_sdpa_too_times_the_sdpa_decode_attention_beside_the_products(tmp_path, capsys,
-                                                                      keep_threads,
-                                                                      monkeypatch):
-    from vargo.components.modules import kv_cache
-    floors = []
-    real = kv_cache.cached_attention
-
-    def spy(q, *a, **kw):
-        floors.append(kv_cache.MIN_DECODE_ATTENTION_WIDTH)
-        return real(q, *a, **kw)
-    monkeypatch.setattr('vargo.components.policies.llamagen.model.cached_attention', spy)
-    root = _checkout(tmp_path / 'LlamaGen')
-    out = tmp_path / 'res.json'
-    assert _tool().main(['--family', 'llamagen', '--official', str(root), *TINY,
-                         '--rounds', '2', '--sdpa-too', '--out', str(out)]) == 0
-    res = json.loads(out.read_text())
-    sdpa, vargo = res['vargo_sdpa']['time_s']['values'], res['vargo']['time_s']['values']
-    assert res['ratio_sdpa_over_products']['values'] == pytest.approx(
-        [p / v for p, v in zip(sdpa, vargo)])
-    assert len(res['agreement']['checks']) == 6
-    assert 'SDPA / two products' in capsys.readouterr().out
-    # the SDPA side raised the width floor during its runs only
-    assert set(floors) == {512, 1 << 62} and kv_cache.MIN_DECODE_ATTENTION_WIDTH == 512
-
-
 def test_disagreeing_outputs_refuse_to_report_a_ratio(tmp_path, capsys, keep_threads):
     tool = _tool()
     good, bad = _checkout(tmp_path / 'good'), _checkout(tmp_path / 'bad', shift=1)
@@ -238,7 +213,6 @@ def test_a_directory_that_is_not_a_checkout_is_one_line(tmp_path, capsys, family
     (['--decode'], '--decode is a VAR option'),
     (['--decoder', '--plain-too'], '--plain-too is a sampling option'),
     (['--decoder', '--top-k', '5'], '--top-k is a sampling option'),
-    (['--sdpa-too', '--decoder'], '--sdpa-too compares the decode attention'),
     (['--vae', '{}'], '--vae sets the tokenizer of --decoder'),
 ])
 def test_bad_settings_are_one_line(tmp_path, capsys, extra, message):

@@ -2,7 +2,6 @@
 
     python tools/bench_official.py --family llamagen --official DIR [--arch GPT-B] [--batch 8]
                                    [--cfg 4] [--steps 256] [--rounds 3] [--threads 1] [--out F]
-                                   [--plain-too] [--sdpa-too]
     python tools/bench_official.py --family var --official DIR --arch d16 --batch 2 [--cfg 2.5]
     python tools/bench_official.py --family mar --official DIR --arch MAR-B --batch 2
                                    [--steps 64] [--head-steps 100] [--cfg 2.9]
@@ -44,12 +43,6 @@ What runs:
    included, / the GEMM peak); with batch 8 and CFG a step does 8 FLOP per weight byte, so on a
    CPU the compute floor is usually the higher one. Both are printed next to both sides' ms
    per step.
-7. extra vargo sides, interleaved with the two and checked against the official outputs like
-   vargo's: ``--plain-too`` runs vargo's sampler with ``packed_weights=False`` (plain
-   ``F.linear``) beside the packed default; ``--sdpa-too`` (LlamaGen) runs it with every decode
-   step's attention on ``F.scaled_dot_product_attention`` beside the two products of
-   :func:`~vargo.components.modules.kv_cache.cached_attention`; each adds its ratio to vargo's
-   default (plain / packed, SDPA / two products).
 
 Shims (only what the official code needs on a CPU-only machine, applied while it runs):
 ``torch.Tensor.cuda`` returns the tensor itself when CUDA is absent (MAR calls ``.cuda()``);
@@ -175,10 +168,6 @@ def parse_args(argv=None):
                    help='run vargo with packed_weights=True and also time it with '
                         'packed_weights=False (plain F.linear) as a third interleaved side '
                         '(without it vargo runs with its sampler\'s default)')
-    p.add_argument('--sdpa-too', action='store_true',
-                   help='LlamaGen: also time vargo with every decode step\'s attention on '
-                        'F.scaled_dot_product_attention (instead of the two products of '
-                        'cached_attention) as another interleaved side')
     p.add_argument('--gemm-size', type=positive_int, default=2048)
     p.add_argument('--bandwidth-mb', type=positive_int, default=512)
     p.add_argument('--out', default='bench_official.json', help='JSON file of all numbers')
@@ -195,9 +184,6 @@ def parse_args(argv=None):
             p.error(f'{bad[0]} is a sampling option; --decoder times the image decoders only')
     elif args.vae is not None:
         p.error('--vae sets the tokenizer of --decoder; add --decoder or drop --vae')
-    if args.sdpa_too and (fam != 'llamagen' or args.decoder):
-        p.error('--sdpa-too compares the decode attention of the LlamaGen sampler; use it with '
-                '--family llamagen and without --decoder')
     if not 0 < args.top_p <= 1:
         p.error(f'--top-p={args.top_p} must be in (0, 1] (1 = off)')
     if not args.temperature > 0:
@@ -435,18 +421,7 @@ def build_llamagen(args, root: str) -> dict:
         _seed(args.seed)
         return plain.rollout(policy, cond, group_size=1, rng=None).actions
 
-    def run_sdpa():
-        from vargo.components.modules import kv_cache
-        floor = kv_cache.MIN_DECODE_ATTENTION_WIDTH
-        kv_cache.MIN_DECODE_ATTENTION_WIDTH = 1 << 62          # SDPA for every step
-        try:
-            return run_vargo()
-        finally:
-            kv_cache.MIN_DECODE_ATTENTION_WIDTH = floor
-
     extra = [Side('vargo_plain', run_plain, _count(policy.gpt))] if args.plain_too else []
-    if args.sdpa_too:
-        extra.append(Side('vargo_sdpa', run_sdpa, _count(policy.gpt)))
     return dict(official=Side('official', run_official, _count(official)),
                 vargo=Side('vargo', run_vargo, _count(policy.gpt)), extra=extra,
                 packed_weights=sampler._packs.enabled,
@@ -866,9 +841,6 @@ def run(args) -> dict:
     if 'vargo_plain' in timing['times']:
         res['ratio_plain_over_packed'] = bench.stats(
             [p / v for p, v in zip(timing['times']['vargo_plain'], timing['times']['vargo'])])
-    if 'vargo_sdpa' in timing['times']:
-        res['ratio_sdpa_over_products'] = bench.stats(
-            [p / v for p, v in zip(timing['times']['vargo_sdpa'], timing['times']['vargo'])])
     if built['raster']:
         wb = bench.weight_bytes(built['policy'])
         read = machine['bandwidth']['read_gbps']
@@ -923,11 +895,6 @@ def table(res: dict) -> str:
         lines.append(f'| ms per {unit}, vargo with plain F.linear (packed_weights=False) | | '
                      f'{_rng(pl["ms_per_step"])} | plain / packed: '
                      f'{_rng(res["ratio_plain_over_packed"])} |')
-    if 'vargo_sdpa' in res:
-        sd = res['vargo_sdpa']
-        lines.append(f'| ms per {unit}, vargo with SDPA decode attention | | '
-                     f'{_rng(sd["ms_per_step"])} | SDPA / two products: '
-                     f'{_rng(res["ratio_sdpa_over_products"])} |')
     if 'weight_read_floor_ms_per_step' in res:
         fl = res['weight_read_floor_ms_per_step']
         lines.append(f'| weight-read floor, ms per {unit} ({res["weight_bytes"] / 1e6:.0f} MB '

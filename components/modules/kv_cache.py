@@ -4,29 +4,15 @@ One tensor ``kv [num_layers, 2, B, H, max_len, head_dim]`` allocated once per ba
 written in place (no ``torch.cat`` per step); attention reads the *slice* of filled positions
 (:func:`write_and_read`), so no mask over the whole cache is needed. An optional key mask hides
 padding keys (a left-padded caption).
-
-:func:`cached_attention` is the attention over such a cache: ``F.scaled_dot_product_attention``
-except for one grad-free query per row on a CPU (a raster decode step), where it computes
-``softmax(q k^T / sqrt(D)) v`` as two batched products. PyTorch's CPU SDPA kernel (blocked,
-online softmax) ran that shape at a third to a half of the speed of reading the keys and values
-once (a decode step of GPT-B reads up to 50 MB of them per layer); the two products stream them
-once each. Grouped-query caches are read in place (no repeated copy of the keys and values).
-Models narrower than :data:`MIN_DECODE_ATTENTION_WIDTH` (query heads x head size) keep SDPA:
-their steps take microseconds either way, and the Shapes benchmark's models (width 128) so
-sample exactly the tokens of their recorded runs.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['MIN_DECODE_ATTENTION_WIDTH', 'StaticKVCache', 'cached_attention', 'write_and_read']
-
-#: query heads x head size below which decode steps keep SDPA (module doc)
-MIN_DECODE_ATTENTION_WIDTH = 512
+__all__ = ['StaticKVCache', 'write_and_read']
 
 
 class StaticKVCache:
@@ -69,32 +55,3 @@ def write_and_read(kv: Tensor, k: Tensor, v: Tensor, start: int) -> tuple[Tensor
     kv[0, :, :, start:end] = k
     kv[1, :, :, start:end] = v
     return kv[0, :, :, :end], kv[1, :, :, :end]
-
-
-def cached_attention(q: Tensor, k: Tensor, v: Tensor, *, mask: Optional[Tensor] = None,
-                     is_causal: bool = False, dropout_p: float = 0.0) -> Tensor:
-    """``softmax(q k^T / sqrt(D) + mask) v``: ``q [B, H, S, D]`` over ``k, v [B, Hkv, L, D]``
-    (``H`` a multiple of ``Hkv``: query head ``h`` reads key/value head ``h // (H / Hkv)``);
-    ``mask`` bool, broadcastable to ``[B, H, S, L]``, True = attend.
-
-    ``F.scaled_dot_product_attention`` (after repeating grouped keys and values), except for a
-    grad-free CPU call with ``S = 1``, no causal flag and no dropout (a decode step) of a model
-    at least :data:`MIN_DECODE_ATTENTION_WIDTH` wide, which runs as two batched products over
-    the keys and values in place (module doc); the two agree up to float summation order.
-    """
-    b, h, s, d = q.shape
-    groups = h // k.shape[1]
-    if s != 1 or is_causal or dropout_p or q.device.type != 'cpu' or torch.is_grad_enabled() \
-            or h * d < MIN_DECODE_ATTENTION_WIDTH:
-        if groups != 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                              dropout_p=dropout_p)
-    qg = q.reshape(b, k.shape[1], groups, d)                       # one row per query head
-    scores = torch.matmul(qg, k.transpose(-1, -2)).mul_(d ** -0.5)  # [B, Hkv, groups, L]
-    if mask is not None:
-        scores = scores.view(b, h, 1, -1).masked_fill_(~mask, float('-inf'))
-        scores = scores.view(b, k.shape[1], groups, -1)
-    out = torch.matmul(torch.softmax(scores, dim=-1), v)          # [B, Hkv, groups, D]
-    return out.view(b, h, 1, d)

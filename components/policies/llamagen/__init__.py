@@ -56,9 +56,7 @@ Deviations (none changes a number under the official settings beyond float round
   official integer ``--cfg-interval k`` (guide tokens 0..k+1) is ``(0, (k + 2) / T)``;
 * dropouts default to 0 (official pretraining: 0.1 token/residual/FFN dropout; RL needs the
   teacher-forced log-prob to equal the sampler's) and drop-path is not implemented;
-* attention uses ``F.scaled_dot_product_attention`` and KV caches are sliced, not masked; a
-  grad-free one-query decode step on a CPU computes the same attention as two batched products
-  (:func:`~vargo.components.modules.kv_cache.cached_attention`; models at least 512 wide);
+* attention uses ``F.scaled_dot_product_attention`` and KV caches are sliced, not masked;
 * on a CPU the large linear layers train through oneDNN
   (``onednn_linears``, :mod:`~vargo.components.modules.onednn_linear`) and decode through
   packed copies of their weights (``ARSampler(packed_weights=True)``).

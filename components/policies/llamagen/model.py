@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...modules.kv_cache import StaticKVCache, cached_attention, write_and_read
+from ...modules.kv_cache import StaticKVCache, write_and_read
 
 __all__ = ['GPT_ARCHS', 'GPTConfig', 'LlamaGenGPT', 'find_multiple', 'rope_2d_tables',
            'apply_rope']
@@ -268,7 +268,10 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)   # [B, H, S, D]
         if kv is not None:
             k, v = write_and_read(kv, k, v, start)
-        out = cached_attention(q, k, v, mask=mask, is_causal=is_causal)
+        if self.n_kv != self.n_head:
+            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         return self.resid_dropout(self.wo(out.transpose(1, 2).reshape(b, s, self.dim)))
 
 

@@ -60,9 +60,7 @@ Faithful details:
 Deviations (none changes a number under the official settings beyond float rounding):
 
 * attention uses ``F.scaled_dot_product_attention`` (the official explicit softmax(q k^T /
-  sqrt(d)) v), except a grad-free one-query decode step on a CPU of a model at least 512 wide,
-  which computes it as two batched products
-  (:func:`~vargo.components.modules.kv_cache.cached_attention`);
+  sqrt(d)) v);
 * ``top_p=1`` is off here; the official filter also runs at ``p = 1.0`` and then drops the tail
   tokens after the fp32 cumulative sum rounds above 1 (measured on random logits over 16384
   codes: with top-k 250 / 600, 1 row in 3072 lost 5 tokens of total mass 1.5e-7; without top-k,

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...modules.kv_cache import StaticKVCache, cached_attention, write_and_read
+from ...modules.kv_cache import StaticKVCache, write_and_read
 
 __all__ = ['MINGPT_ARCHS', 'MinGPTConfig', 'MinGPT', 'derived_mask_keys']
 
@@ -121,8 +122,8 @@ class CausalSelfAttention(nn.Module):
         else:                                   # S queries after `start` cached positions
             causal = False
             mask = torch.ones(s, k.shape[2], dtype=torch.bool, device=x.device).tril_(start)
-        y = cached_attention(q, k, v, mask=mask, is_causal=causal,
-                             dropout_p=self.attn_pdrop if self.training else 0.0)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.attn_pdrop if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, s, self.n_embd)))
 
 
