@@ -37,3 +37,27 @@ def test_the_decoder_sees_a_channels_last_input_and_other_inputs_pass_through():
     assert seen == [True] and y.is_contiguous() and torch.equal(y, x * 2)
     flat = torch.randn(2, 3)
     assert torch.equal(decode_channels_last(decoder, flat), flat * 2) and seen[-1] is False
+
+
+def test_decode_chunk_size_keeps_to_the_pixel_budget():
+    from vargo.components.modules.conv_layout import (DECODE_PIXELS_PER_CHUNK, MAX_DECODE_CHUNK,
+                                                      decode_chunk_size)
+    assert DECODE_PIXELS_PER_CHUNK == 2 * 256 * 256 and MAX_DECODE_CHUNK == 16
+    assert [decode_chunk_size(s) for s in (256, 384, 512, 181, 64, 32)] == [2, 1, 1, 4, 16, 16]
+
+
+def test_policies_decode_the_same_images_in_any_chunks():
+    """The default chunking (a pixel budget) against one image at a time and all at once: equal
+    up to the convolutions' summation order."""
+    from test_llamagen import conditions, make_policy
+    from vargo.components.samplers import ARSampler
+    from vargo.core.rng import BatchRNG
+    policy = make_policy()
+    sampler = ARSampler(cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, logprob_cfg='none',
+                        decode_images=False)
+    with torch.no_grad():
+        rollout = sampler.rollout(policy, conditions('c2i'), group_size=3, rng=BatchRNG(2, 0, 6))
+        default = policy.decode(rollout)
+        for chunk in (1, 4, 6):
+            torch.testing.assert_close(policy.decode(rollout, chunk=chunk), default,
+                                       rtol=0, atol=1e-5)

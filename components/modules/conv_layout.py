@@ -9,6 +9,15 @@ jobs). Converting the decoder weights to channels-last as well gave VQ-16 1.2x i
 it is not done, because it would change the layout of tensors that tools save. Outputs differ
 from the NCHW ones by float summation order only (max |diff| 5e-5 on [-1, 1] images).
 ``torch.inference_mode`` instead of ``no_grad`` gained nothing measurable there.
+
+:func:`decode_chunk_size` sets how many images a policy decodes at once: at most
+:data:`DECODE_PIXELS_PER_CHUNK` output pixels (two 256 px images). A 256 px decoder's
+activations are hundreds of MB per image at full resolution; decoding 8 at once, the VQ-16
+decoder's convolutions ran at 78% of the GEMM peak (3.4 s per image), 2 at once at 101%
+(2.4 s per image), in two operator profiles of the same command on the same quiet machine
+(README, "Operator profiles"). Small images go :data:`MAX_DECODE_CHUNK` at a time, as before
+this rule, so the Shapes benchmark's decodes keep their bits. The chunk size can change the
+convolutions' summation order (oneDNN picks kernels by batch size), not more.
 """
 from __future__ import annotations
 
@@ -17,7 +26,19 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-__all__ = ['decode_channels_last']
+__all__ = ['DECODE_PIXELS_PER_CHUNK', 'MAX_DECODE_CHUNK', 'decode_channels_last',
+           'decode_chunk_size']
+
+#: output pixels a policy decodes at once by default (module doc)
+DECODE_PIXELS_PER_CHUNK = 2 * 256 * 256
+#: and at most this many images
+MAX_DECODE_CHUNK = 16
+
+
+def decode_chunk_size(image_size: int) -> int:
+    """Images of side ``image_size`` decoded at once: ``DECODE_PIXELS_PER_CHUNK //
+    image_size^2`` within ``[1, MAX_DECODE_CHUNK]`` (2 at 256 px, 1 at 384 px, 16 at 64 px)."""
+    return max(1, min(MAX_DECODE_CHUNK, DECODE_PIXELS_PER_CHUNK // (int(image_size) ** 2)))
 
 
 def decode_channels_last(decoder: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

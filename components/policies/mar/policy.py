@@ -41,6 +41,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.conv_layout import decode_chunk_size
 from ...modules.onednn_linear import onednn_linears_option
 from ...modules.diffusion import (DiffusionSchedule, FlowSDESchedule,
                                   discretized_gaussian_loglik, gaussian_transition_logp)
@@ -281,14 +282,16 @@ class MARPolicy(Policy):
         return self.patchify(self.vae.encode_latents(images.to(self.device), sample=sample))
 
     @torch.no_grad()
-    def decode_tokens(self, tokens: Tensor, *, chunk: int = 16) -> Tensor:
-        """Images ``[B, 3, H, W]`` in [0, 1] of tokens ``[B, N, D]``."""
+    def decode_tokens(self, tokens: Tensor, *, chunk: Optional[int] = None) -> Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] of tokens ``[B, N, D]``, ``chunk`` at a time
+        (default :func:`~vargo.components.modules.conv_layout.decode_chunk_size`)."""
         lat = self.unpatchify(tokens.to(self.device))
+        chunk = chunk or decode_chunk_size(self.image_size)
         return torch.cat([self.vae.decode_latents(lat[i:i + chunk])
                           for i in range(0, lat.shape[0], chunk)], dim=0)
 
     @torch.no_grad()
-    def decode(self, rollout: Rollout, *, chunk: int = 16) -> Tensor:
+    def decode(self, rollout: Rollout, *, chunk: Optional[int] = None) -> Tensor:
         """``[B, 3, H, W]`` images in [0, 1] of the rollout's final tokens."""
         return self.decode_tokens(rollout.extras.tokens, chunk=chunk)
 

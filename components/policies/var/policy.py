@@ -17,7 +17,7 @@ from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, 
 
 from ...modules.onednn_linear import onednn_linears_option
 from ...modules.categorical import categorical_logp_entropy, var_truncation_keep_mask
-from ...modules.conv_layout import decode_channels_last
+from ...modules.conv_layout import decode_channels_last, decode_chunk_size
 from ...tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, build_msvq
 from ..frozen import exclude_frozen_submodules
 from .decoding import VARNextScaleDecoding
@@ -278,8 +278,10 @@ class VARPolicy(VARNextScaleDecoding, Policy):
         return copies * body + 2 * l * c * cfg.vocab_size
 
     @torch.no_grad()
-    def decode(self, rollout: Rollout, *, chunk: int = 16) -> Tensor:
-        """``[B, 3, H, W]`` images in [0, 1] of the rollout's tokens (``chunk`` at a time)."""
+    def decode(self, rollout: Rollout, *, chunk: Optional[int] = None) -> Tensor:
+        """``[B, 3, H, W]`` images in [0, 1] of the rollout's tokens (``chunk`` at a time; default
+        :func:`~vargo.components.modules.conv_layout.decode_chunk_size`)."""
+        chunk = chunk or decode_chunk_size(self.image_size)
         tokens = rollout.actions.to(self.device)
         return torch.cat([self.vae.decode(tokens[i:i + chunk])
                           for i in range(0, tokens.shape[0], chunk)], dim=0)
