@@ -2,8 +2,8 @@
 
 The update (a teacher-forced forward and its backward) spends most of its time in the linear
 layers' matrix products. Through ``F.linear``'s autograd PyTorch runs them as ``aten::mm`` /
-``addmm`` (MKL's SGEMM on x86), which on this project's AMD machines reached 57-71% of the
-GEMM peak in the update profiles; oneDNN's inner product on the same shapes runs closer to it
+``addmm`` (MKL's SGEMM on x86), which on this project's AMD machines reached 48-64% of the
+GEMM peak in the update profiles; with this module GPT-B's update products ran at 78-89%
 (README, "Performance"). :class:`OneDnnLinear` is an ``nn.Linear`` (same parameters, state-dict
 keys, initialisation and ``repr`` fields) whose forward, with autograd on, is
 :class:`OneDnnLinearFunction`:
