@@ -110,18 +110,23 @@ def _saved(model):
 
 
 def test_swapped_layers_are_still_packed_for_decoding():
-    from vargo.components.modules import packed_linear
     model = net()
     use_onednn_linears(model, min_weight_elements=0)
     packs = PackedLinears(min_weight_elements=0)
     with torch.no_grad():
         assert packs.refresh([model], rows=4) == 2
-    assert packed_linear.MIN_WEIGHT_ELEMENTS > 0
 
 
-def test_the_functional_form_falls_back_outside_training():
-    x, w, b = torch.randn(3, 7), torch.randn(5, 7), torch.randn(5)
+def test_the_functional_form_uses_the_kernel_only_when_a_gradient_is_recorded(monkeypatch):
+    calls = []
+    kernel = odl._inner_product
+    monkeypatch.setattr(odl, '_inner_product', lambda *a: calls.append(1) or kernel(*a))
+    x, w, b = torch.randn(2, 3, 7), torch.randn(5, 7), torch.randn(5)
     assert torch.equal(onednn_linear(x, w, b), F.linear(x, w, b))      # nothing requires grad
+    assert calls == []
+    y = onednn_linear(x, w.requires_grad_(True), b)
+    assert calls == [1] and y.shape == (2, 3, 5) and y.requires_grad
+    torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-6)
 
 
 def test_policies_apply_the_option_and_check_it(monkeypatch):

@@ -106,7 +106,8 @@ with ``torch.set_num_threads(--threads)``:
     total first; the table prints the six largest), which locates a decoder's slow layers.
 11. training linear kernels (``--linear-kernels-ab ROUNDS``): item 4's update step with the
     policy's :class:`~vargo.components.modules.onednn_linear.OneDnnLinear` layers (the
-    policies' ``onednn_linears`` option, on by default) against the same layers as plain
+    policies' ``onednn_linears`` option: on by default for LlamaGen and MAR, else set
+    ``policy.onednn_linears=True``) against the same layers as plain
     ``nn.Linear`` (``F.linear``: MKL's ``mm`` / ``addmm`` on x86 CPUs), on the same weights and
     rollout, interleaved for ROUNDS rounds after one warm-up of each (the order alternates by
     round). Reported: seconds of each (median, range), the ratio plain / oneDNN per round

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['DECODE_PIXELS_PER_CHUNK', 'MAX_DECODE_CHUNK', 'decode_channels_last',
-           'decode_chunk_size']
+           'decode_chunk_size', 'decode_in_chunks']
 
 #: output pixels a policy decodes at once by default (module doc)
 DECODE_PIXELS_PER_CHUNK = 2 * 256 * 256
@@ -39,6 +39,11 @@ def decode_chunk_size(image_size: int) -> int:
     """Images of side ``image_size`` decoded at once: ``DECODE_PIXELS_PER_CHUNK //
     image_size^2`` within ``[1, MAX_DECODE_CHUNK]`` (2 at 256 px, 1 at 384 px, 16 at 64 px)."""
     return max(1, min(MAX_DECODE_CHUNK, DECODE_PIXELS_PER_CHUNK // (int(image_size) ** 2)))
+
+
+def decode_in_chunks(decode: Callable[[Tensor], Tensor], x: Tensor, chunk: int) -> Tensor:
+    """``decode`` applied to ``chunk`` rows of ``x`` at a time, the images concatenated."""
+    return torch.cat([decode(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)], dim=0)
 
 
 def decode_channels_last(decoder: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .onednn_linear import OneDnnLinear
+from .onednn_linear import OneDnnLinear, onednn_linear_supported
 
 __all__ = ['MIN_WEIGHT_ELEMENTS', 'PackedLinears', 'packed_linear', 'packed_linear_supported']
 
@@ -43,14 +43,9 @@ MIN_WEIGHT_ELEMENTS = 1 << 18
 
 
 def packed_linear_supported() -> bool:
-    """Whether this torch build has oneDNN's reordered-weight linear on the CPU."""
-    if not torch.backends.mkldnn.is_available():
-        return False
-    ops = torch.ops.mkldnn
-    try:
-        return hasattr(ops, '_reorder_linear_weight') and hasattr(ops, '_linear_pointwise')
-    except RuntimeError:            # an op namespace that fails to resolve
-        return False
+    """Whether this torch build has oneDNN's reordered-weight linear on the CPU: its linear
+    (:func:`~vargo.components.modules.onednn_linear.onednn_linear_supported`) and the reorder."""
+    return onednn_linear_supported() and hasattr(torch.ops.mkldnn, '_reorder_linear_weight')
 
 
 class _Pack:

@@ -14,6 +14,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
+from ...modules.conv_layout import decode_in_chunks
 from ...modules.onednn_linear import onednn_linears_option
 from ...modules.raster import register_raster_action_axis
 from ...modules.categorical import logp_entropy_under_spec
@@ -337,7 +338,7 @@ class JanusPolicy(Policy):
         ``clamp((x + 1) / 2, 0, 1)`` (``generation_inference.py``), ``chunk`` at a time."""
         tokens = rollout.actions.to(self.device)
         vq = self.image_tokenizer
-        return torch.cat([vq.decode(tokens[i:i + chunk]) for i in range(0, tokens.shape[0], chunk)])
+        return decode_in_chunks(vq.decode, tokens, chunk)
 
     def embed_actions(self, rollout: Rollout) -> Tensor:
         """``[B, T, 8]`` L2-normalised VQ codebook vectors of the sampled tokens (STAGE's

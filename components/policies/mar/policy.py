@@ -41,7 +41,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
-from ...modules.conv_layout import decode_chunk_size
+from ...modules.conv_layout import decode_chunk_size, decode_in_chunks
 from ...modules.onednn_linear import onednn_linears_option
 from ...modules.diffusion import (DiffusionSchedule, FlowSDESchedule,
                                   discretized_gaussian_loglik, gaussian_transition_logp)
@@ -285,10 +285,8 @@ class MARPolicy(Policy):
     def decode_tokens(self, tokens: Tensor, *, chunk: Optional[int] = None) -> Tensor:
         """Images ``[B, 3, H, W]`` in [0, 1] of tokens ``[B, N, D]``, ``chunk`` at a time
         (default :func:`~vargo.components.modules.conv_layout.decode_chunk_size`)."""
-        lat = self.unpatchify(tokens.to(self.device))
-        chunk = chunk or decode_chunk_size(self.image_size)
-        return torch.cat([self.vae.decode_latents(lat[i:i + chunk])
-                          for i in range(0, lat.shape[0], chunk)], dim=0)
+        return decode_in_chunks(self.vae.decode_latents, self.unpatchify(tokens.to(self.device)),
+                                chunk or decode_chunk_size(self.image_size))
 
     @torch.no_grad()
     def decode(self, rollout: Rollout, *, chunk: Optional[int] = None) -> Tensor:

@@ -17,7 +17,8 @@ from vargo.core.types import Conditions, FamilyExtras, LogprobSpec, PolicyEval, 
 
 from ...modules.onednn_linear import onednn_linears_option
 from ...modules.categorical import categorical_logp_entropy, var_truncation_keep_mask
-from ...modules.conv_layout import decode_channels_last, decode_chunk_size
+from ...modules.conv_layout import (decode_channels_last, decode_chunk_size,
+                                    decode_in_chunks)
 from ...tokenizers.msvq import PATCH_NUMS_256, PATCH_NUMS_512, MultiScaleVQVAE, build_msvq
 from ..frozen import exclude_frozen_submodules
 from .decoding import VARNextScaleDecoding
@@ -281,10 +282,8 @@ class VARPolicy(VARNextScaleDecoding, Policy):
     def decode(self, rollout: Rollout, *, chunk: Optional[int] = None) -> Tensor:
         """``[B, 3, H, W]`` images in [0, 1] of the rollout's tokens (``chunk`` at a time; default
         :func:`~vargo.components.modules.conv_layout.decode_chunk_size`)."""
-        chunk = chunk or decode_chunk_size(self.image_size)
-        tokens = rollout.actions.to(self.device)
-        return torch.cat([self.vae.decode(tokens[i:i + chunk])
-                          for i in range(0, tokens.shape[0], chunk)], dim=0)
+        return decode_in_chunks(self.vae.decode, rollout.actions.to(self.device),
+                                chunk or decode_chunk_size(self.image_size))
 
     def decode_with_step_inputs(self, rollout: Rollout) -> tuple[Tensor, list[Tensor]]:
         """Decode differentiably from each scale's code vectors (for MP's saliency source,

@@ -14,7 +14,7 @@ from vargo.core.interfaces import Policy
 from vargo.core.registry import POLICIES
 from vargo.core.types import Conditions, LogprobSpec, PolicyEval, Rollout
 
-from ...modules.conv_layout import decode_chunk_size
+from ...modules.conv_layout import decode_chunk_size, decode_in_chunks
 from ...modules.onednn_linear import onednn_linears_option
 from ...modules.raster import register_raster_action_axis
 from ...modules.categorical import logp_entropy_under_spec
@@ -235,10 +235,8 @@ class VQGANTransformerPolicy(Policy):
         """``[B, 3, H, W]`` images in [0, 1] of the rollout's tokens (VQGAN decoder, ``chunk``
         images at a time; default
         :func:`~vargo.components.modules.conv_layout.decode_chunk_size`)."""
-        chunk = chunk or decode_chunk_size(self.image_size)
-        tokens = rollout.actions.to(self.device)
-        return torch.cat([self.vq.decode(tokens[i:i + chunk])
-                          for i in range(0, tokens.shape[0], chunk)], dim=0)
+        return decode_in_chunks(self.vq.decode, rollout.actions.to(self.device),
+                                chunk or decode_chunk_size(self.image_size))
 
     def embed_actions(self, rollout: Rollout) -> Tensor:
         """``[B, T, embed_dim]`` L2-normalised VQGAN code vectors of the sampled tokens (STAGE's
