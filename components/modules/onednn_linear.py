@@ -73,9 +73,9 @@ class OneDnnLinearFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
-            gx = _inner_product(grad_out, weight.t().contiguous(), None)
+            gx = _inner_product(grad_out, weight.t(), None)
         if ctx.needs_input_grad[1]:
-            gw = torch.mm(grad_out.t(), x)
+            gw = _inner_product(grad_out.t(), x.t(), None)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             gb = grad_out.sum(0)
         return gx, gw, gb

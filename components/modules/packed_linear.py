@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .onednn_linear import OneDnnLinear, onednn_linear_supported
+from .onednn_linear import OneDnnLinear, onednn_linear, onednn_linear_supported
 
 __all__ = ['MIN_WEIGHT_ELEMENTS', 'PackedLinears', 'packed_linear', 'packed_linear_supported']
 
@@ -86,9 +86,11 @@ def linear_with_bias(module: nn.Linear, x: Tensor, bias: Optional[Tensor]) -> Te
     :meth:`PackedLinears.active` routes ``module`` (same rules as its forward: fresh weight,
     no autograd, fp32), else through ``F.linear``."""
     pack = _routed_pack(module, x)
-    if pack is None:
-        return F.linear(x, module.weight, bias)
-    return packed_linear(x, pack.packed, bias)
+    if pack is not None:
+        return packed_linear(x, pack.packed, bias)
+    if isinstance(module, OneDnnLinear):
+        return onednn_linear(x, module.weight, bias)
+    return F.linear(x, module.weight, bias)
 
 
 def linear_gelu_tanh(module: nn.Linear, x: Tensor) -> Tensor:
