@@ -578,7 +578,8 @@ def test_linear_kernels_ab_times_both_kernels_on_the_same_update(tmp_path, keep_
     assert len(lk['plain_s']['values']) == len(lk['onednn_s']['values']) == 2
     r = lk['ratio_plain_over_onednn']
     assert r['min'] <= r['median'] <= r['max']
-    assert 0 <= lk['max_relative_grad_difference'] < 1e-4
+    assert 0 <= lk['grad_difference_relative_to_largest'] < 1e-4
+    assert lk['nonfinite_grad_elements'] == 0 and lk['max_relative_grad_tensor']
     assert 'ratio F.linear / oneDNN' in capsys.readouterr().out
     out = tmp_path / 'off.json'
     argv = [TINY_CFG, '--batch', '4', '--repeat', '1', '--threads', '1', '--gemm-size', '64',
@@ -587,6 +588,24 @@ def test_linear_kernels_ab_times_both_kernels_on_the_same_update(tmp_path, keep_
             'policy.arch.dim=64', 'policy.arch.n_layer=1', 'policy.onednn_linears=False']
     assert _load_tool().main(argv) == 2
     assert 'no oneDNN training linears' in capsys.readouterr().err and not out.exists()
+
+
+def test_gradient_difference_counts_non_finite_elements_and_names_the_worst_tensor():
+    """A NaN in a gradient must not read as 'bit-identical' (``max(0.0, nan)`` is 0.0); the
+    per-tensor maximum names its tensor, and the difference is also given against the largest
+    gradient of all (a near-zero tensor's rounding noise does not dominate that one)."""
+    tool = _load_tool()
+    a = [torch.tensor([1.0, 2.0, float('nan'), float('inf')]), None, torch.tensor([8.0]),
+         torch.tensor([1e-9])]
+    b = [torch.tensor([1.0, 2.5, float('nan'), 3.0]), torch.ones(2), torch.tensor([8.0]),
+         torch.tensor([-1e-9])]
+    d = tool.gradient_difference(['w', 'unused', 'b', 'key_bias'], a, b)
+    assert d['nonfinite_grad_elements'] == 2
+    assert d['max_relative_grad_difference'] == pytest.approx(2.0)
+    assert d['max_relative_grad_tensor'] == 'key_bias'
+    assert d['grad_difference_relative_to_largest'] == pytest.approx(0.5 / 8)
+    same = tool.gradient_difference(['w'], [torch.ones(3)], [torch.ones(3)])
+    assert same['max_relative_grad_difference'] == 0 and same['nonfinite_grad_elements'] == 0
 
 
 def test_op_profile_groups_the_convolutions_by_shape():

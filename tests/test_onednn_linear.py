@@ -141,3 +141,44 @@ def test_policies_apply_the_option_and_check_it(monkeypatch):
     assert not any(type(m) is OneDnnLinear for m in on.vq.modules())   # frozen tokenizer untouched
     with pytest.raises(ValueError, match=r"LlamaGenPolicy onednn_linears='yes' must be True"):
         make_policy(onednn_linears='yes')
+
+
+def test_backward_reads_transposed_operands_in_place_for_non_square_layers():
+    """The backward hands oneDNN ``W^T``, ``dy^T`` and ``x^T`` as strided views: on a layer
+    whose in/out sizes and row count all differ, a wrongly oriented operand would fail the
+    shape check or the values; a 2-row call (VAR's adaptive-LayerNorm shape) too."""
+    torch.manual_seed(2)
+    for rows in (2, 37):
+        x = torch.randn(rows, 48, requires_grad=True)
+        w = torch.randn(80, 48, requires_grad=True)
+        b = torch.randn(80, requires_grad=True)
+        g = torch.randn(rows, 80)
+        ref = torch.autograd.grad(F.linear(x, w, b), (x, w, b), g)
+        got = torch.autograd.grad(onednn_linear(x, w, b), (x, w, b), g)
+        for r, o, name in zip(ref, got, ('x', 'weight', 'bias')):
+            torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5, msg=f'{name} at {rows} rows')
+
+
+def test_a_call_with_another_bias_takes_the_kernel_in_training(monkeypatch):
+    """VAR's query-key-value projection (``linear_with_bias``: the layer's weight, a bias built
+    per call) runs on oneDNN when its layer is a OneDnnLinear, with the bias's gradient."""
+    from vargo.components.modules.packed_linear import linear_with_bias
+    calls = []
+    kernel = odl._inner_product
+    monkeypatch.setattr(odl, '_inner_product', lambda *a: calls.append(1) or kernel(*a))
+    torch.manual_seed(3)
+    layer = nn.Linear(16, 24, bias=False)
+    bias = torch.randn(24, requires_grad=True)
+    x = torch.randn(2, 5, 16)
+    ref = torch.autograd.grad(F.linear(x, layer.weight, bias).square().sum(),
+                              (layer.weight, bias))
+    use_onednn_linears(layer, min_weight_elements=0)
+    y = linear_with_bias(layer, x, bias)
+    assert calls == [1]
+    got = torch.autograd.grad(y.square().sum(), (layer.weight, bias))
+    for r, o in zip(ref, got):
+        torch.testing.assert_close(o, r, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    with torch.no_grad():
+        linear_with_bias(layer, x, bias)
+    assert calls == []

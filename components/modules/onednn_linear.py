@@ -3,17 +3,21 @@
 The update (a teacher-forced forward and its backward) spends most of its time in the linear
 layers' matrix products. Through ``F.linear``'s autograd PyTorch runs them as ``aten::mm`` /
 ``addmm`` (MKL's SGEMM on x86), which on this project's AMD machines reached 48-64% of the
-GEMM peak in the update profiles; with this module GPT-B's update products ran at 78-89%
-(README, "Performance"). :class:`OneDnnLinear` is an ``nn.Linear`` (same parameters, state-dict
-keys, initialisation and ``repr`` fields) whose forward, with autograd on, is
-:class:`OneDnnLinearFunction`:
+GEMM peak in the update profiles; oneDNN's inner product, which picks the CPU's widest vector
+kernels, runs the same shapes near the peak (README, "Performance"). :class:`OneDnnLinear` is an
+``nn.Linear`` (same parameters, state-dict keys, initialisation and ``repr`` fields) whose
+forward, with autograd on, is :class:`OneDnnLinearFunction`, three inner products
+``A B^T`` of oneDNN:
 
-* forward ``y = x W^T + b`` by oneDNN's inner product,
-* grad-input ``dx = dy W`` by oneDNN's inner product on ``W^T`` (made contiguous per backward),
-* grad-weight ``dW = dy^T x`` and grad-bias ``db = sum_rows dy`` by ``torch.mm`` / ``sum``,
+* forward ``y = x W^T + b`` (``A = x``, ``B = W``),
+* grad-input ``dx = dy W`` (``A = dy``, ``B = W^T``),
+* grad-weight ``dW = dy^T x`` (``A = dy^T``, ``B = x^T``), grad-bias ``db = sum_rows dy``,
 
-equal to ``F.linear``'s gradients up to float summation order (about 1e-6 relative). Without
-autograd it calls ``F.linear`` (the grad-free decode has its own path,
+where ``W^T``, ``dy^T`` and ``x^T`` are passed as strided views: oneDNN reads them in place, so
+the backward makes no transposed copy (an earlier version copied ``W^T`` in every backward,
+which cost more than it saved on VAR-d16's adaptive-LayerNorm layers, 25 MB weights applied to
+2 rows). The gradients equal ``F.linear``'s up to float summation order (about 1e-6 relative).
+Without autograd it calls ``F.linear`` (the grad-free decode has its own path,
 :mod:`~vargo.components.modules.packed_linear`); other dtypes, devices and tensor subclasses
 (FSDP's DTensors) also keep ``F.linear``.
 
@@ -21,9 +25,9 @@ autograd it calls ``F.linear`` (the grad-free decode has its own path,
 :class:`OneDnnLinear` in place (a class change: no copy, no new parameters), leaving layers
 with fewer than :data:`MIN_WEIGHT_ELEMENTS` weight elements on ``F.linear`` so that small models
 (the Shapes benchmark's) compute exactly as before. The families' policies call it on
-their trainable model when built (their ``onednn_linears`` option): on by default for LlamaGen and
-MAR, whose GPT-B and MAR-B updates it sped up 1.10x and 1.09x, off for VAR, where it did not pay
-(0.97x on VAR-d16), and for the unmeasured VQGAN and Janus.
+their trainable model when built (their ``onednn_linears`` option): on by default for LlamaGen,
+VAR and MAR, whose GPT-B, VAR-d16 and MAR-B updates it sped up (``tools/benchmark.py
+--linear-kernels-ab``; README, "Performance"), off for the unmeasured VQGAN and Janus.
 """
 from __future__ import annotations
 
@@ -53,13 +57,14 @@ def onednn_linear_supported() -> bool:
 
 
 def _inner_product(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """``x [N, in] @ weight[out, in]^T + bias`` by oneDNN's inner product (no autograd)."""
+    """``x [N, in] @ weight[out, in]^T + bias`` by oneDNN's inner product (no autograd); either
+    operand may be a strided view (a transpose), which oneDNN reads in place."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, 'none', [], '')
 
 
 class OneDnnLinearFunction(torch.autograd.Function):
     """``y = x W^T + b`` for ``x [N, in]`` with oneDNN products (module doc); backward
-    ``dx = dy W``, ``dW = dy^T x``, ``db = sum_n dy``."""
+    ``dx = dy W``, ``dW = dy^T x`` (transposed operands as views, no copies), ``db = sum_n dy``."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
