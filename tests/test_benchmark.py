@@ -580,6 +580,7 @@ def test_linear_kernels_ab_times_both_kernels_on_the_same_update(tmp_path, keep_
     assert r['min'] <= r['median'] <= r['max']
     assert 0 <= lk['grad_difference_relative_to_largest'] < 1e-4
     assert lk['nonfinite_grad_elements'] == 0 and lk['max_relative_grad_tensor']
+    assert lk['zero_weights_filled'] == 1           # LlamaGen's zero-initialised output layer
     assert 'ratio F.linear / oneDNN' in capsys.readouterr().out
     out = tmp_path / 'off.json'
     argv = [TINY_CFG, '--batch', '4', '--repeat', '1', '--threads', '1', '--gemm-size', '64',
@@ -606,6 +607,18 @@ def test_gradient_difference_counts_non_finite_elements_and_names_the_worst_tens
     assert d['grad_difference_relative_to_largest'] == pytest.approx(0.5 / 8)
     same = tool.gradient_difference(['w'], [torch.ones(3)], [torch.ones(3)])
     assert same['max_relative_grad_difference'] == 0 and same['nonfinite_grad_elements'] == 0
+
+
+def test_fill_zero_weights_fills_only_all_zero_matrices():
+    tool = _load_tool()
+    zero_w, zero_b, some = torch.zeros(4, 3), torch.zeros(4), torch.zeros(4, 3)
+    some[0, 0] = 1.0
+    filled = tool.fill_zero_weights([zero_w, zero_b, some])
+    assert len(filled) == 1 and filled[0] is zero_w
+    assert zero_w.all() and zero_w.std() < 0.1 and not zero_b.any() and some.sum() == 1.0
+    again = torch.zeros(4, 3)
+    tool.fill_zero_weights([again])
+    assert torch.equal(again, zero_w)                # seeded
 
 
 def test_op_profile_groups_the_convolutions_by_shape():

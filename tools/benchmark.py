@@ -106,13 +106,17 @@ with ``torch.set_num_threads(--threads)``:
     total first; the table prints the six largest), which locates a decoder's slow layers.
 11. training linear kernels (``--linear-kernels-ab ROUNDS``): item 4's update step with the
     policy's :class:`~vargo.components.modules.onednn_linear.OneDnnLinear` layers (the
-    policies' ``onednn_linears`` option: on by default for LlamaGen and MAR, else set
-    ``policy.onednn_linears=True``) against the same layers as plain
+    policies' ``onednn_linears`` option: on by default for LlamaGen, VAR, MAR and the VQGAN
+    transformer, else set ``policy.onednn_linears=True``) against the same layers as plain
     ``nn.Linear`` (``F.linear``: MKL's ``mm`` / ``addmm`` on x86 CPUs), on the same weights and
     rollout, interleaved for ROUNDS rounds after one warm-up of each (the order alternates by
-    round). Reported: seconds of each (median, range), the ratio plain / oneDNN per round
-    (median, range), the largest relative difference of any parameter's gradient
-    (max |g_plain - g_onednn| / max |g_plain| per tensor) and how many layers were compared.
+    round). All-zero weight matrices (zero-initialised output layers, which would make every
+    gradient behind them zero) are filled with N(0, 0.02^2) for the comparison and zeroed
+    after (``zero_weights_filled``). Reported: seconds of each (median, range), the ratio
+    plain / oneDNN per round (median, range), how the two kernels' gradients differ
+    (:func:`gradient_difference`: the largest per-tensor relative difference and its tensor,
+    the largest difference against the largest gradient, NaN / infinite elements) and how many
+    layers were compared.
 
 Decode steps: a sampler or policy with ``num_steps`` generates its A actions in that many steps
 (VAR: one step per scale, all of a scale's tokens at once; MAR: the sampler's ``num_iter`` AR
@@ -834,6 +838,7 @@ def bench_linear_kernels(policy, rollout, spec, rounds: int) -> dict:
                          'onednn_linears option is off, its layers are all below the size floor '
                          'or this torch has no oneDNN); drop the flag or enable the option')
     names, params = zip(*[(n, p) for n, p in policy.named_parameters() if p.requires_grad])
+    filled = fill_zero_weights(params)
 
     def step(onednn: bool) -> tuple[float, list]:
         for m in layers:
@@ -859,12 +864,30 @@ def bench_linear_kernels(policy, rollout, spec, rounds: int) -> dict:
         for m in layers:
             m.__class__ = OneDnnLinear
         policy.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p in filled:
+                p.zero_()
     ratios = [a / b for a, b in zip(times['plain'], times['onednn'])]
     return {'rounds': rounds, 'layers': len(layers),
             'plain_s': stats(times['plain']), 'onednn_s': stats(times['onednn']),
             'ratio_plain_over_onednn': {'median': statistics.median(ratios),
                                         'min': min(ratios), 'max': max(ratios)},
-            **diff}
+            'zero_weights_filled': len(filled), **diff}
+
+
+def fill_zero_weights(params, std: float = 0.02, seed: int = 0) -> list:
+    """Fill every all-zero weight matrix (2-D and up) of ``params`` with ``N(0, std^2)``
+    (seeded) in place and return them. Zero-initialised output layers (LlamaGen's ``output``,
+    the adaLN-zero gates and final layer of MAR's diffusion head) make every gradient behind
+    them exactly zero at random initialisation, so a gradient comparison there would compare
+    zeros; the products cost the same either way. The caller zeroes them again afterwards."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    filled = [p for p in params if p.dim() >= 2 and not p.detach().any()]
+    with torch.no_grad():
+        for p in filled:
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+    return filled
 
 
 def gradient_difference(names, grads_a: list, grads_b: list) -> dict:
@@ -1276,8 +1299,9 @@ def table(res: dict) -> str:
                      r['median'], None, 'x'))
         rows.append(('  largest gradient difference / largest gradient',
                      f'{lk["grad_difference_relative_to_largest"]:.1e}', None, ''))
-        rows.append((f'  per tensor, largest ({lk["max_relative_grad_tensor"]})'[:55],
-                     f'{lk["max_relative_grad_difference"]:.1e}', None, ''))
+        rows.append(('  largest per-tensor relative difference',
+                     f'{lk["max_relative_grad_difference"]:.1e}', None,
+                     f'in {lk["max_relative_grad_tensor"]}'))
         if lk.get('nonfinite_grad_elements'):
             rows.append(('  gradient elements NaN or infinite', lk['nonfinite_grad_elements'],
                          None, ''))

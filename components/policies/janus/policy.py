@@ -105,10 +105,11 @@ class JanusPolicy(Policy):
             forwards (STAGE enables it).
         onednn_linears: run the training forward and backward of the language model's large
             ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
-            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). Off by default: not
-            measured on Janus-Pro (it paid on GPT-B and MAR-B, not on VAR-d16; README,
-            "Performance"); ``tools/benchmark.py --linear-kernels-ab`` measures it. bf16 weights
-            keep ``F.linear`` either way. Grad-free forwards are unaffected.
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). Off by
+            default: not measured on Janus-Pro (it paid on GPT-B, VAR-d16, MAR-B and the VQGAN
+            transformer; README, "Performance"); ``tools/benchmark.py --linear-kernels-ab``
+            measures it. bf16 weights keep ``F.linear`` either way. Grad-free forwards are
+            unaffected.
 
     Attributes:
         file_sources: directory name -> where it is published.
