@@ -637,3 +637,23 @@ def test_op_profile_groups_the_convolutions_by_shape():
         2 * 2 * (2 * 16 * 8 * 9 * 144) / 1e9)
     assert shapes['16->4 k1x1 at 12x12']['gflop'] == pytest.approx(2 * 2 * 4 * 16 * 144 / 1e9)
     assert tool.conv_shape('aten::mm', [[2, 3], [3, 4]]) is None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason='no oneDNN in this torch')
+def test_op_profile_groups_the_onednn_linears_by_shape():
+    """An update of one OneDnnLinear layer 8 -> 12 over 6 rows shows its three products:
+    forward 6 x 8 @ 12, input gradient 6 x 12 @ 8, weight gradient 12 x 6 @ 8."""
+    from vargo.components.modules.onednn_linear import onednn_linear
+    tool = _load_tool()
+    x = torch.randn(6, 8, requires_grad=True)
+    w = torch.randn(12, 8, requires_grad=True)
+
+    def work():
+        onednn_linear(x, w).square().sum().backward()
+    prof = tool.op_profile(work)
+    shapes = prof['products']['by_linear_shape']
+    assert set(shapes) == {'6 x 8 @ 12', '6 x 12 @ 8', '12 x 6 @ 8'}
+    assert all(row['calls'] == 1 for row in shapes.values())
+    assert all(row['gflop'] == pytest.approx(2 * 6 * 8 * 12 / 1e9) for row in shapes.values())
+    assert tool.linear_shape('aten::mm', [[2, 3], [3, 4]]) is None
+    assert tool.linear_shape('mkldnn::_linear_pointwise', [[2, 5, 3], [4, 3]]) == '10 x 3 @ 4'

@@ -103,7 +103,10 @@ with ``torch.set_num_threads(--threads)``:
     fewer than 64, 64-255, 256 or more; the two passes' calls paired in call order), which
     separates small-M work (a decode step, MAR's diffusion head) from full-sequence products,
     and the 2-D convolutions by shape (``by_conv_shape``: ``Cin->Cout kKhxKw at HxW``, slowest
-    total first; the table prints the six largest), which locates a decoder's slow layers.
+    total first; the table prints the six largest), which locates a decoder's slow layers,
+    and oneDNN's linears by shape (``by_linear_shape``: ``M x K @ N``, the table prints the
+    eight largest), which separates an update's forward, input-gradient and weight-gradient
+    products.
 11. training linear kernels (``--linear-kernels-ab ROUNDS``): item 4's update step with the
     policy's :class:`~vargo.components.modules.onednn_linear.OneDnnLinear` layers (the
     policies' ``onednn_linears`` option: on by default for LlamaGen, VAR, MAR and the VQGAN
@@ -370,7 +373,8 @@ def fraction_of_peak(res: dict) -> list[str]:
         if products['gflops'] and peak:
             products['pct_of_gemm_peak'] = 100 * products['gflops'] / peak
             for row in [*products['by_op'].values(), *(products.get('by_rows') or {}).values(),
-                        *(products.get('by_conv_shape') or {}).values()]:
+                        *(products.get('by_conv_shape') or {}).values(),
+                        *(products.get('by_linear_shape') or {}).values()]:
                 row['pct_of_gemm_peak'] = 100 * row['gflops'] / peak if row['gflops'] else None
             if products['pct_of_gemm_peak'] > 100:
                 warnings.append(f'the {phase} products ran at {products["pct_of_gemm_peak"]:.1f}%'
@@ -476,7 +480,8 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
         fn()
     # (name, flops, rows, convolution shape) of every product, in call order
     sequence = [(ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes),
-                 conv_shape(ev.name, ev.input_shapes)) for ev in in_order(prof.events())]
+                 conv_shape(ev.name, ev.input_shapes), linear_shape(ev.name, ev.input_shapes))
+                for ev in in_order(prof.events())]
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -507,7 +512,8 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
     all_ms = sum(r['ms'] for r in products.values())
     all_gflop = sum(r['gflop'] for r in products.values())
     by_rows = _by_rows(sequence, timed_sequence, total_us)
-    by_conv_shape = _by_conv_shape(sequence, timed_sequence, total_us)
+    by_conv_shape = _by_shape(sequence, timed_sequence, total_us, 3)
+    by_linear_shape = _by_shape(sequence, timed_sequence, total_us, 4)
     by_self: dict[str, list] = {}
     for ev in events:
         cell = by_self.setdefault(ev.name, [0, 0.0])
@@ -520,7 +526,8 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
                          'gflop': all_gflop,
                          'gflops': all_gflop / (all_ms / 1000) if all_ms else None,
                          'pct_of_gemm_peak': None, 'by_op': products, 'by_rows': by_rows,
-                         'by_conv_shape': by_conv_shape},
+                         'by_conv_shape': by_conv_shape,
+                         'by_linear_shape': by_linear_shape},
             'top_ops': ops}
 
 
@@ -531,7 +538,7 @@ def _by_rows(sequence: list, timed_sequence: list, total_us: float) -> Optional[
     if [name for name, *_ in sequence] != [name for name, _ in timed_sequence]:
         return None
     out: dict[str, dict] = {}
-    for (name, flops, rows, _), (_, ms) in zip(sequence, timed_sequence):
+    for (name, flops, rows, *_), (_, ms) in zip(sequence, timed_sequence):
         if not flops:
             continue
         row = out.setdefault(_row_bucket(rows), {'calls': 0, 'ms': 0.0, 'gflop': 0.0,
@@ -559,13 +566,32 @@ def conv_shape(name: str, shapes: list) -> Optional[str]:
     return f'{cin}->{cout} k{kh}x{kw} at {h}x{w}'
 
 
-def _by_conv_shape(sequence: list, timed_sequence: list, total_us: float) -> Optional[dict]:
-    """The convolutions grouped by :func:`conv_shape`, paired across the two passes as in
-    :func:`_by_rows` (``None`` when the passes cannot be paired or nothing is a convolution)."""
+def linear_shape(name: str, shapes: list) -> Optional[str]:
+    """``'M x K @ N'`` of a oneDNN linear (:data:`LINEAR_LIKE`: ``A [..., K]`` times
+    ``B [N, K]^T``, M the rows of ``A``) from its input shapes; ``None`` for other ops. In an
+    update the three products of a layer ``in -> out`` over ``T`` rows show as ``T x in @ out``
+    (forward), ``T x out @ in`` (input gradient) and ``out x T @ in`` (weight gradient)."""
+    import math
+    if name not in LINEAR_LIKE:
+        return None
+    try:
+        a, b = shapes[0], shapes[1]
+        return f'{math.prod(a[:-1])} x {a[-1]} @ {b[0]}'
+    except (IndexError, TypeError):
+        return None
+
+
+def _by_shape(sequence: list, timed_sequence: list, total_us: float,
+              key: int) -> Optional[dict]:
+    """The products grouped by their shape string at position ``key`` of ``sequence``
+    (3: :func:`conv_shape`, 4: :func:`linear_shape`), paired across the two passes as in
+    :func:`_by_rows`, slowest total first (``None`` when the passes cannot be paired or no
+    product has such a shape)."""
     if [name for name, *_ in sequence] != [name for name, _ in timed_sequence]:
         return None
     out: dict[str, dict] = {}
-    for (_, flops, _, shape), (_, ms) in zip(sequence, timed_sequence):
+    for entry, (_, ms) in zip(sequence, timed_sequence):
+        flops, shape = entry[1], entry[key]
         if shape is None or not flops:
             continue
         row = out.setdefault(shape, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
@@ -1348,6 +1374,9 @@ def table(res: dict) -> str:
                          f'{row["gflop"]:.1f} GFLOP)', row['gflops'], None, 'GFLOP/s'))
         for name, row in list((pr.get('by_conv_shape') or {}).items())[:6]:
             rows.append((f'  conv {name} x{row["calls"]} ({100 * row["share"]:.0f}%)',
+                         row['gflops'], None, 'GFLOP/s'))
+        for name, row in list((pr.get('by_linear_shape') or {}).items())[:8]:
+            rows.append((f'  linear {name} x{row["calls"]} ({100 * row["share"]:.0f}%)',
                          row['gflops'], None, 'GFLOP/s'))
     gs = res.get('group_sizes')
     if gs:
