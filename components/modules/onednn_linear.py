@@ -26,8 +26,9 @@ Without autograd it calls ``F.linear`` (the grad-free decode has its own path,
 with fewer than :data:`MIN_WEIGHT_ELEMENTS` weight elements on ``F.linear`` so that small models
 (the Shapes benchmark's) compute exactly as before. The families' policies call it on
 their trainable model when built (their ``onednn_linears`` option): on by default for LlamaGen,
-VAR and MAR, whose GPT-B, VAR-d16 and MAR-B updates it sped up (``tools/benchmark.py
---linear-kernels-ab``; README, "Performance"), off for the unmeasured VQGAN and Janus.
+VAR, MAR and the VQGAN transformer, whose updates it sped up 1.04-1.15x (GPT-B, VAR-d16, MAR-B,
+a cin-width VQGAN transformer; ``tools/benchmark.py --linear-kernels-ab``; README,
+"Performance"), off for the unmeasured Janus-Pro.
 """
 from __future__ import annotations
 

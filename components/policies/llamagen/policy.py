@@ -75,7 +75,7 @@ class LlamaGenPolicy(Policy):
         onednn_linears: run the training forward and backward of the transformer's large
             ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
             :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). On by default:
-            GPT-B's update ran 1.10x as fast with it (README, "Performance"). False keeps
+            GPT-B's update ran 1.04-1.10x as fast with it (README, "Performance"). False keeps
             ``F.linear``. Grad-free forwards are unaffected.
 
     Attributes:

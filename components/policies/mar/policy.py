@@ -101,12 +101,12 @@ class MARPolicy(Policy):
             ``extras.log_variance`` (what the sampler drew the action with), no gradient through
             the variance; only the mean is trained by the log-prob. The entropy follows the same
             variance. Flow heads: the same numbers either way (the variance is a constant).
-        onednn_linears: run the training forward and backward of the transformer's and the diffusion
-            head's large ``nn.Linear`` layers on oneDNN (CPU fp32;
+        onednn_linears: run the training forward and backward of the transformer's and the
+            diffusion head's large ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients
+            up to summation order;
             :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). On by default:
-            MAR-B's update ran 1.09x as fast with it, with gradients bit-identical to ``F.linear``'s
-            on this project's machines (README, "Performance"). False keeps ``F.linear``. Grad-free
-            forwards are unaffected.
+            MAR-B's update ran 1.06x as fast with it (README, "Performance"). False keeps
+            ``F.linear``. Grad-free forwards are unaffected.
     """
 
     file_sources: dict[str, str] = MAR_FILE_SOURCES
