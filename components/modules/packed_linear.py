@@ -84,7 +84,9 @@ def linear_with_bias(module: nn.Linear, x: Tensor, bias: Optional[Tensor]) -> Te
     """``F.linear(x, module.weight, bias)``: ``module``'s weight with another bias (VAR's
     query-key-value projection adds a bias built per call), through the packed copy while
     :meth:`PackedLinears.active` routes ``module`` (same rules as its forward: fresh weight,
-    no autograd, fp32), else through ``F.linear``."""
+    no autograd, fp32), else through the oneDNN training products when ``module`` is a
+    :class:`~vargo.components.modules.onednn_linear.OneDnnLinear`
+    (:func:`~vargo.components.modules.onednn_linear.onednn_linear`), else ``F.linear``."""
     pack = _routed_pack(module, x)
     if pack is not None:
         return packed_linear(x, pack.packed, bias)
