@@ -154,7 +154,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
@@ -478,9 +478,9 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
 
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
         fn()
-    # (name, flops, rows, convolution shape) of every product, in call order
-    sequence = [(ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes),
-                 conv_shape(ev.name, ev.input_shapes), linear_shape(ev.name, ev.input_shapes))
+    sequence = [ProductCall(ev.name, flops_of(ev), product_rows(ev.name, ev.input_shapes),
+                            conv_shape(ev.name, ev.input_shapes),
+                            linear_shape(ev.name, ev.input_shapes))
                 for ev in in_order(prof.events())]
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -489,10 +489,10 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
     timed_sequence = [(ev.name, ev.cpu_time_total / 1000) for ev in in_order(events)]
     total_us = sum(ev.self_cpu_time_total for ev in events)
     counted: dict[str, list] = {}
-    for name, flops, *_ in sequence:
-        cell = counted.setdefault(name, [0, 0.0])
+    for call in sequence:
+        cell = counted.setdefault(call.name, [0, 0.0])
         cell[0] += 1
-        cell[1] += flops
+        cell[1] += call.flops
     products: dict[str, dict] = {}
     for name, ms in timed_sequence:
         row = products.setdefault(name, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
@@ -511,9 +511,11 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
         row['share'] = row['ms'] * 1000 / total_us if total_us else None
     all_ms = sum(r['ms'] for r in products.values())
     all_gflop = sum(r['gflop'] for r in products.values())
-    by_rows = _by_rows(sequence, timed_sequence, total_us)
-    by_conv_shape = _by_shape(sequence, timed_sequence, total_us, 3)
-    by_linear_shape = _by_shape(sequence, timed_sequence, total_us, 4)
+    by_rows = _grouped(sequence, timed_sequence, total_us,
+                       lambda call: _row_bucket(call.rows), track_rows=True)
+    by_conv_shape = _by_shape(sequence, timed_sequence, total_us, lambda call: call.conv_shape)
+    by_linear_shape = _by_shape(sequence, timed_sequence, total_us,
+                                lambda call: call.linear_shape)
     by_self: dict[str, list] = {}
     for ev in events:
         cell = by_self.setdefault(ev.name, [0, 0.0])
@@ -531,23 +533,39 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
             'top_ops': ops}
 
 
-def _by_rows(sequence: list, timed_sequence: list, total_us: float) -> Optional[dict]:
-    """The products grouped by :data:`ROW_BUCKETS`: the two passes' calls matched one to one
-    in call order (``None`` when their names differ at some position: then the calls cannot be
-    paired)."""
-    if [name for name, *_ in sequence] != [name for name, _ in timed_sequence]:
+class ProductCall(NamedTuple):
+    """One matrix product of :func:`op_profile`'s counting pass, in call order."""
+    name: str
+    flops: float
+    rows: Optional[int]                 # :func:`product_rows`
+    conv_shape: Optional[str]           # :func:`conv_shape`
+    linear_shape: Optional[str]         # :func:`linear_shape`
+
+
+def _grouped(sequence: list, timed_sequence: list, total_us: float,
+             key_of: Callable[[ProductCall], Optional[str]],
+             track_rows: bool = False) -> Optional[dict]:
+    """The products grouped by ``key_of(call)`` (calls keyed None or without FLOPs left out):
+    the two passes' calls matched one to one in call order (``None`` when their names differ
+    at some position: then the calls cannot be paired); ``track_rows`` adds each group's
+    ``rows_min`` / ``rows_max``."""
+    if [call.name for call in sequence] != [name for name, _ in timed_sequence]:
         return None
     out: dict[str, dict] = {}
-    for (name, flops, rows, *_), (_, ms) in zip(sequence, timed_sequence):
-        if not flops:
+    for call, (_, ms) in zip(sequence, timed_sequence):
+        key = key_of(call)
+        if key is None or not call.flops:
             continue
-        row = out.setdefault(_row_bucket(rows), {'calls': 0, 'ms': 0.0, 'gflop': 0.0,
-                                                 'rows_min': rows, 'rows_max': rows})
+        row = out.setdefault(key, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
+        if track_rows:
+            row.setdefault('rows_min', call.rows)
+            row.setdefault('rows_max', call.rows)
+            if call.rows is not None:
+                row['rows_min'] = min(row['rows_min'], call.rows)
+                row['rows_max'] = max(row['rows_max'], call.rows)
         row['calls'] += 1
         row['ms'] += ms
-        row['gflop'] += flops / 1e9
-        if rows is not None:
-            row['rows_min'], row['rows_max'] = min(row['rows_min'], rows), max(row['rows_max'], rows)
+        row['gflop'] += call.flops / 1e9
     for row in out.values():
         row['gflops'] = row['gflop'] / (row['ms'] / 1000) if row['ms'] else None
         row['share'] = row['ms'] * 1000 / total_us if total_us else None
@@ -582,26 +600,11 @@ def linear_shape(name: str, shapes: list) -> Optional[str]:
 
 
 def _by_shape(sequence: list, timed_sequence: list, total_us: float,
-              key: int) -> Optional[dict]:
-    """The products grouped by their shape string at position ``key`` of ``sequence``
-    (3: :func:`conv_shape`, 4: :func:`linear_shape`), paired across the two passes as in
-    :func:`_by_rows`, slowest total first (``None`` when the passes cannot be paired or no
-    product has such a shape)."""
-    if [name for name, *_ in sequence] != [name for name, _ in timed_sequence]:
-        return None
-    out: dict[str, dict] = {}
-    for entry, (_, ms) in zip(sequence, timed_sequence):
-        flops, shape = entry[1], entry[key]
-        if shape is None or not flops:
-            continue
-        row = out.setdefault(shape, {'calls': 0, 'ms': 0.0, 'gflop': 0.0})
-        row['calls'] += 1
-        row['ms'] += ms
-        row['gflop'] += flops / 1e9
-    for row in out.values():
-        row['gflops'] = row['gflop'] / (row['ms'] / 1000) if row['ms'] else None
-        row['share'] = row['ms'] * 1000 / total_us if total_us else None
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]['ms'])) or None
+              shape_of: Callable[[ProductCall], Optional[str]]) -> Optional[dict]:
+    """:func:`_grouped` by a shape string (:func:`conv_shape`, :func:`linear_shape`), slowest
+    total first; ``None`` when the passes cannot be paired or no product has such a shape."""
+    out = _grouped(sequence, timed_sequence, total_us, shape_of)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]['ms'])) if out else None
 
 
 def profile_phases(policy, sampler, cond, group_size: int, rollout=None) -> dict:
