@@ -18,6 +18,7 @@ wrong with the value>; <the fix>`` on stderr and exit code 2, never a traceback.
   to load is a :class:`UsageError` naming the file).
 * :func:`fail` prints an exception as the ``error:`` line and returns 2 (``return fail(e)`` in a
   tool's ``main``).
+* :func:`apply_heap_setting` is every tool's first step (:mod:`vargo.core.heap`).
 
 The one exception to "one line": a ``FileNotFoundError`` listing several missing files of a
 config (each with where it is published) keeps one file per line after the ``error:`` line, as
@@ -38,7 +39,7 @@ from mmengine.config import DictAction
 __all__ = ['UsageError', 'ArgumentParser', 'CfgOptionsAction', 'int_at_least', 'positive_int',
            'non_negative_int', 'cfg_scale', 'non_empty_text', 'existing_file', 'existing_path',
            'checkpoint_file', 'check_cfg_scale', 'policy_conditioning', 'check_conditions',
-           'load_policy_checkpoint', 'one_line', 'fail', 'CHECKPOINT_HELP']
+           'load_policy_checkpoint', 'one_line', 'fail', 'apply_heap_setting', 'CHECKPOINT_HELP']
 
 #: how the tools describe the checkpoint they accept
 CHECKPOINT_HELP = 'a checkpoint written by tools/train.py (work_dirs/<config>/iter_N.pth)'
@@ -312,3 +313,13 @@ def fail(error) -> int:
         text = one_line(text)
     print(f'error: {text}', file=sys.stderr)
     return 2
+
+
+def apply_heap_setting() -> dict:
+    """The tools' start: :func:`vargo.core.heap.keep_freed_memory` (README "Heap"); a bad
+    ``VARGO_HEAP`` ends the tool with the one ``error:`` line and exit code 2."""
+    from .heap import keep_freed_memory
+    try:
+        return keep_freed_memory()
+    except ValueError as e:
+        sys.exit(fail(e))

@@ -59,12 +59,18 @@ def cpu_model() -> str:
 
 
 def environment_line() -> str:
-    """torch / Python versions, CPU and thread counts of this process, on one line."""
+    """torch / Python versions, CPU, thread counts, OpenMP wait policy and heap setting
+    (:mod:`vargo.core.heap`) of this process, on one line."""
     import torch
+
+    from .heap import heap_setting
     cpu = cpu_model()
+    heap = heap_setting()
     return (f'{ENV_TAG} torch {torch.__version__}, Python {platform.python_version()}, CPU '
             f'{cpu} ({os.cpu_count()} logical), torch threads {torch.get_num_threads()}, '
-            f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}')
+            f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "unset")}, '
+            f'OMP_WAIT_POLICY={os.environ.get("OMP_WAIT_POLICY", "unset")}, '
+            f'heap {heap["setting"] if heap else "glibc (not set)"}')
 
 
 def _run_dirs(work_dir: str) -> list[str]:

@@ -929,7 +929,9 @@ def _worst(checks: list[dict]) -> str:
 
 def main(argv=None) -> int:
     from vargo.core.cli import fail
+    from vargo.core.cli import apply_heap_setting
     args = parse_args(argv)
+    apply_heap_setting()   # README "Heap": both implementations run on the same heap
     try:
         res = run(args)
     except UsageError as e:

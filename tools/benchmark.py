@@ -1400,7 +1400,9 @@ def table(res: dict) -> str:
     width = max(len(r[0]) for r in rows) + 2
     head = (f'{res["config"]}  arch={res["arch"]}  batch={res["batch"]}  threads={res["threads"]}'
             f'  torch {res["torch"]}\n{res["cpu"]}; load average {res["load_average_start"]} at '
-            f'start, {res["load_average_end"]} at end; memory: {res["memory_method"]}\n')
+            f'start, {res["load_average_end"]} at end; memory: {res["memory_method"]}; heap '
+            f'{(res.get("heap") or {}).get("setting", "?")}, OMP_WAIT_POLICY '
+            f'{res.get("omp_wait_policy", "?")}\n')
     lines = [f'{"measurement":<{width}}{"median":>14}{"best":>14}  unit', '-' * (width + 36)]
     for name, med, best, unit in rows:
         lines.append(f'{name:<{width}}{_fmt(med):>14}{_fmt(best):>14}  {unit}')
@@ -1422,6 +1424,8 @@ def run(args) -> dict:
     """All measurements; returns the result dict (also written to ``args.out``)."""
     import torch
 
+    from vargo.core.cli import apply_heap_setting
+    heap = apply_heap_setting()   # README "Heap"; VARGO_HEAP=glibc measures glibc's defaults
     torch.set_num_threads(args.threads)
     mem = PeakMemory()
     res: dict[str, Any] = {
@@ -1429,7 +1433,8 @@ def run(args) -> dict:
         'batch': args.batch, 'threads': torch.get_num_threads(), 'repeat': args.repeat,
         'steps': args.steps, 'seed': args.seed, 'torch': torch.__version__,
         'python': platform.python_version(), 'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
-        'memory_method': mem.method, 'load_average_start': load_average(),
+        'memory_method': mem.method, 'load_average_start': load_average(), 'heap': heap,
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
     }
     torch.manual_seed(args.seed)
     mem.start()

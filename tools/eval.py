@@ -642,6 +642,9 @@ def main(argv=None) -> int:
     import torch
     from mmengine.registry import DefaultScope
 
+    from vargo.core.cli import apply_heap_setting
+    apply_heap_setting()   # README "Heap"
+
     from vargo.core.config import assemble, check_files
     from vargo.core.hooks import make_grid, save_png
     from vargo.core.registry import DATASETS, MODELS, SAMPLERS, ConfigError, checked_build

@@ -374,6 +374,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     from vargo.components.metrics import frechet
+    from vargo.core.cli import apply_heap_setting
+    apply_heap_setting()   # README "Heap"
     from vargo.core.registry import ConfigError
     progress = not args.quiet
     try:

@@ -303,7 +303,9 @@ def report(res: dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from vargo.core.cli import apply_heap_setting
     from vargo.core.registry import ConfigError
+    apply_heap_setting()   # README "Heap"
     try:
         res = measure(args)
     except (ConfigError, FileNotFoundError) as err:

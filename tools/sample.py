@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
     from mmengine.registry import DefaultScope
+
+    from vargo.core.cli import apply_heap_setting
+    apply_heap_setting()   # README "Heap"
     from torch.utils.data import default_collate
 
     from vargo.core.config import assemble, check_files

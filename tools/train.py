@@ -121,7 +121,9 @@ def _in_an_iteration(runner, err: BaseException) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from vargo.core.cli import apply_heap_setting
     from vargo.core.runner import build_runner, load_config, prepare_config
+    apply_heap_setting()   # README "Heap": freed activations stay on the heap (VARGO_HEAP=glibc: off)
     guard = None
     with warnings.catch_warnings(record=True) as held:
         # warnings of the start-up are shown once it succeeded (an error is the only line)

@@ -106,6 +106,8 @@ def reevaluate(args, argv) -> dict[str, Any]:
 def main(argv=None, description: str = DESCRIPTION) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv, description)
+    from vargo.core.cli import apply_heap_setting
+    apply_heap_setting()   # README "Heap"
     torch.set_num_threads(args.threads)
     if args.subcommand == 'eval':
         rec = reevaluate(args, argv)
