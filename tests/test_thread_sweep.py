@@ -42,12 +42,19 @@ def test_child_environment_per_wait_policy(monkeypatch):
     default = tool.cell_env('default', 2)
     assert 'OMP_WAIT_POLICY' not in default and default['OMP_NUM_THREADS'] == '2'
     assert tool.cell_env('PASSIVE', 1)['OMP_WAIT_POLICY'] == 'PASSIVE'
+    monkeypatch.setenv('GOMP_SPINCOUNT', '7')
+    spin = tool.cell_env('spin=20000', 2)
+    assert spin['GOMP_SPINCOUNT'] == '20000' and 'OMP_WAIT_POLICY' not in spin
+    assert 'GOMP_SPINCOUNT' not in tool.cell_env('PASSIVE', 2)
+    assert tool.parse_args(['c.py', '--wait-policies', 'spin=0300', 'default']).wait_policies \
+        == ['spin=300', 'default']
 
 
 def test_bad_arguments_are_refused(capsys):
     tool = _tool()
     for argv in (['c.py', '--threads', '0'], ['c.py', '--rounds', '0'],
-                 ['c.py', '--wait-policies', 'SPIN']):
+                 ['c.py', '--wait-policies', 'SPIN'], ['c.py', '--wait-policies', 'spin=-1'],
+                 ['c.py', '--wait-policies', 'spin=']):
         with pytest.raises(SystemExit):
             tool.parse_args(argv)
     assert tool.main(['/nonexistent/config.py']) == 2

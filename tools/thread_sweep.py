@@ -9,7 +9,10 @@ machine").
 OpenMP reads ``OMP_WAIT_POLICY`` once, when it is loaded, so every cell (threads x policy x
 load) runs in a fresh process: ``tools/benchmark.py CONFIG --threads T --config-scale-only
 --skip-update --skip-iteration`` with the policy in its environment (``default``: the variable removed, so
-the OpenMP runtime's own policy applies; GNU OpenMP spins a while before it sleeps). It times
+the OpenMP runtime's own policy applies; GNU OpenMP spins a while before it sleeps). A policy
+``spin=N`` sets GNU OpenMP's ``GOMP_SPINCOUNT=N`` (and no ``OMP_WAIT_POLICY``): an idle thread
+spins N rounds before it sleeps (GNU OpenMP's own estimate: about 100,000 rounds per
+millisecond; unset, it spins 300,000, ``PASSIVE`` 0, ``ACTIVE`` 3e10). It times
 ``--repeat`` rollouts of ``--batch`` samples (the config's batch by default) with the config's
 CFG scale, after a warm-up, on random weights (benchmark.py's rules). Load ``busy`` starts one
 extra process during the cell, a 1-thread fp32 GEMM loop (a compute-bound neighbour, like another
@@ -38,7 +41,17 @@ BENCHMARK = os.path.join(ROOT, 'tools', 'benchmark.py')
 #: the neighbour of load ``busy``: one thread of back-to-back fp32 GEMMs until it is stopped
 BUSY_CODE = ('import torch\ntorch.set_num_threads(1)\na = torch.randn(384, 384)\n'
              'while True:\n    a = torch.tanh(a @ a)\n')
-WAIT_POLICIES = ('default', 'PASSIVE', 'ACTIVE')
+WAIT_POLICIES = ('default', 'PASSIVE', 'ACTIVE')   # and spin=N (GOMP_SPINCOUNT)
+
+
+def parse_wait_policy(text: str) -> str:
+    """``default``, ``PASSIVE``, ``ACTIVE`` or ``spin=N`` (N >= 0 spin rounds), for argparse."""
+    if text in WAIT_POLICIES:
+        return text
+    if text.startswith('spin=') and text[5:].isdigit():
+        return f'spin={int(text[5:])}'
+    raise argparse.ArgumentTypeError(f'{text!r} is not a wait policy; use one of '
+                                     f'{", ".join(WAIT_POLICIES)} or spin=N (N >= 0)')
 LOADS = ('idle', 'busy')
 
 
@@ -47,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument('config')
     p.add_argument('--threads', type=int, nargs='+', default=[1, 2])
     p.add_argument('--wait-policies', nargs='+', default=['default', 'PASSIVE'],
-                   choices=WAIT_POLICIES)
+                   type=parse_wait_policy, metavar='POLICY',
+                   help='default, PASSIVE, ACTIVE or spin=N (GOMP_SPINCOUNT=N)')
     p.add_argument('--loads', nargs='+', default=list(LOADS), choices=LOADS)
     p.add_argument('--rounds', type=int, default=2, help='interleaved rounds over all cells')
     p.add_argument('--repeat', type=int, default=4, help='timed rollouts per cell and round')
@@ -91,7 +105,10 @@ def cells(args) -> list[dict]:
 def cell_env(wait_policy: str, threads: int) -> dict:
     env = dict(os.environ)
     env.pop('OMP_WAIT_POLICY', None)
-    if wait_policy != 'default':
+    env.pop('GOMP_SPINCOUNT', None)
+    if wait_policy.startswith('spin='):
+        env['GOMP_SPINCOUNT'] = wait_policy[5:]
+    elif wait_policy != 'default':
         env['OMP_WAIT_POLICY'] = wait_policy
     env['OMP_NUM_THREADS'] = str(threads)
     env['MKL_NUM_THREADS'] = str(threads)
