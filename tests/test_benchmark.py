@@ -571,7 +571,7 @@ def test_linear_kernels_ab_times_both_kernels_on_the_same_update(tmp_path, keep_
     the comparison restores them, and without such layers the tool fails with one line."""
     res = _run(tmp_path, '--skip-rollout', '--skip-update', '--skip-iteration',
                '--linear-kernels-ab', '2', '--cfg-options', 'policy.arch.dim=512',
-               'policy.arch.n_layer=1', 'policy.arch.n_head=4')
+               'policy.arch.n_layer=1', 'policy.arch.n_head=4', 'policy.onednn_linears=True')
     lk = res['linear_kernels']
     assert lk['rounds'] == 2 and lk['layers'] >= 4
     _stat(lk['plain_s']), _stat(lk['onednn_s'])

@@ -4,6 +4,7 @@ the call on plain fp32 CPU tensors, small layers keep F.linear, the swapped laye
 nn.Linear for state dicts, copies and packed decoding, and the policies apply it by option."""
 import copy
 import io
+import os
 
 import pytest
 import torch
@@ -133,7 +134,7 @@ def test_the_functional_form_uses_the_kernel_only_when_a_gradient_is_recorded(mo
 def test_policies_apply_the_option_and_check_it(monkeypatch):
     from test_llamagen import make_policy
     monkeypatch.setattr(odl, 'MIN_WEIGHT_ELEMENTS', 0)        # the tiny test model's layers
-    on = make_policy()
+    on = make_policy(onednn_linears=True)
     off = make_policy(onednn_linears=False)
     n_on = sum(type(m) is OneDnnLinear for m in on.gpt.modules())
     assert n_on > 0 and n_on == sum(isinstance(m, nn.Linear) for m in on.gpt.modules())
@@ -141,6 +142,27 @@ def test_policies_apply_the_option_and_check_it(monkeypatch):
     assert not any(type(m) is OneDnnLinear for m in on.vq.modules())   # frozen tokenizer untouched
     with pytest.raises(ValueError, match=r"LlamaGenPolicy onednn_linears='yes' must be True"):
         make_policy(onednn_linears='yes')
+
+
+@pytest.mark.parametrize('vendor, expected', [('AuthenticAMD', True), ('GenuineIntel', False),
+                                              ('', True)])
+def test_auto_is_off_on_intel_cpus_only(monkeypatch, vendor, expected):
+    """'auto' (the LlamaGen / VAR / MAR / VQGAN default): F.linear (MKL) measured faster on an
+    Intel Xeon, oneDNN on an AMD EPYC."""
+    from test_llamagen import make_policy
+    monkeypatch.setattr(odl, 'MIN_WEIGHT_ELEMENTS', 0)
+    monkeypatch.setattr(odl, 'cpu_vendor', lambda: vendor)
+    assert odl.onednn_linears_auto() is expected
+    assert odl.onednn_linears_auto('GenuineIntel') is False
+    for policy in (make_policy(), make_policy(onednn_linears='auto')):
+        assert any(type(m) is OneDnnLinear for m in policy.gpt.modules()) is expected
+
+
+def test_cpu_vendor_reads_this_machine():
+    vendor = odl.cpu_vendor()
+    assert isinstance(vendor, str)
+    if os.path.exists('/proc/cpuinfo') and 'vendor_id' in open('/proc/cpuinfo').read():
+        assert vendor and vendor in open('/proc/cpuinfo').read()
 
 
 def test_backward_reads_transposed_operands_in_place_for_non_square_layers():

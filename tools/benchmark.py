@@ -109,8 +109,9 @@ with ``torch.set_num_threads(--threads)``:
     products.
 11. training linear kernels (``--linear-kernels-ab ROUNDS``): item 4's update step with the
     policy's :class:`~vargo.components.modules.onednn_linear.OneDnnLinear` layers (the
-    policies' ``onednn_linears`` option: on by default for LlamaGen, VAR, MAR and the VQGAN
-    transformer, else set ``policy.onednn_linears=True``) against the same layers as plain
+    policies' ``onednn_linears`` option, ``'auto'`` by default for LlamaGen, VAR, MAR and the
+    VQGAN transformer, i.e. on unless the CPU is Intel's; set ``policy.onednn_linears=True``
+    where it is off) against the same layers as plain
     ``nn.Linear`` (``F.linear``: MKL's ``mm`` / ``addmm`` on x86 CPUs), on the same weights and
     rollout, interleaved for ROUNDS rounds after one warm-up of each (the order alternates by
     round). All-zero weight matrices (zero-initialised output layers, which would make every
@@ -864,8 +865,9 @@ def bench_linear_kernels(policy, rollout, spec, rounds: int) -> dict:
     layers = [m for m in policy.modules() if type(m) is OneDnnLinear]
     if not layers:
         raise ConfigError('--linear-kernels-ab: the policy has no oneDNN training linears (its '
-                         'onednn_linears option is off, its layers are all below the size floor '
-                         'or this torch has no oneDNN); drop the flag or enable the option')
+                         "onednn_linears option is off (its default 'auto' is off on Intel CPUs), "
+                         'its layers are all below the size floor or this torch has no oneDNN); '
+                         'add --cfg-options policy.onednn_linears=True or drop the flag')
     names, params = zip(*[(n, p) for n, p in policy.named_parameters() if p.requires_grad])
     filled = fill_zero_weights(params)
 

@@ -25,10 +25,13 @@ Without autograd it calls ``F.linear`` (the grad-free decode has its own path,
 :class:`OneDnnLinear` in place (a class change: no copy, no new parameters), leaving layers
 with fewer than :data:`MIN_WEIGHT_ELEMENTS` weight elements on ``F.linear`` so that small models
 (the Shapes benchmark's) compute exactly as before. The families' policies call it on
-their trainable model when built (their ``onednn_linears`` option): on by default for LlamaGen,
-VAR, MAR and the VQGAN transformer, whose updates it sped up 1.04-1.15x (GPT-B, VAR-d16, MAR-B,
-a cin-width VQGAN transformer; ``tools/benchmark.py --linear-kernels-ab``; README,
-"Performance"), off for the unmeasured Janus-Pro.
+their trainable model when built (their ``onednn_linears`` option). Which kernel is faster
+depends on the CPU: MKL's SGEMM is Intel's own, and ``tools/benchmark.py --linear-kernels-ab``
+(README, "Performance") measured the update 1.04-1.15x faster with oneDNN on a 2-core AMD EPYC
+(GPT-B, VAR-d16, MAR-B, a cin-width VQGAN transformer) but 0.80-0.89x as fast on a 2-core Intel
+Xeon (GPT-B, VAR-d16, a 1B-width Janus-Pro language model). So LlamaGen, VAR, MAR and the VQGAN
+transformer default to ``'auto'`` (:func:`onednn_linears_auto`: on unless the CPU is Intel's),
+and Janus-Pro to False.
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ['MIN_WEIGHT_ELEMENTS', 'OneDnnLinear', 'OneDnnLinearFunction', 'onednn_linear',
-           'onednn_linear_supported', 'onednn_linears_option', 'use_onednn_linears']
+           'onednn_linear_supported', 'onednn_linears_option', 'onednn_linears_auto', 'cpu_vendor',
+           'use_onednn_linears']
 
 #: layers whose weight has fewer elements keep ``F.linear`` in training: the Shapes benchmark's
 #: models (width 128, at most 2^17 weight elements per layer) train bit-exactly as before, and
@@ -129,11 +133,34 @@ def use_onednn_linears(module: nn.Module, min_weight_elements: Optional[int] = N
     return changed
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``/proc/cpuinfo``'s ``vendor_id``, e.g. ``GenuineIntel``,
+    ``AuthenticAMD``), or ``''`` where it cannot be read."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('vendor_id'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return ''
+
+
+def onednn_linears_auto(vendor: Optional[str] = None) -> bool:
+    """The ``'auto'`` choice of the ``onednn_linears`` option: True unless the CPU is Intel's
+    (``vendor``, default :func:`cpu_vendor`), where ``F.linear`` (MKL) measured faster."""
+    return (cpu_vendor() if vendor is None else vendor) != 'GenuineIntel'
+
+
 def onednn_linears_option(owner: str, module: nn.Module, enabled) -> int:
-    """A policy's ``onednn_linears`` option: checked to be a bool (one-line error naming
-    ``owner``), then :func:`use_onednn_linears` on ``module`` (the trainable model) when True;
-    returns how many layers changed."""
+    """A policy's ``onednn_linears`` option: True, False or ``'auto'``
+    (:func:`onednn_linears_auto`), checked (one-line error naming ``owner``), then
+    :func:`use_onednn_linears` on ``module`` (the trainable model) when on; returns how many
+    layers changed."""
+    if enabled == 'auto' and isinstance(enabled, str):
+        enabled = onednn_linears_auto()
     if not isinstance(enabled, bool):
         raise ValueError(f'{owner} onednn_linears={enabled!r} must be True (oneDNN products for '
-                         f'the large linear layers in training, CPU fp32) or False (F.linear)')
+                         f'the large linear layers in training, CPU fp32), False (F.linear) or '
+                         f"'auto' (on unless the CPU is Intel's)")
     return use_onednn_linears(module) if enabled else 0

@@ -106,9 +106,10 @@ class JanusPolicy(Policy):
         onednn_linears: run the training forward and backward of the language model's large
             ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
             :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). Off by
-            default: not measured on Janus-Pro (it paid on GPT-B, VAR-d16, MAR-B and the VQGAN
-            transformer; README, "Performance"); ``tools/benchmark.py --linear-kernels-ab``
-            measures it. bf16 weights keep ``F.linear`` either way. Grad-free forwards are
+            default: at Janus-Pro-1B's width (6 of its 24 layers, 2 samples) the update ran
+            0.80x as fast with it on an Intel Xeon (README, "Performance"; AMD not measured);
+            ``'auto'`` turns it on unless the CPU is Intel's; ``tools/benchmark.py
+            --linear-kernels-ab`` measures it. bf16 weights keep ``F.linear`` either way. Grad-free forwards are
             unaffected.
 
     Attributes:
@@ -123,7 +124,7 @@ class JanusPolicy(Policy):
                  roles: Sequence[str] = ('<|User|>', '<|Assistant|>'), system_prompt: str = '',
                  image_start_token: str = '<begin_of_image>', dtype: str = 'float32',
                  attn_implementation: str = 'sdpa', gradient_checkpointing: bool = False,
-                 onednn_linears: bool = False):
+                 onednn_linears: Union[bool, str] = False):
         super().__init__()
         if dtype not in _DTYPES:
             raise ValueError(f'JanusPolicy dtype={dtype!r} is not one of {sorted(_DTYPES)}')

@@ -74,9 +74,10 @@ class LlamaGenPolicy(Policy):
 
         onednn_linears: run the training forward and backward of the transformer's large
             ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
-            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). On by default:
-            GPT-B's update ran 1.04-1.10x as fast with it (README, "Performance"). False keeps
-            ``F.linear``. Grad-free forwards are unaffected.
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). ``'auto'`` (the
+            default) turns it on unless the CPU is Intel's: GPT-B's update ran 1.04-1.10x as
+            fast with it on an AMD EPYC, 0.88x on an Intel Xeon (README, "Performance"). True /
+            False force it. Grad-free forwards are unaffected.
 
     Attributes:
         file_sources: official file name -> where it is published.
@@ -91,7 +92,7 @@ class LlamaGenPolicy(Policy):
                  tokenizer: Union[str, dict] = 'VQ-16', tokenizer_checkpoint: Optional[str] = None,
                  text_encoder: Optional[dict] = None, class_dropout_prob: float = 0.1,
                  dropout: float = 0.0, uncond_rows: int = 120,
-                 onednn_linears: bool = True):
+                 onednn_linears: Union[bool, str] = 'auto'):
         super().__init__()
         if task not in ('c2i', 't2i'):
             raise ValueError(f"task={task!r} is not one of 'c2i', 't2i'")

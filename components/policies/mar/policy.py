@@ -104,9 +104,10 @@ class MARPolicy(Policy):
         onednn_linears: run the training forward and backward of the transformer's and the
             diffusion head's large ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients
             up to summation order;
-            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). On by default:
-            MAR-B's update ran 1.06x as fast with it (README, "Performance"). False keeps
-            ``F.linear``. Grad-free forwards are unaffected.
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). ``'auto'`` (the
+            default) turns it on unless the CPU is Intel's: MAR-B's update ran 1.06x as fast
+            with it on an AMD EPYC (README, "Performance"). True / False force it. Grad-free
+            forwards are unaffected.
     """
 
     file_sources: dict[str, str] = MAR_FILE_SOURCES
@@ -119,7 +120,7 @@ class MARPolicy(Policy):
                  mask_ratio_min: float = 0.7, mask_ratio_std: float = 0.25,
                  diffusion_batch_mul: int = 4,
                  attn_dropout: float = 0.1, proj_dropout: float = 0.1, head_type: str = 'ddpm',
-                 logprob_sigma: str = 'recomputed', onednn_linears: bool = True):
+                 logprob_sigma: str = 'recomputed', onednn_linears: Union[bool, str] = 'auto'):
         super().__init__()
         if not isinstance(logprob_sigma, str) or logprob_sigma not in LOGPROB_SIGMAS:
             raise ValueError(f'logprob_sigma={logprob_sigma!r} is not one of {LOGPROB_SIGMAS}: '

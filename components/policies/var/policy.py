@@ -82,10 +82,11 @@ class VARPolicy(VARNextScaleDecoding, Policy):
 
         onednn_linears: run the training forward and backward of the transformer's large
             ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
-            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). On by default:
-            VAR-d16's update ran 1.15x as fast with it (README, "Performance");
-            ``tools/benchmark.py --linear-kernels-ab`` measures it. Grad-free forwards are
-            unaffected.
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). ``'auto'`` (the
+            default) turns it on unless the CPU is Intel's: VAR-d16's update ran 1.15x as fast
+            with it on an AMD EPYC, 0.89x on an Intel Xeon (README, "Performance");
+            ``tools/benchmark.py --linear-kernels-ab`` measures it. True / False force it.
+            Grad-free forwards are unaffected.
 
     Attributes:
         file_sources: official file name -> where it is published.
@@ -99,7 +100,7 @@ class VARPolicy(VARNextScaleDecoding, Policy):
                  checkpoint: Optional[str] = None,
                  tokenizer: Union[str, dict] = 'vae_ch160v4096z32',
                  tokenizer_checkpoint: Optional[str] = None, class_dropout_prob: float = 0.1,
-                 onednn_linears: bool = True):
+                 onednn_linears: Union[bool, str] = 'auto'):
         super().__init__()
         if patch_nums is None:
             patch_nums = PATCH_NUMS_512 if arch == 'd36' else PATCH_NUMS_256

@@ -67,10 +67,11 @@ class VQGANTransformerPolicy(Policy):
             be 0 for RL so the teacher-forced log-prob equals the sampler's).
         onednn_linears: run the training forward and backward of the transformer's large
             ``nn.Linear`` layers on oneDNN (CPU fp32; the same gradients up to summation order;
-            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). On by default:
-            the update of a 12-layer transformer of the cin model's width (1536) ran 1.10x as
-            fast with it (README, "Performance"); ``tools/benchmark.py --linear-kernels-ab``
-            measures it. Grad-free forwards are unaffected.
+            :func:`~vargo.components.modules.onednn_linear.use_onednn_linears`). ``'auto'`` (the
+            default) turns it on unless the CPU is Intel's: the update of a 12-layer transformer
+            of the cin model's width (1536) ran 1.10x as fast with it on an AMD EPYC (README,
+            "Performance"); ``tools/benchmark.py --linear-kernels-ab`` measures it. True / False
+            force it. Grad-free forwards are unaffected.
 
     Attributes:
         file_sources: official release folder -> where it is published.
@@ -87,7 +88,7 @@ class VQGANTransformerPolicy(Policy):
                  block_size: Optional[int] = None, checkpoint: Optional[str] = None,
                  tokenizer: Union[str, dict] = 'f16-16384',
                  tokenizer_checkpoint: Optional[str] = None, dropout: float = 0.0,
-                 onednn_linears: bool = True):
+                 onednn_linears: Union[bool, str] = 'auto'):
         super().__init__()
         self.vq: VQGAN = build_vqgan(tokenizer)
         if self.vq.codebook_size != vocab_size:
