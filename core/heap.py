@@ -21,7 +21,6 @@ defaults. It never changes a result: only where freed memory goes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from typing import Optional
 
