@@ -18,7 +18,8 @@ wrong with the value>; <the fix>`` on stderr and exit code 2, never a traceback.
   to load is a :class:`UsageError` naming the file).
 * :func:`fail` prints an exception as the ``error:`` line and returns 2 (``return fail(e)`` in a
   tool's ``main``).
-* :func:`apply_heap_setting` is every tool's first step (:mod:`vargo.core.heap`).
+* :func:`apply_heap_setting` is the first step of every tool that builds models
+  (:mod:`vargo.core.heap`).
 
 The one exception to "one line": a ``FileNotFoundError`` listing several missing files of a
 config (each with where it is published) keeps one file per line after the ``error:`` line, as

@@ -13,7 +13,8 @@ thread) +14% on an Intel Xeon (AVX-512), +3-8% on an AMD EPYC; the peak resident
 a few percent, and memory freed after a peak stays with the process instead of going back to the
 system (the next peak reuses it).
 
-The tools call :func:`keep_freed_memory` at start. It changes nothing where the C library is not
+The tools that build models call it at start (through
+:func:`vargo.core.cli.apply_heap_setting`). It changes nothing where the C library is not
 glibc, when the user set glibc's own variables (``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_``: theirs are kept), or when ``VARGO_HEAP=glibc`` asks for glibc's
 defaults. It never changes a result: only where freed memory goes.

@@ -89,3 +89,17 @@ def test_mmap_threshold_out_of_range_is_refused(monkeypatch):
     with pytest.raises(ValueError, match='mmap_threshold=67108864 is out of range'):
         heap.keep_freed_memory(64 * 1024 * 1024)
     assert heap.heap_setting() is None     # nothing applied, nothing recorded
+
+
+@pytest.mark.parametrize('tool', ['tools/train.py', 'tools/eval.py', 'tools/sample.py',
+                                  'tools/fid_stats.py', 'tools/benchmark.py',
+                                  'tools/bench_official.py', 'tools/overhead.py',
+                                  'components/benchmarks/pretrain/cli.py'])
+def test_every_model_building_tool_applies_the_setting(tool):
+    """README "Heap" lists these tools; each calls apply_heap_setting() in its main / run."""
+    import ast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = ast.parse(open(os.path.join(root, tool)).read())
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, 'id', None) == 'apply_heap_setting']
+    assert calls, f'{tool} does not call apply_heap_setting()'
