@@ -257,11 +257,13 @@ def test_extra_chain_noise_is_rank_invariant(policy):
                                                                      world_size=1))
     parts = [sampler.rollout(policy, cond.index(torch.arange(2 * k, 2 * k + 2)), group_size=1,
                              rng=BatchRNG(5, 3, 2, rank=k, world_size=2)) for k in (0, 1)]
+    # the same draws; the products' rounding may depend on the batch size (MKL on a 2-core
+    # Intel Xeon: up to 5.6e-4 relative after the diffusion chains), a misplaced draw is O(1)
     for field in ('actions', 'logp_old'):
         torch.testing.assert_close(torch.cat([getattr(p, field) for p in parts]),
-                                   getattr(whole, field), rtol=0, atol=1e-5)
+                                   getattr(whole, field), rtol=2e-3, atol=1e-5)
     torch.testing.assert_close(torch.cat([p.extras.mte_x0 for p in parts]),
-                               whole.extras.mte_x0, rtol=0, atol=1e-5)
+                               whole.extras.mte_x0, rtol=2e-3, atol=1e-5)
 
 
 def test_prefix_completion_of_an_mte_rollout(policy):
@@ -276,7 +278,9 @@ def test_prefix_completion_of_an_mte_rollout(policy):
     mask = out.action_mask.view(2 * b, 3, n, kk)
     assert torch.equal(mask[:, 0, :, 0], ~kept) and torch.equal(mask[:, 2, :, 0], ~kept)
     ev = policy.evaluate(out, spec=sampler.logprob_spec())
-    torch.testing.assert_close(ev.logp, out.logp_old, rtol=1e-4, atol=LOGP_ATOL)
+    # the rollout and the teacher-forced pass sum in different orders: up to 9.5e-4 relative
+    # on a 2-core Intel Xeon (MKL), which tight Gaussian transitions turn into 0.02 nats
+    torch.testing.assert_close(ev.logp, out.logp_old, rtol=2e-3, atol=LOGP_ATOL)
 
 
 # ---- a training iteration --------------------------------------------------------------------------
