@@ -39,23 +39,29 @@ from .eval_protocol import format_protocol
 from .registry import HOOKS
 
 __all__ = ['write_report', 'build_report', 'read_scalars', 'read_scalars_file',
-           'environment_line', 'RunReportHook', 'CURVE_KEYS']
+           'environment_line', 'cpu_model', 'cpuinfo_field', 'RunReportHook', 'CURVE_KEYS']
 
 #: scalars drawn (exact names or prefixes ending in '/'); reward heads' means are added
 CURVE_KEYS = ('kl/mean', 'entropy/mean', 'grad_norm', 'policy/clip_frac', 'monitor/')
 ENV_TAG = 'run environment:'
 
 
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows)."""
+def cpuinfo_field(name: str) -> str:
+    """The first ``name`` field of ``/proc/cpuinfo`` (e.g. ``model name``, ``vendor_id``), or
+    ``''`` where there is none or the file cannot be read."""
     try:
         with open('/proc/cpuinfo') as f:
             for line in f:
-                if line.startswith('model name'):
+                if line.split(':', 1)[0].strip() == name:
                     return line.split(':', 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ''
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; else what :mod:`platform` knows)."""
+    return cpuinfo_field('model name') or platform.processor() or platform.machine()
 
 
 def environment_line() -> str:

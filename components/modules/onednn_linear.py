@@ -136,14 +136,8 @@ def use_onednn_linears(module: nn.Module, min_weight_elements: Optional[int] = N
 def cpu_vendor() -> str:
     """The CPU's vendor string (``/proc/cpuinfo``'s ``vendor_id``, e.g. ``GenuineIntel``,
     ``AuthenticAMD``), or ``''`` where it cannot be read."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('vendor_id'):
-                    return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return ''
+    from vargo.core.run_report import cpuinfo_field
+    return cpuinfo_field('vendor_id')
 
 
 def onednn_linears_auto(vendor: Optional[str] = None) -> bool:
