@@ -9,7 +9,7 @@ threshold to its maximum (32 MiB) and turns trimming off, once, so blocks up to 
 the heap and the heap never shrinks: freed activations are reused as they are.
 
 Measured with ``tools/benchmark.py`` (README, "Heap"): the GPT-B update (8 x 256 tokens, 1
-thread) +14% on an Intel Xeon (AVX-512), +3-8% on an AMD EPYC; the peak resident memory grows by
+thread) +14% on an Intel Xeon (AVX-512), +3-8% on an AMD EPYC (single runs); the peak resident memory grows by
 a few percent, and memory freed after a peak stays with the process instead of going back to the
 system (the next peak reuses it).
 
@@ -70,8 +70,11 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD) -> dict:
     if choice not in ('keep', 'glibc'):
         raise ValueError(f'{HEAP_ENV}={os.environ[HEAP_ENV]!r} is not a heap setting; '
                          f'use {HEAP_ENV}=keep (the default) or {HEAP_ENV}=glibc')
+    if not 0 < int(mmap_threshold) <= MMAP_THRESHOLD:
+        raise ValueError(f'mmap_threshold={mmap_threshold} is out of range; glibc accepts '
+                         f'1 to {MMAP_THRESHOLD} bytes')
     user_set = [name for name in _GLIBC_VARIABLES if name in os.environ]
-    libc = _glibc()
+    libc = None if choice == 'glibc' or user_set else _glibc()
     if choice == 'glibc':
         record = dict(setting='glibc', reason=f'{HEAP_ENV}=glibc')
     elif user_set:
@@ -80,9 +83,6 @@ def keep_freed_memory(mmap_threshold: int = MMAP_THRESHOLD) -> dict:
         record = dict(setting='unavailable', reason='the C library is not glibc')
     else:
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-        if not 0 < int(mmap_threshold) <= MMAP_THRESHOLD:
-            raise ValueError(f'mmap_threshold={mmap_threshold} is out of range; glibc accepts '
-                             f'1 to {MMAP_THRESHOLD} bytes')
         ok = (libc.mallopt(_M_MMAP_THRESHOLD, int(mmap_threshold)) == 1,
               libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) == 1)
         if not all(ok):

@@ -60,7 +60,7 @@ def test_freed_tensors_are_reused_without_page_faults():
     assert min(returned['faults']) > PAGES // 2, returned['faults']
 
 
-def test_vargo_heap_glibc_changes_nothing():
+def test_vargo_heap_glibc_is_recorded_as_the_opt_out():
     result = run_faults('call', VARGO_HEAP='glibc')
     assert result['record'] == dict(setting='glibc', reason='VARGO_HEAP=glibc')
 

@@ -149,6 +149,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -416,7 +417,6 @@ def product_rows(name: str, shapes: list) -> Optional[int]:
     unknown layout): ``mm [M, K] x [K, N]``, ``addmm (bias, [M, K], [K, N])``,
     ``bmm [b, M, K]`` (b M rows), ``baddbmm (input, [b, M, K], ...)``, a linear-like op
     ``x [..., K]``."""
-    import math
     try:
         if name == 'aten::mm':
             return int(shapes[0][0])
@@ -449,7 +449,6 @@ def op_profile(fn: Callable[[], Any], top: int = 12) -> dict:
     have the same shapes in both calls (a seeded rollout, a decode, an update). Returns the
     products by operator with their GFLOP/s and the ``top`` operators by self time;
     ``pct_of_gemm_peak`` is filled by :func:`fraction_of_peak`."""
-    import math
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -590,7 +589,6 @@ def linear_shape(name: str, shapes: list) -> Optional[str]:
     ``B [N, K]^T``, M the rows of ``A``) from its input shapes; ``None`` for other ops. In an
     update the three products of a layer ``in -> out`` over ``T`` rows show as ``T x in @ out``
     (forward), ``T x out @ in`` (input gradient) and ``out x T @ in`` (weight gradient)."""
-    import math
     if name not in LINEAR_LIKE:
         return None
     try:

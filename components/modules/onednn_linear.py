@@ -151,7 +151,7 @@ def onednn_linears_option(owner: str, module: nn.Module, enabled) -> int:
     (:func:`onednn_linears_auto`), checked (one-line error naming ``owner``), then
     :func:`use_onednn_linears` on ``module`` (the trainable model) when on; returns how many
     layers changed."""
-    if enabled == 'auto' and isinstance(enabled, str):
+    if isinstance(enabled, str) and enabled == 'auto':
         enabled = onednn_linears_auto()
     if not isinstance(enabled, bool):
         raise ValueError(f'{owner} onednn_linears={enabled!r} must be True (oneDNN products for '
