@@ -124,14 +124,61 @@ def test_interleaved_rounds_ratio_range_and_json(tmp_path, capsys, keep_threads)
     assert res['step_gflop'] == pytest.approx(2 * rows * res['weight_bytes'] / 4 / 1e9)
     assert res['compute_floor_ms_per_step'] == pytest.approx(
         1000 * res['step_gflop'] / res['machine']['gemm_peak']['gflops'])
+    # KV cache: 1 layer x (k, v) x 4 rows x 2 heads x 16 dims x 4 bytes = 1024 bytes per
+    # position, read over 1 + (9 - 1) / 2 = 5 positions on average (1 condition position)
+    assert res['kv_cache_read_bytes_per_step'] == pytest.approx(1024 * 5)
+    read = res['machine']['bandwidth']['read_gbps']
+    assert res['memory_floor_ms_per_step']['median'] == pytest.approx(
+        1000 * (res['weight_bytes'] + 1024 * 5) / (read['median'] * 1e9))
+    alone = res['products_alone']       # wqkv, wo, w1, w3, w2 and the output head
+    assert alone['layers'] == 6 and alone['rows'] == rows and len(alone['ms']['values']) == 5
+    assert alone['gbps']['best'] == pytest.approx(
+        alone['weight_bytes'] / (alone['ms']['min'] * 1e6))
     m = res['machine']
     assert m['gemm_peak']['gflops'] > 0 and len(m['gemm_peak']['probes_gflops']) == 2
     assert m['bandwidth']['read_gbps']['median'] > 0
     assert len(res['load_average_start']) == 3 and res['threads'] == 1
+    assert res['heap']['setting'] in ('keep', 'glibc', 'user', 'unavailable') and res['omp_wait_policy']
+    assert res['vargo_commit'] is None or len(res['vargo_commit'].split('+')[0]) == 40
     printed = capsys.readouterr().out
     assert '| seconds per run |' in printed and '| ms per token |' in printed
     assert 'weight-read floor' in printed and 'identical in all 4 runs' in printed
-    assert 'compute floor' in printed
+    assert 'compute floor' in printed and 'memory floor' in printed
+    assert "vargo's linear layers alone" in printed
+
+
+@pytest.mark.parametrize('packed', [False, True])
+def test_the_products_pass_runs_every_decode_linear_once_through_the_samplers_kernels(packed):
+    from torch import nn
+
+    from vargo.components.modules.packed_linear import PackedLinears, packed_linear_supported
+    if packed and not packed_linear_supported():
+        pytest.skip('this torch build has no oneDNN reordered-weight linear')
+
+    class Policy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(8, 24), nn.GELU(), nn.Linear(24, 8))
+            self.head = nn.Linear(8, 40)
+            self.unused = nn.Linear(8, 8)        # not in decoding_modules(): not timed
+
+        def decoding_modules(self):
+            return [self.body, self.head, self.body]     # a module listed twice runs once
+
+    policy, calls = Policy(), []
+    for name, m in policy.named_modules():
+        if isinstance(m, nn.Linear):
+            m.register_forward_hook(lambda mod, inp, out, name=name: calls.append(
+                (name, tuple(inp[0].shape), tuple(out.shape))))
+    packs = PackedLinears(enabled=packed, min_weight_elements=0)
+    with torch.no_grad():
+        got = _tool().time_decode_products(policy, packs, rows=3, repeat=2)
+    one_pass = [('body.0', (3, 8), (3, 24)), ('body.2', (3, 24), (3, 8)),
+                ('head', (3, 8), (3, 40))]
+    assert calls == one_pass * 3                       # warm-up + 2 timed passes
+    assert got['layers'] == 3 and got['weight_bytes'] == 4 * (8 * 24 + 24 * 8 + 8 * 40)
+    assert len(got['ms']['values']) == 2
+    assert len(packs._packs) == (3 if packed else 0)   # the sampler's packs, refreshed
 
 
 def test_the_side_order_alternates_and_every_run_is_compared():

@@ -42,7 +42,15 @@ What runs:
    tables excluded, / the read bandwidth) and compute (2 FLOP per weight and row, CFG rows
    included, / the GEMM peak); with batch 8 and CFG a step does 8 FLOP per weight byte, so on a
    CPU the compute floor is usually the higher one. Both are printed next to both sides' ms
-   per step.
+   per step, with a third, the memory floor: the weights plus the KV cache a step reads on
+   average (every layer's keys and values of the positions it attends to, from the policy's
+   own decoding cache) over the read bandwidth;
+7. for the raster decode, vargo's linear layers alone: one pass over every ``nn.Linear`` of
+   ``policy.decoding_modules()`` at the step's rows through the sampler's own kernels (its
+   packed copies, else ``F.linear``), best of 5, and the rate it streams the weights at. A
+   step's products cannot run faster than this pass, so step time minus this pass is what
+   attention, norms and sampling cost, and this pass against the weight-read floor is what
+   the CPU's best small-row kernel loses to the raw read bandwidth.
 
 Shims (only what the official code needs on a CPU-only machine, applied while it runs):
 ``torch.Tensor.cuda`` returns the tensor itself when CUDA is absent (MAR calls ``.cuda()``);
@@ -426,7 +434,8 @@ def build_llamagen(args, root: str) -> dict:
                 vargo=Side('vargo', run_vargo, _count(policy.gpt)), extra=extra,
                 packed_weights=sampler._packs.enabled,
                 policy=policy, steps=t, step_unit='token', compare=_same_tokens,
-                compared='sampled tokens, identical', raster=True,
+                compared='sampled tokens, identical', raster=True, cond_positions=1,
+                packs=sampler._packs,
                 settings=dict(tokens=t, cfg_official=args.cfg, arch=arch))
 
 
@@ -794,6 +803,50 @@ def interleaved(official: Side, vargo: Side, compare, rounds: int, warmup: int,
     return {'times': times, 'checks': checks}
 
 
+def kv_cache_read_bytes(policy, rows: int, cond_positions: int, steps: int) -> float:
+    """Mean bytes of KV cache a decode step reads: the cache's bytes per position (every
+    layer's keys and values for ``rows`` rows, from ``policy.new_decoding_cache``) times the
+    positions a step attends to, averaged over the ``steps`` steps (step 0 attends to the ``C =
+    cond_positions`` condition positions, step ``i`` to ``C + i``: on average ``C + (steps - 1)
+    / 2``)."""
+    cache = policy.new_decoding_cache(rows)
+    per_position = cache.kv.numel() * cache.kv.element_size() / cache.max_len
+    return per_position * (cond_positions + (steps - 1) / 2)
+
+
+def time_decode_products(policy, packs, rows: int, repeat: int) -> dict:
+    """The linear layers of ``policy.decoding_modules()`` alone, as a decode step runs them:
+    one pass over every layer, in module order, on ``rows`` random input rows, through the
+    sampler's own kernels (``packs``, its :class:`PackedLinears`: the packed copy where it packs
+    one, else ``F.linear``). Each pass reads every weight once, as a step does, so on a model
+    larger than the caches it is the time these kernels need to stream the weights, without
+    attention, norms or sampling. Returns ``{'layers', 'weight_bytes', 'ms': stats,
+    'gbps': {'median', 'best'}}`` (best of ``repeat`` passes after one warm-up)."""
+    import torch
+    from torch import nn
+    bench = _benchmark_helpers()
+    roots = policy.decoding_modules()
+    packs.prepare(policy, rows)
+    seen, layers = set(), []
+    for root in roots:
+        for m in root.modules():
+            if isinstance(m, nn.Linear) and id(m) not in seen:
+                seen.add(id(m))
+                layers.append(m)
+    inputs = {n: torch.randn(rows, n) for n in {m.in_features for m in layers}}
+
+    def one_pass():
+        with packs.active():
+            for m in layers:
+                m(inputs[m.in_features])
+
+    times, _ = bench.timed(one_pass, repeat)
+    nbytes = sum(m.weight.numel() * m.weight.element_size() for m in layers)
+    ms = bench.stats([1000 * t for t in times])
+    return {'layers': len(layers), 'weight_bytes': nbytes, 'rows': rows, 'ms': ms,
+            'gbps': {'median': nbytes / (ms['median'] * 1e6), 'best': nbytes / (ms['min'] * 1e6)}}
+
+
 def run(args) -> dict:
     """Build both sides, probe the machine, time the interleaved rounds; the result dict."""
     import torch
@@ -806,7 +859,9 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {
         'family': args.family, 'official_dir': root, 'official_repo': CHECKOUTS[args.family][1],
-        'official_commit': git_commit(root), 'arch': args.arch, 'batch': args.batch,
+        'official_commit': git_commit(root),
+        'vargo_commit': git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'), 'arch': args.arch, 'batch': args.batch,
         'cfg': args.cfg, 'top_k': args.top_k, 'top_p': args.top_p,
         'temperature': args.temperature, 'seed': args.seed, 'perturb': args.perturb,
         'threads': torch.get_num_threads(), 'rounds': args.rounds, 'warmup': args.warmup,
@@ -827,6 +882,11 @@ def run(args) -> dict:
     with torch.no_grad():
         timing = interleaved(built['official'], built['vargo'], built['compare'], args.rounds,
                              args.warmup, built.get('extra', ()))
+    products_alone = None
+    if built.get('raster'):
+        rows = args.batch * (2 if args.cfg != 1 else 1)
+        with torch.no_grad():
+            products_alone = time_decode_products(built['policy'], built['packs'], rows, 5)
     machine['gemm_end'] = bench.bench_gemm(args.gemm_size, 3)
     machine['gemm_peak'] = bench.gemm_peak([machine['gemm'], machine['gemm_end']])
     res['machine'] = machine
@@ -854,6 +914,11 @@ def run(args) -> dict:
         flops = 2 * rows * sum(p.numel() for p in bench.decode_weights(built['policy']))
         res['step_gflop'] = flops / 1e9
         res['compute_floor_ms_per_step'] = 1000 * flops / (machine['gemm_peak']['gflops'] * 1e9)
+        kv = kv_cache_read_bytes(built['policy'], rows, built['cond_positions'], steps)
+        res['kv_cache_read_bytes_per_step'] = kv
+        res['memory_floor_ms_per_step'] = {'median': 1000 * (wb + kv) / (read['median'] * 1e9),
+                                           'min': 1000 * (wb + kv) / (read['best'] * 1e9)}
+        res['products_alone'] = products_alone
     res['load_average_end'] = bench.load_average()
     return res
 
@@ -901,6 +966,17 @@ def table(res: dict) -> str:
                      f'/ read bandwidth) | {fl["median"]:.3g} (best {fl["min"]:.3g}) | | |')
         lines.append(f'| compute floor, ms per {unit} ({res["step_gflop"]:.2f} GFLOP at the GEMM '
                      f'peak) | {res["compute_floor_ms_per_step"]:.3g} | | |')
+        if 'memory_floor_ms_per_step' in res:
+            mf, kv = res['memory_floor_ms_per_step'], res['kv_cache_read_bytes_per_step']
+            lines.append(f'| memory floor, ms per {unit} (weights + a mean {kv / 1e6:.0f} MB of KV '
+                         f'cache / read bandwidth) | {mf["median"]:.3g} (best {mf["min"]:.3g}) '
+                         f'| | |')
+        pa = res.get('products_alone')
+        if pa:
+            lines.append(f'| vargo\'s linear layers alone, ms per {unit} (one pass over its '
+                         f'{pa["layers"]} layers at {pa["rows"]} rows, its kernels) | | '
+                         f'{_num(pa["ms"]["median"])} (best {_num(pa["ms"]["min"])}; '
+                         f'{pa["gbps"]["best"]:.3g} GB/s) | |')
     bw, probes = m['bandwidth'], [round(x, 1) for x in m['gemm_peak']['probes_gflops']]
     lines += [
         f'| fp32 GEMM peak, GFLOP/s (best of probes {probes}) | {m["gemm_peak"]["gflops"]:.1f} '
@@ -931,7 +1007,7 @@ def main(argv=None) -> int:
     from vargo.core.cli import fail
     from vargo.core.cli import apply_heap_setting
     args = parse_args(argv)
-    apply_heap_setting()   # README "Heap": both implementations run on the same heap
+    heap = apply_heap_setting()   # README "Heap": both implementations run on the same heap
     try:
         res = run(args)
     except UsageError as e:
@@ -939,7 +1015,7 @@ def main(argv=None) -> int:
     except OutputsDisagree as e:
         print(f'error: the outputs disagree, no ratio reported: {e}', file=sys.stderr)
         return 1
-    res = _benchmark_helpers()._jsonable(res)
+    res = _benchmark_helpers()._jsonable({**res, 'heap': heap})
     print(table(res))
     _benchmark_helpers().write_result(res, args.out)
     print(f'wrote {args.out}')
