@@ -50,7 +50,7 @@ What runs:
    packed copies, else ``F.linear``), best of 5, and the rate it streams the weights at. A
    step's products cannot run faster than this pass, so step time minus this pass is what
    attention, norms and sampling cost, and this pass against the weight-read floor is what
-   the CPU's best small-row kernel loses to the raw read bandwidth.
+   the sampler's kernel loses to the raw read bandwidth.
 
 Shims (only what the official code needs on a CPU-only machine, applied while it runs):
 ``torch.Tensor.cuda`` returns the tensor itself when CUDA is absent (MAR calls ``.cuda()``);
@@ -820,8 +820,8 @@ def time_decode_products(policy, packs, rows: int, repeat: int) -> dict:
     sampler's own kernels (``packs``, its :class:`PackedLinears`: the packed copy where it packs
     one, else ``F.linear``). Each pass reads every weight once, as a step does, so on a model
     larger than the caches it is the time these kernels need to stream the weights, without
-    attention, norms or sampling. Returns ``{'layers', 'weight_bytes', 'ms': stats,
-    'gbps': {'median', 'best'}}`` (best of ``repeat`` passes after one warm-up)."""
+    attention, norms or sampling. Returns ``{'layers', 'weight_bytes', 'rows', 'ms': stats,
+    'gbps': {'median', 'best'}}`` over ``repeat`` timed passes after one warm-up."""
     import torch
     from torch import nn
     bench = _benchmark_helpers()
@@ -861,7 +861,8 @@ def run(args) -> dict:
         'family': args.family, 'official_dir': root, 'official_repo': CHECKOUTS[args.family][1],
         'official_commit': git_commit(root),
         'vargo_commit': git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'), 'arch': args.arch, 'batch': args.batch,
+        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
+        'arch': args.arch, 'batch': args.batch,
         'cfg': args.cfg, 'top_k': args.top_k, 'top_p': args.top_p,
         'temperature': args.temperature, 'seed': args.seed, 'perturb': args.perturb,
         'threads': torch.get_num_threads(), 'rounds': args.rounds, 'warmup': args.warmup,
@@ -882,9 +883,9 @@ def run(args) -> dict:
     with torch.no_grad():
         timing = interleaved(built['official'], built['vargo'], built['compare'], args.rounds,
                              args.warmup, built.get('extra', ()))
+    rows = args.batch * (2 if args.cfg != 1 else 1)     # a raster step's rows, CFG included
     products_alone = None
     if built.get('raster'):
-        rows = args.batch * (2 if args.cfg != 1 else 1)
         with torch.no_grad():
             products_alone = time_decode_products(built['policy'], built['packs'], rows, 5)
     machine['gemm_end'] = bench.bench_gemm(args.gemm_size, 3)
@@ -910,7 +911,6 @@ def run(args) -> dict:
         # the same weights multiply every row of the step (CFG doubles the rows): at B rows a
         # step is 2 B FLOP per weight, so small batches are bandwidth-bound and larger ones
         # compute-bound; the floor of a step is the larger of the two
-        rows = args.batch * (2 if args.cfg != 1 else 1)
         flops = 2 * rows * sum(p.numel() for p in bench.decode_weights(built['policy']))
         res['step_gflop'] = flops / 1e9
         res['compute_floor_ms_per_step'] = 1000 * flops / (machine['gemm_peak']['gflops'] * 1e9)
