@@ -75,6 +75,7 @@ def test_benchmark_json_has_every_field(tmp_path, keep_threads, capsys):
     assert res['policy_cfg']['tokenizer_checkpoint'] is None
     assert 'VmHWM' in res['memory_method'] or 'ru_maxrss' in res['memory_method']
     assert len(res['load_average_start']) == 3 and len(res['load_average_end']) == 3
+    assert res['vargo_commit'] is None or len(res['vargo_commit'].split('+')[0]) == 40
     # trainable params of GPT(dim 64, 2 layers, V 512, 10 classes): embeddings + layers + head
     layer = 64 * 192 + 64 * 64 + 3 * 64 * 256 + 2 * 64
     assert res['trainable_params'] == 11 * 64 + 512 * 64 + 2 * layer + 64 + 512 * 64

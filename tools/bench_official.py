@@ -72,6 +72,7 @@ order, not the maths, may differ). ``--vae`` gives vargo's tokenizer arguments w
 constructor is not the default one (a JSON dict; default: the official configuration).
 
 Output: a Markdown table on stdout and ``--out`` (JSON) with every number, the settings, the
+commits of vargo and of the official checkout, the heap setting, the OpenMP wait policy, the
 torch version, CPU, threads and the load average at start and end (the machine may be shared:
 absolute times move with the load, the interleaved ratio much less).
 """

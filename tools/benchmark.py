@@ -1425,6 +1425,7 @@ def run(args) -> dict:
     import torch
 
     from vargo.core.cli import apply_heap_setting
+    from vargo.core.eval_protocol import git_commit
     heap = apply_heap_setting()   # README "Heap"; VARGO_HEAP=glibc measures glibc's defaults
     torch.set_num_threads(args.threads)
     mem = PeakMemory()
@@ -1435,6 +1436,7 @@ def run(args) -> dict:
         'python': platform.python_version(), 'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
         'memory_method': mem.method, 'load_average_start': load_average(), 'heap': heap,
         'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
+        'vargo_commit': git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     }
     torch.manual_seed(args.seed)
     mem.start()
