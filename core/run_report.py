@@ -46,11 +46,11 @@ CURVE_KEYS = ('kl/mean', 'entropy/mean', 'grad_norm', 'policy/clip_frac', 'monit
 ENV_TAG = 'run environment:'
 
 
-def cpuinfo_field(name: str) -> str:
-    """The first ``name`` field of ``/proc/cpuinfo`` (e.g. ``model name``, ``vendor_id``), or
-    ``''`` where there is none or the file cannot be read."""
+def cpuinfo_field(name: str, path: str = '/proc/cpuinfo') -> str:
+    """The first ``name`` field of ``path`` (``/proc/cpuinfo``; e.g. ``model name``,
+    ``vendor_id``), or ``''`` where there is none or the file cannot be read."""
     try:
-        with open('/proc/cpuinfo') as f:
+        with open(path) as f:
             for line in f:
                 if line.split(':', 1)[0].strip() == name:
                     return line.split(':', 1)[1].strip()

@@ -4,7 +4,6 @@ the call on plain fp32 CPU tensors, small layers keep F.linear, the swapped laye
 nn.Linear for state dicts, copies and packed decoding, and the policies apply it by option."""
 import copy
 import io
-import os
 
 import pytest
 import torch
@@ -158,11 +157,23 @@ def test_auto_is_off_on_intel_cpus_only(monkeypatch, vendor, expected):
         assert any(type(m) is OneDnnLinear for m in policy.gpt.modules()) is expected
 
 
-def test_cpu_vendor_reads_this_machine():
-    vendor = odl.cpu_vendor()
-    assert isinstance(vendor, str)
-    if os.path.exists('/proc/cpuinfo') and 'vendor_id' in open('/proc/cpuinfo').read():
-        assert vendor and vendor in open('/proc/cpuinfo').read()
+def test_cpuinfo_fields_are_read_by_exact_name(tmp_path, monkeypatch):
+    """``cpu_vendor`` is ``/proc/cpuinfo``'s first ``vendor_id``: a field is matched by its
+    whole name (``model`` is not ``model name``), tabs before the colon are allowed, and a
+    missing field or file gives ''."""
+    from vargo.core import run_report
+    info = tmp_path / 'cpuinfo'
+    info.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n'
+                    'model\t\t: 17\nflags\t\t: fpu vme\n\n'
+                    'processor\t: 1\nvendor_id\t: GenuineIntel\n')
+    assert run_report.cpuinfo_field('vendor_id', str(info)) == 'AuthenticAMD'
+    assert run_report.cpuinfo_field('model', str(info)) == '17'
+    assert run_report.cpuinfo_field('model name', str(info)) == 'AMD EPYC 9R14'
+    assert run_report.cpuinfo_field('microcode', str(info)) == ''
+    assert run_report.cpuinfo_field('vendor_id', str(tmp_path / 'absent')) == ''
+    monkeypatch.setattr(run_report, 'cpuinfo_field',
+                        lambda name, path=str(info): {'vendor_id': 'GenuineIntel'}.get(name, ''))
+    assert odl.cpu_vendor() == 'GenuineIntel' and odl.onednn_linears_auto() is False
 
 
 def test_backward_reads_transposed_operands_in_place_for_non_square_layers():

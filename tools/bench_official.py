@@ -860,9 +860,7 @@ def run(args) -> dict:
     torch.set_num_threads(args.threads)
     res: dict[str, Any] = {
         'family': args.family, 'official_dir': root, 'official_repo': CHECKOUTS[args.family][1],
-        'official_commit': git_commit(root),
-        'vargo_commit': git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
+        'official_commit': git_commit(root), **bench.run_provenance(),
         'arch': args.arch, 'batch': args.batch,
         'cfg': args.cfg, 'top_k': args.top_k, 'top_p': args.top_p,
         'temperature': args.temperature, 'seed': args.seed, 'perturb': args.perturb,

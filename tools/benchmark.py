@@ -725,6 +725,16 @@ def action_sizes(policy, sampler) -> tuple[int, int, int]:
     return int(actions), int(steps), int(getattr(sampler, 'actions_per_token', 1))
 
 
+def run_provenance() -> dict:
+    """What a benchmark JSON records about the code and process setting it ran under: vargo's
+    commit (``+dirty`` with local changes; None outside a git work tree) and the OpenMP wait
+    policy in the environment."""
+    from vargo.core.eval_protocol import git_commit
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {'vargo_commit': git_commit(root),
+            'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset')}
+
+
 def decode_weights(policy) -> list:
     """The trainable weights a decode step reads in full (embedding tables excluded: a step
     reads one row of each)."""
@@ -1425,7 +1435,6 @@ def run(args) -> dict:
     import torch
 
     from vargo.core.cli import apply_heap_setting
-    from vargo.core.eval_protocol import git_commit
     heap = apply_heap_setting()   # README "Heap"; VARGO_HEAP=glibc measures glibc's defaults
     torch.set_num_threads(args.threads)
     mem = PeakMemory()
@@ -1435,8 +1444,7 @@ def run(args) -> dict:
         'steps': args.steps, 'seed': args.seed, 'torch': torch.__version__,
         'python': platform.python_version(), 'cpu': cpu_model(), 'cpu_count': os.cpu_count(),
         'memory_method': mem.method, 'load_average_start': load_average(), 'heap': heap,
-        'omp_wait_policy': os.environ.get('OMP_WAIT_POLICY', 'unset'),
-        'vargo_commit': git_commit(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        **run_provenance(),
     }
     torch.manual_seed(args.seed)
     mem.start()

@@ -42,6 +42,7 @@ BENCHMARK = os.path.join(ROOT, 'tools', 'benchmark.py')
 BUSY_CODE = ('import torch\ntorch.set_num_threads(1)\na = torch.randn(384, 384)\n'
              'while True:\n    a = torch.tanh(a @ a)\n')
 WAIT_POLICIES = ('default', 'PASSIVE', 'ACTIVE')   # and spin=N (GOMP_SPINCOUNT)
+LOADS = ('idle', 'busy')
 
 
 def parse_wait_policy(text: str) -> str:
@@ -52,7 +53,6 @@ def parse_wait_policy(text: str) -> str:
         return f'spin={int(text[5:])}'
     raise argparse.ArgumentTypeError(f'{text!r} is not a wait policy; use one of '
                                      f'{", ".join(WAIT_POLICIES)} or spin=N (N >= 0)')
-LOADS = ('idle', 'busy')
 
 
 def parse_args(argv=None):

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from vargo.core.cli import apply_heap_setting
     from vargo.core.runner import build_runner, load_config, prepare_config
-    apply_heap_setting()   # README "Heap": freed activations stay on the heap (VARGO_HEAP=glibc: off)
+    apply_heap_setting()   # README "Heap": freed activations stay on the heap (VARGO_HEAP=glibc)
     guard = None
     with warnings.catch_warnings(record=True) as held:
         # warnings of the start-up are shown once it succeeded (an error is the only line)

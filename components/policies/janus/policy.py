@@ -109,8 +109,8 @@ class JanusPolicy(Policy):
             default: at Janus-Pro-1B's width (6 of its 24 layers, 2 samples) the update ran
             0.80x as fast with it on an Intel Xeon (README, "Performance"; AMD not measured);
             ``'auto'`` turns it on unless the CPU is Intel's; ``tools/benchmark.py
-            --linear-kernels-ab`` measures it. bf16 weights keep ``F.linear`` either way. Grad-free forwards are
-            unaffected.
+            --linear-kernels-ab`` measures it. bf16 weights keep ``F.linear`` either way.
+            Grad-free forwards are unaffected.
 
     Attributes:
         file_sources: directory name -> where it is published.
