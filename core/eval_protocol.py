@@ -51,8 +51,12 @@ NOT_COMPARED = ('vargo_commit', 'sampler.logprob_cfg', 'sampler.decode_images',
 LOCATION_KEYS = {'path': 'sha256', 'folder': 'listing_sha256'}
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
+#: files at least this large have their hash cached while their stat is unchanged; smaller ones
+#: are hashed on every call (a 1 MiB file: well under a millisecond)
+SHA256_CACHE_MIN_BYTES = 64 << 20
+
+
+def _hash_file(path: str) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
@@ -60,11 +64,23 @@ def _sha256(path: str, size: int, mtime_ns: int) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _cached_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    return _hash_file(path)
+
+
 def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file's bytes (cached while its size and mtime are unchanged)."""
+    """Hex SHA-256 of a file's bytes.
+
+    Files of :data:`SHA256_CACHE_MIN_BYTES` and more (checkpoints) are hashed once while their
+    size, mtime, ctime and inode are unchanged; smaller files are hashed every time, so a small
+    file rewritten within the file system's timestamp granularity is never reported stale.
+    """
     path = os.path.abspath(os.path.expanduser(str(path)))
     st = os.stat(path)
-    return _sha256(path, st.st_size, st.st_mtime_ns)
+    if st.st_size < SHA256_CACHE_MIN_BYTES:
+        return _hash_file(path)
+    return _cached_sha256(path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def shown_path(path: str) -> str:

@@ -38,6 +38,34 @@ def test_reference_statistics_hash_is_the_files_and_follows_it(tmp_path):
         ['references.train.fid_statistics.sha256']
 
 
+def _rewrite_keeping_size_and_mtime(path, data, *, replace):
+    stamp = os.stat(path).st_mtime_ns
+    if replace:                                    # a new file renamed over the old: new inode
+        with open(f'{path}.tmp', 'wb') as f:
+            f.write(data)
+        os.replace(f'{path}.tmp', path)
+    else:
+        with open(path, 'wb') as f:
+            f.write(data)
+    os.utime(path, ns=(stamp, stamp))
+
+
+def test_file_hash_follows_a_rewrite_with_the_same_size_and_mtime(tmp_path, monkeypatch):
+    """A small file is hashed on every call; a large one is cached by size, mtime, ctime and
+    inode, so a checkpoint replaced atomically is re-hashed even with a copied mtime."""
+    path = str(tmp_path / 'f.bin')
+    with open(path, 'wb') as f:
+        f.write(b'a' * 4096)
+    first = eval_protocol.file_sha256(path)
+    _rewrite_keeping_size_and_mtime(path, b'b' * 4096, replace=False)
+    assert eval_protocol.file_sha256(path) == _sha(path) != first
+
+    monkeypatch.setattr(eval_protocol, 'SHA256_CACHE_MIN_BYTES', 0)       # every file "large"
+    cached = eval_protocol.file_sha256(path)
+    _rewrite_keeping_size_and_mtime(path, b'c' * 4096, replace=True)
+    assert eval_protocol.file_sha256(path) == _sha(path) != cached
+
+
 def test_shapes_benchmark_protocol_names_the_shipped_files():
     from vargo.components.benchmarks import shapes_features as sf
     p = eval_tool.Fidelity(dict(extractor='vargo-shapes', task='c2i'), ['train']).protocol()

@@ -77,6 +77,24 @@ def test_shipped_weights_load_strictly_with_expected_keys(net, tmp_path):
         sf.load_feature_net(str(tmp_path / 'missing.safetensors'))
 
 
+def test_a_weights_file_rewritten_in_place_is_reloaded_not_served_from_cache(tmp_path):
+    """Two same-size files written to one path with one mtime (a rewrite within the file system's
+    timestamp granularity, as on CI): the second load sees the second file's weights."""
+    state = load_file(sf.DEFAULT_WEIGHTS_PATH)
+    path = str(tmp_path / 'w.safetensors')
+    save_file(state, path, metadata={'format': sf.WEIGHTS_FORMAT})
+    first = sf.load_feature_net(path)
+    stamp = os.stat(path).st_mtime_ns
+    size = os.path.getsize(path)
+    state['heads.bias'] = state['heads.bias'] + 1.0
+    save_file(state, path, metadata={'format': sf.WEIGHTS_FORMAT})
+    os.utime(path, ns=(stamp, stamp))
+    assert os.path.getsize(path) == size and os.stat(path).st_mtime_ns == stamp
+    second = sf.load_feature_net(path)
+    torch.testing.assert_close(second.heads.bias, first.heads.bias + 1.0)
+    torch.testing.assert_close(sf.load_feature_net(path).heads.bias, second.heads.bias)
+
+
 def test_shipped_files_are_small_and_declared_as_package_data():
     sizes = [os.path.getsize(p) for p in (sf.DEFAULT_WEIGHTS_PATH, sf.DEFAULT_STATS_PATH)]
     assert sum(sizes) < 1.5e6

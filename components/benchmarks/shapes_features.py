@@ -83,18 +83,19 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_fidelity
-from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
@@ -254,11 +255,29 @@ def _require_weights(path: Optional[str]) -> str:
     return path
 
 
-@lru_cache(maxsize=4)
-def _read_weights(path: str, mtime: float) -> tuple[dict, dict]:
-    with safe_open(path, framework='pt') as f:
-        meta = dict(f.metadata() or {})
-    return load_file(path), meta
+#: parsed weight files by the sha256 of their bytes (a few distinct files at most)
+_PARSED_WEIGHTS: 'OrderedDict[str, tuple[dict, dict]]' = OrderedDict()
+_PARSED_WEIGHTS_MAX = 4
+
+
+def _read_weights(path: str) -> tuple[dict, dict]:
+    """The tensors and the safetensors metadata of ``path``.
+
+    Parsed once per distinct content: the cache key is the sha256 of the file's bytes, so a file
+    rewritten in place (same size, same coarse mtime) is never served stale.
+    """
+    with open(path, 'rb') as f:
+        data = f.read()
+    key = hashlib.sha256(data).hexdigest()
+    if key not in _PARSED_WEIGHTS:
+        state = safetensors_load(data)                  # validates the header and the offsets
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], 'little')])
+        _PARSED_WEIGHTS[key] = (state, dict(header.get('__metadata__') or {}))
+        while len(_PARSED_WEIGHTS) > _PARSED_WEIGHTS_MAX:
+            _PARSED_WEIGHTS.popitem(last=False)
+    _PARSED_WEIGHTS.move_to_end(key)
+    state, meta = _PARSED_WEIGHTS[key]
+    return dict(state), dict(meta)
 
 
 def load_feature_net(path: Optional[str] = None) -> ShapesFeatureNet:
@@ -277,7 +296,7 @@ def load_feature_net(path: Optional[str] = None) -> ShapesFeatureNet:
         vargo.core.checkpoint.StateDictMismatch: listing missing/unexpected keys.
     """
     path = _require_weights(path)
-    state, meta = _read_weights(path, os.path.getmtime(path))
+    state, meta = _read_weights(path)
     if meta.get('format') != WEIGHTS_FORMAT:
         raise ValueError(f'{path} has format={meta.get("format")!r} in its safetensors metadata, '
                          f'expected {WEIGHTS_FORMAT!r}: it is not a Shapes feature-extractor '
