@@ -51,8 +51,8 @@ NOT_COMPARED = ('vargo_commit', 'sampler.logprob_cfg', 'sampler.decode_images',
 LOCATION_KEYS = {'path': 'sha256', 'folder': 'listing_sha256'}
 
 
-#: files at least this large have their hash cached while their stat is unchanged; smaller ones
-#: are hashed on every call (a 1 MiB file: well under a millisecond)
+#: files at least this large (checkpoints) have their hash cached while their stat is unchanged;
+#: smaller ones (statistics, configs, small weights) are hashed on every call
 SHA256_CACHE_MIN_BYTES = 64 << 20
 
 

@@ -10,8 +10,8 @@ the heap and the heap never shrinks: freed activations are reused as they are.
 
 Measured with ``tools/benchmark.py`` (README, "Heap"): the GPT-B update (8 x 256 tokens, 1
 thread) +14% on an Intel Xeon (AVX-512), +3-8% on an AMD EPYC (single runs); the peak resident
-memory grows by a few percent, and memory freed after a peak stays with the process instead of going back to the
-system (the next peak reuses it).
+memory grows by a few percent, and memory freed after a peak stays with the process instead of
+going back to the system (the next peak reuses it).
 
 The tools that build models call it at start (through
 :func:`vargo.core.cli.apply_heap_setting`). It changes nothing where the C library is not

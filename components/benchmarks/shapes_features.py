@@ -83,11 +83,8 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import os
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
@@ -95,7 +92,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torch_fidelity
-from safetensors.torch import load as safetensors_load
+from safetensors import safe_open
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 from torch_fidelity.feature_extractor_base import FeatureExtractorBase
@@ -255,29 +252,12 @@ def _require_weights(path: Optional[str]) -> str:
     return path
 
 
-#: parsed weight files by the sha256 of their bytes (a few distinct files at most)
-_PARSED_WEIGHTS: 'OrderedDict[str, tuple[dict, dict]]' = OrderedDict()
-_PARSED_WEIGHTS_MAX = 4
-
-
 def _read_weights(path: str) -> tuple[dict, dict]:
-    """The tensors and the safetensors metadata of ``path``.
-
-    Parsed once per distinct content: the cache key is the sha256 of the file's bytes, so a file
-    rewritten in place (same size, same coarse mtime) is never served stale.
-    """
-    with open(path, 'rb') as f:
-        data = f.read()
-    key = hashlib.sha256(data).hexdigest()
-    if key not in _PARSED_WEIGHTS:
-        state = safetensors_load(data)                  # validates the header and the offsets
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], 'little')])
-        _PARSED_WEIGHTS[key] = (state, dict(header.get('__metadata__') or {}))
-        while len(_PARSED_WEIGHTS) > _PARSED_WEIGHTS_MAX:
-            _PARSED_WEIGHTS.popitem(last=False)
-    _PARSED_WEIGHTS.move_to_end(key)
-    state, meta = _PARSED_WEIGHTS[key]
-    return dict(state), dict(meta)
+    """The tensors and the safetensors metadata of ``path``, read on every call: no cache that a
+    file rewritten in place could make stale (the files are small; building the network costs
+    more than reading them)."""
+    with safe_open(path, framework='pt') as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
 def load_feature_net(path: Optional[str] = None) -> ShapesFeatureNet:
